@@ -1,0 +1,2 @@
+//! What convoy shows on GitHub: rendering and coalesced, paced delivery of
+//! check runs and the PR comment.

@@ -1,0 +1,1 @@
+//! Workers and timers: the inbox worker, effect execution, crash recovery.

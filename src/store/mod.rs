@@ -1,0 +1,1 @@
+//! Durable state behind one `Store` trait: SQLite now, PostgreSQL next.

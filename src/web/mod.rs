@@ -1,0 +1,1 @@
+//! HTTP routes: the webhook intake, health, metrics, pages and the JSON API.

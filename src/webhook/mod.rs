@@ -1,0 +1,1 @@
+//! Webhook deliveries: signature check and parsing into typed events.
