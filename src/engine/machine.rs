@@ -817,9 +817,12 @@ fn on_timer(r: &mut Rollout, timer: Timer, ctx: &Ctx, out: &mut Out) {
             }
         }
         Timer::Bake { wave, round } => {
+            // A timer left over from an earlier bake of the same wave (one
+            // that a halt cut short) fires before its round is due: ignore.
             if let Some(wr) = r.waves.get(wave)
                 && wr.phase == WavePhase::Baking
                 && wr.bake_round == round
+                && ctx.now >= bake_round_at(wr, round)
             {
                 out.push(Effect::CheckHealth {
                     wave,
@@ -908,12 +911,17 @@ fn on_bake_health(
     if wr.phase != WavePhase::Baking {
         return;
     }
+    if wr.over_budget() {
+        // Halted: no more rounds. Once a retry or skip brings the wave back
+        // inside its budget, it bakes anew from the start.
+        wr.phase = WavePhase::Running;
+        wr.bake_until = None;
+        return;
+    }
     if round >= bake_rounds(wr.bake) {
-        if !wr.over_budget() {
-            wr.phase = WavePhase::Done;
-            wr.finished_at = Some(ctx.now);
-            out.mark(Importance::Matters);
-        }
+        wr.phase = WavePhase::Done;
+        wr.finished_at = Some(ctx.now);
+        out.mark(Importance::Matters);
     } else {
         wr.bake_round += 1;
         let at = bake_round_at(wr, wr.bake_round);
