@@ -16,7 +16,7 @@ use crate::domain::{EnvName, ServiceName, WaveName};
 use crate::duration::parse_duration;
 use crate::plan::model::{Concurrency, FailureBudget, FreezeWindow, OnDrift, RolloutPolicy};
 use crate::plan::waves;
-use crate::suggest::did_you_mean;
+use crate::suggest;
 
 use super::model::{ConvoySpec, EnvSpec, ServiceSpec, WaveSpec};
 use super::yaml::{self, Pos, Value, Yaml};
@@ -179,6 +179,27 @@ const POLICY_KEYS: &[&str] = &[
     "freeze",
 ];
 const FREEZE_KEYS: &[&str] = &["from", "to", "reason", "weekly", "tz"];
+
+/// `, did you mean `x`?` or nothing. Adds swapped letters (`hlat` for
+/// `halt`) to what [`suggest::did_you_mean`] finds, as they are the most
+/// common typo and plain edit distance counts them twice.
+fn did_you_mean<'a, I>(input: &str, candidates: I) -> String
+where
+    I: IntoIterator<Item = &'a str> + Clone,
+{
+    let hint = suggest::did_you_mean(input, candidates.clone());
+    if !hint.is_empty() {
+        return hint;
+    }
+    let limit = (input.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::osa_distance(input, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!(", did you mean `{c}`?"))
+        .unwrap_or_default()
+}
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn valid_name(name: &str) -> bool {
