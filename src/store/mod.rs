@@ -5,6 +5,7 @@
 //! both databases compare and index the same way.
 
 mod migrations;
+pub mod records;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::config::DatabaseUrl;
-use crate::domain::{DeliveryId, InstallationId, RepoName, RolloutId};
+use std::collections::BTreeMap;
+
+use crate::domain::{BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName};
+pub use records::*;
 
 pub use sqlite::SqliteStore;
 
@@ -189,6 +193,104 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
 
     async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>>;
+
+    // --- rollouts --------------------------------------------------------
+
+    /// Creates the rollout, or finds the deploy rollout of the same
+    /// (repository, branch, commit) that a sibling event already created.
+    async fn create_rollout(&self, record: &RolloutRecord) -> Result<Created>;
+
+    async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()>;
+
+    /// Persists one engine step: state, document, new timers and attempt
+    /// history, atomically. Timers of the same kind replace older ones.
+    async fn save_rollout(
+        &self,
+        id: &RolloutId,
+        write: &RolloutWrite,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>>;
+
+    /// The deploy rollout of (repository, branch, commit), if any.
+    async fn rollout_for_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        commit: &CommitSha,
+    ) -> Result<Option<RolloutRecord>>;
+
+    /// Newest first.
+    async fn list_rollouts(&self, repo: Option<&RepoName>, limit: u32)
+    -> Result<Vec<RolloutSummary>>;
+
+    /// Rollouts in a state that is not terminal, oldest first.
+    async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>>;
+
+    /// The commit of the newest succeeded deploy rollout on the branch.
+    async fn last_succeeded_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Option<CommitSha>>;
+
+    async fn timers(&self, id: &RolloutId) -> Result<Vec<StoredTimer>>;
+
+    async fn delete_timer(&self, id: &RolloutId, timer: &str) -> Result<()>;
+
+    // --- history, baselines, locks ---------------------------------------
+
+    /// Per environment, first-attempt outcomes over its last 50 deploys.
+    async fn first_attempts(&self, repo: &RepoName) -> Result<BTreeMap<EnvName, FirstAttempts>>;
+
+    /// The version the newest successful deploy of (environment, service)
+    /// put there, not counting `excluding` (the rollout being rolled back).
+    async fn last_good_version(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        excluding: Option<&RolloutId>,
+    ) -> Result<Option<CommitSha>>;
+
+    async fn baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<Baseline>>;
+
+    #[allow(clippy::too_many_arguments)]
+    async fn set_baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        version: &str,
+        source: &str,
+        rollout: Option<&RolloutId>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Takes the lock of (environment, service) for `rollout`; `false` when
+    /// another rollout holds it. Taking a lock one already holds succeeds.
+    async fn try_lock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    async fn unlock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+    ) -> Result<()>;
 }
 
 /// Opens (creating when needed) the database named by the configuration and

@@ -9,11 +9,47 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use std::collections::BTreeMap;
+
 use super::{
-    AuditEntry, DeliveryOutcome, DeliveryState, InboxCounts, InboxItem, NewDelivery, Result, Store,
-    StoreError, from_millis, to_millis,
+    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, InboxCounts,
+    InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite,
+    Store, StoreError, StoredTimer, from_millis, to_millis,
 };
-use crate::domain::{DeliveryId, InstallationId, RepoName, RolloutId};
+use crate::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
+
+/// SPEC 8's terminal rollout states, as SQL.
+const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
+
+const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
+    installation_id, kind, parent_id, state, created_at, updated_at, document, error";
+
+fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: RolloutId::new(row.try_get::<String, _>("id")?),
+        repo: RepoName::new(row.try_get::<String, _>("repo")?),
+        branch: BranchName::new(row.try_get::<String, _>("branch")?),
+        commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
+        previous_commit: row
+            .try_get::<Option<String>, _>("previous_commit")?
+            .map(CommitSha::new),
+        pull_request: row
+            .try_get::<Option<i64>, _>("pull_request")?
+            .map(|n| n.max(0) as u64),
+        installation: row
+            .try_get::<Option<i64>, _>("installation_id")?
+            .map(InstallationId),
+        kind: RolloutKind::parse(&row.try_get::<String, _>("kind")?),
+        parent: row.try_get::<Option<String>, _>("parent_id")?.map(RolloutId::new),
+        state: row.try_get("state")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+        document: row.try_get("document")?,
+        error: row.try_get("error")?,
+    })
+}
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -320,5 +356,384 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
+        let mut tx = self.pool.begin().await?;
+        if r.kind == RolloutKind::Deploy {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM rollouts WHERE repo = ? AND branch = ? AND commit_sha = ? \
+                 AND kind = 'deploy'",
+            )
+            .bind(r.repo.as_str())
+            .bind(r.branch.as_str())
+            .bind(r.commit.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = existing {
+                return Ok(Created::Existing(RolloutId::new(id)));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
+             installation_id, kind, parent_id, state, created_at, updated_at, document, error) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.id.as_str())
+        .bind(r.repo.as_str())
+        .bind(r.branch.as_str())
+        .bind(r.commit.as_str())
+        .bind(r.previous_commit.as_ref().map(|c| c.as_str()))
+        .bind(r.pull_request.map(|n| n as i64))
+        .bind(r.installation.map(|i| i.0))
+        .bind(r.kind.as_str())
+        .bind(r.parent.as_ref().map(|p| p.as_str()))
+        .bind(&r.state)
+        .bind(to_millis(r.created_at))
+        .bind(to_millis(r.updated_at))
+        .bind(r.document.as_deref())
+        .bind(r.error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET pull_request = ? WHERE id = ?")
+            .bind(pull_request as i64)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_rollout(
+        &self,
+        id: &RolloutId,
+        write: &RolloutWrite,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now_ms = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(repo) = repo else {
+            return Err(StoreError::Unsupported(format!("no rollout {id} to save")));
+        };
+        sqlx::query("UPDATE rollouts SET state = ?, document = ?, updated_at = ? WHERE id = ?")
+            .bind(&write.state)
+            .bind(&write.document)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for t in &write.timers {
+            sqlx::query(
+                "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
+                 ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
+            )
+            .bind(id.as_str())
+            .bind(&t.timer)
+            .bind(to_millis(t.at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in &write.attempts {
+            sqlx::query(
+                "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
+                 attempt, succeeded, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&repo)
+            .bind(a.environment.as_str())
+            .bind(a.service.as_str())
+            .bind(a.version.as_str())
+            .bind(id.as_str())
+            .bind(i64::from(a.attempt))
+            .bind(a.succeeded)
+            .bind(a.error.as_deref())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if a.succeeded {
+                sqlx::query(
+                    "INSERT INTO baselines (repo, environment, service, version, source, \
+                     rollout_id, at) VALUES (?, ?, ?, ?, 'deployed', ?, ?) \
+                     ON CONFLICT (repo, environment, service) DO UPDATE SET \
+                     version = excluded.version, source = excluded.source, \
+                     rollout_id = excluded.rollout_id, at = excluded.at",
+                )
+                .bind(&repo)
+                .bind(a.environment.as_str())
+                .bind(a.service.as_str())
+                .bind(a.version.as_str())
+                .bind(id.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_record).transpose()
+    }
+
+    async fn rollout_for_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        commit: &CommitSha,
+    ) -> Result<Option<RolloutRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? \
+             AND commit_sha = ? AND kind = 'deploy'"
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .bind(commit.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_record).transpose()
+    }
+
+    async fn list_rollouts(
+        &self,
+        repo: Option<&RepoName>,
+        limit: u32,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(
+            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
+             FROM rollouts WHERE (? IS NULL OR repo = ?) \
+             ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(repo.map(|r| r.as_str()))
+        .bind(repo.map(|r| r.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RolloutSummary {
+                    id: RolloutId::new(row.try_get::<String, _>("id")?),
+                    repo: RepoName::new(row.try_get::<String, _>("repo")?),
+                    commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
+                    pull_request: row
+                        .try_get::<Option<i64>, _>("pull_request")?
+                        .map(|n| n.max(0) as u64),
+                    state: row.try_get("state")?,
+                    created_at: from_millis(row.try_get("created_at")?),
+                    updated_at: from_millis(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN {TERMINAL} \
+             ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rollout_record).collect()
+    }
+
+    async fn last_succeeded_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Option<CommitSha>> {
+        let sha: Option<String> = sqlx::query_scalar(
+            "SELECT commit_sha FROM rollouts WHERE repo = ? AND branch = ? AND kind = 'deploy' \
+             AND state = 'succeeded' ORDER BY updated_at DESC, id DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(sha.map(CommitSha::new))
+    }
+
+    async fn timers(&self, id: &RolloutId) -> Result<Vec<StoredTimer>> {
+        let rows = sqlx::query("SELECT timer, at FROM rollout_timers WHERE rollout_id = ? ORDER BY at")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredTimer {
+                    timer: row.try_get("timer")?,
+                    at: from_millis(row.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_timer(&self, id: &RolloutId, timer: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
+            .bind(id.as_str())
+            .bind(timer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn first_attempts(&self, repo: &RepoName) -> Result<BTreeMap<EnvName, FirstAttempts>> {
+        // The last 50 deploys (first attempts) of each environment.
+        let rows = sqlx::query(
+            "SELECT environment, succeeded FROM ( \
+               SELECT environment, succeeded, ROW_NUMBER() OVER \
+                 (PARTITION BY environment ORDER BY id DESC) AS n \
+               FROM deploy_history WHERE repo = ? AND attempt = 1 \
+             ) WHERE n <= 50",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<EnvName, FirstAttempts> = BTreeMap::new();
+        for row in rows {
+            let env = EnvName::new(row.try_get::<String, _>("environment")?);
+            let ok: bool = row.try_get("succeeded")?;
+            let entry = out.entry(env).or_default();
+            entry.attempts += 1;
+            entry.successes += u32::from(ok);
+        }
+        Ok(out)
+    }
+
+    async fn last_good_version(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        excluding: Option<&RolloutId>,
+    ) -> Result<Option<CommitSha>> {
+        let version: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM deploy_history WHERE repo = ? AND environment = ? \
+             AND service = ? AND succeeded = 1 AND (? IS NULL OR rollout_id <> ?) \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(excluding.map(|r| r.as_str()))
+        .bind(excluding.map(|r| r.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(version.map(CommitSha::new))
+    }
+
+    async fn baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<Baseline>> {
+        let row = sqlx::query(
+            "SELECT version, source, at FROM baselines WHERE repo = ? AND environment = ? \
+             AND service = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Baseline {
+                version: row.try_get("version")?,
+                source: row.try_get("source")?,
+                at: from_millis(row.try_get("at")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        version: &str,
+        source: &str,
+        rollout: Option<&RolloutId>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO baselines (repo, environment, service, version, source, rollout_id, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO UPDATE SET \
+             version = excluded.version, source = excluded.source, \
+             rollout_id = excluded.rollout_id, at = excluded.at",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(version)
+        .bind(source)
+        .bind(rollout.map(|r| r.as_str()))
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.as_deref() == Some(rollout.as_str()))
+    }
+
+    async fn unlock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM step_locks WHERE repo = ? AND environment = ? AND service = ? \
+             AND rollout_id = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
