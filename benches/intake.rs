@@ -22,7 +22,10 @@ use convoy::webhook::signature;
 const SECRET: &str = "bench-secret";
 
 fn payload() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/github/webhook-examples.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/webhook-examples.json"
+    );
     let examples: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(path).expect("webhook examples")).unwrap();
     let group = examples
@@ -36,7 +39,11 @@ fn payload() -> Vec<u8> {
     let pad = (25 * 1024usize).saturating_sub(base);
     body["padding"] = serde_json::Value::String("x".repeat(pad.saturating_sub(14)));
     let bytes = serde_json::to_vec(&body).unwrap();
-    assert!((24 * 1024..26 * 1024).contains(&bytes.len()), "{}", bytes.len());
+    assert!(
+        (24 * 1024..26 * 1024).contains(&bytes.len()),
+        "{}",
+        bytes.len()
+    );
     bytes
 }
 
@@ -184,7 +191,9 @@ fn main() {
         &[],
     )
     .unwrap();
-    let running = runtime.block_on(convoy::app::start(config, None)).unwrap();
+    let running = runtime
+        .block_on(convoy::app::start(config, convoy::app::Services::default()))
+        .unwrap();
     let convoy_result = run_wrk(
         &format!("http://{}", running.addr),
         &script(dir.path(), &body, "convoy"),

@@ -10,9 +10,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::drivers::Drivers;
 use crate::metrics::Metrics;
 use crate::runtime::intake::InboxWriter;
-use crate::runtime::worker::{Dispatcher, EventHandler, Worker};
+use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
+use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
+use crate::runtime::worker::{Chain, Dispatcher, EventHandler, Worker};
 use crate::store::{self, Store};
 use crate::web::{self, AppState};
 
@@ -36,11 +39,33 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// What `start` builds from the configuration unless given: tests and the
+/// demo bring their own.
+#[derive(Default)]
+pub struct Services {
+    pub store: Option<Arc<dyn Store>>,
+    pub drivers: Option<Drivers>,
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    pub reporter: Option<Arc<dyn ReportSink>>,
+    /// Runs after the built-in handlers, for every handled event.
+    pub extra_handler: Option<Arc<dyn EventHandler>>,
+}
+
+impl Services {
+    pub fn with_handler(handler: Arc<dyn EventHandler>) -> Services {
+        Services {
+            extra_handler: Some(handler),
+            ..Services::default()
+        }
+    }
+}
+
 /// A running convoy: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    pub runtime: RolloutRuntime,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,6 +107,10 @@ impl Running {
 pub enum StartError {
     #[error("{0}")]
     Store(#[from] store::StoreError),
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(#[from] crate::runtime::rollouts::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -89,22 +118,18 @@ pub enum StartError {
     },
 }
 
-/// Opens the store, starts intake, the worker and the HTTP server.
-/// `handler` receives repository events after installations are recorded.
-pub async fn start(
-    config: Config,
-    handler: Option<Arc<dyn EventHandler>>,
-) -> Result<Running, StartError> {
-    let store = store::open(&config.database.url).await?;
-    start_with_store(config, store, handler).await
-}
-
-/// [`start`] on a store that is already open.
-pub async fn start_with_store(
-    config: Config,
-    store: Arc<dyn Store>,
-    handler: Option<Arc<dyn EventHandler>>,
-) -> Result<Running, StartError> {
+/// Opens the store, starts intake, the worker, the rollout runtime (resuming
+/// unfinished rollouts) and the HTTP server.
+pub async fn start(config: Config, services: Services) -> Result<Running, StartError> {
+    let store = match services.store.clone() {
+        Some(s) => s,
+        None => store::open(&config.database.url).await?,
+    };
+    let drivers = match services.drivers.clone() {
+        Some(d) => d,
+        None => Drivers::from_config(&config.drivers)
+            .map_err(|e| StartError::Config(format!("drivers: {e}")))?,
+    };
     if config.github.private_key.is_none() {
         tracing::warn!(
             "github.private_key_path is not set: convoy takes and stores deliveries but cannot call GitHub"
@@ -115,7 +140,20 @@ pub async fn start_with_store(
     let writer = InboxWriter::spawn(store.clone(), wake.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let dispatcher: Arc<dyn EventHandler> = Arc::new(Dispatcher::new(store.clone(), handler));
+    let config = Arc::new(config);
+    let runtime = RolloutRuntime::new(store.clone(), drivers, services.reporter.clone());
+    let tokens = services.tokens.clone().unwrap_or_else(|| Arc::new(NoToken));
+    let mut handlers: Vec<Arc<dyn EventHandler>> = vec![Arc::new(MergeHandler::new(
+        config.clone(),
+        runtime.clone(),
+        tokens,
+    ))];
+    handlers.extend(services.extra_handler.clone());
+    let dispatcher: Arc<dyn EventHandler> = Arc::new(Dispatcher::new(
+        store.clone(),
+        Some(Arc::new(Chain(handlers))),
+    ));
+    runtime.recover().await?;
     let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
 
@@ -130,7 +168,7 @@ pub async fn start_with_store(
         source,
     })?;
     let state = AppState {
-        config: Arc::new(config),
+        config: config.clone(),
         store: store.clone(),
         writer,
         metrics: metrics.clone(),
@@ -152,6 +190,7 @@ pub async fn start_with_store(
         addr,
         store,
         metrics,
+        runtime,
         shutdown,
         tasks: vec![server_task, worker_task],
     })
@@ -175,9 +214,11 @@ pub fn serve_main(config_path: &Path, format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match start(config, None).await {
+        let running = match start(config, Services::default()).await {
             Ok(r) => r,
-            Err(e @ StartError::Store(store::StoreError::Unsupported(_))) => {
+            Err(
+                e @ (StartError::Store(store::StoreError::Unsupported(_)) | StartError::Config(_)),
+            ) => {
                 eprintln!("convoy: configuration error: {e}");
                 return ExitCode::from(2);
             }

@@ -29,9 +29,12 @@ fn config(db: &Path) -> Config {
 }
 
 async fn start(db: &Path, handler: Option<Arc<dyn EventHandler>>) -> Running {
-    app::start(config(db), handler)
-        .await
-        .expect("convoy starts")
+    app::start(
+        config(db),
+        handler.map(app::Services::with_handler).unwrap_or_default(),
+    )
+    .await
+    .expect("convoy starts")
 }
 
 fn examples() -> Vec<(String, Value)> {

@@ -340,8 +340,7 @@ impl Scanner {
         let (indent, content) = indentation(line);
 
         if let Some(fence) = self.fence {
-            let ends_list_item =
-                fence.in_list_item && !content.is_empty() && indent < fence.column;
+            let ends_list_item = fence.in_list_item && !content.is_empty() && indent < fence.column;
             if !ends_list_item {
                 if closes_fence(content, indent, fence) {
                     self.fence = None;
@@ -453,9 +452,7 @@ fn opens_fence(content: &str, indent: usize) -> Option<Fence> {
 /// it, indented at most 3 columns more than the opener.
 fn closes_fence(content: &str, indent: usize, fence: Fence) -> bool {
     let text = content.trim_end();
-    indent <= fence.column + 3
-        && text.len() >= fence.len
-        && text.bytes().all(|b| b == fence.marker)
+    indent <= fence.column + 3 && text.len() >= fence.len && text.bytes().all(|b| b == fence.marker)
 }
 
 /// The line without HTML comments; updates whether a comment is still open

@@ -23,10 +23,7 @@ const MAX_QUOTED: usize = 120;
 const MAX_LISTED_NAMES: usize = 20;
 
 const TEMPLATES: [(&str, &str); 6] = [
-    (
-        "help.md",
-        include_str!("../../templates/commands/help.md"),
-    ),
+    ("help.md", include_str!("../../templates/commands/help.md")),
     (
         "unknown_command.md",
         include_str!("../../templates/commands/unknown_command.md"),
@@ -194,11 +191,7 @@ pub fn code_span(text: &str) -> String {
     if flat.chars().count() > MAX_QUOTED {
         shown.push('…');
     }
-    let longest_run = shown
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest_run = shown.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest_run + 1);
     if shown.is_empty() {
         return "` `".to_owned();
@@ -270,7 +263,9 @@ impl ArgumentsView {
         };
         let mut view = ArgumentsView {
             kind: "",
-            command: verb.map(|v| format!("{prefix} {}", v.name())).unwrap_or_default(),
+            command: verb
+                .map(|v| format!("{prefix} {}", v.name()))
+                .unwrap_or_default(),
             usage: verb.map(|v| usage(v, prefix)).unwrap_or_default(),
             summary: verb.map(|v| v.spec().summary).unwrap_or_default(),
             argument: None,
@@ -339,7 +334,9 @@ impl RefusalView {
                 user,
                 approvers,
             } => ("not_an_approver", *verb, user, None, approvers.clone()),
-            Refusal::SelfApproval { verb, user } => ("self_approval", *verb, user, None, Vec::new()),
+            Refusal::SelfApproval { verb, user } => {
+                ("self_approval", *verb, user, None, Vec::new())
+            }
         };
         RefusalView {
             kind,

@@ -70,7 +70,8 @@ fn chrono(d: Duration) -> chrono::Duration {
 }
 
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(chrono(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    t.checked_add_signed(chrono(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn key_str(k: &StepKey) -> String {
@@ -392,8 +393,7 @@ pub fn validate(r: &Rollout, cmd: &Command) -> Result<(), CommandError> {
             }
             check_envs(r, environments)?;
             for env in environments {
-                let steps: Vec<&StepRun> =
-                    r.steps().filter(|s| &s.environment == env).collect();
+                let steps: Vec<&StepRun> = r.steps().filter(|s| &s.environment == env).collect();
                 if let Some(s) = steps.iter().find(|s| s.is_in_flight()) {
                     return fail(format!(
                         "`{env}` has a step in flight ({} is {}); skip it once that ends",
@@ -718,7 +718,9 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
     while let Some(dep) = queue.pop() {
         for wave in &mut r.waves {
             for s in &mut wave.steps {
-                if s.state == StepState::Pending && s.retry_at.is_none() && s.waits_for.contains(&dep)
+                if s.state == StepState::Pending
+                    && s.retry_at.is_none()
+                    && s.waits_for.contains(&dep)
                 {
                     s.state = StepState::Failed;
                     s.error = Some(format!("not started: {} failed", key_str(&dep)));
@@ -777,7 +779,11 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
             r.current_wave = r.current_wave.min(w);
         }
     }
-    if r.halt.is_some() && !r.waves.iter().any(|w| w.phase != WavePhase::Pending && w.over_budget())
+    if r.halt.is_some()
+        && !r
+            .waves
+            .iter()
+            .any(|w| w.phase != WavePhase::Pending && w.over_budget())
     {
         r.halt = None;
     }
@@ -1141,9 +1147,10 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
         }
         // A dependency outside the plan cannot be waited for; the planner
         // never emits one, and stored data must not wedge the rollout.
-        let ready = s.waits_for.iter().all(|k| {
-            !known.contains(k) || done.get(k).is_some_and(|st| st.satisfies_dependents())
-        });
+        let ready = s
+            .waits_for
+            .iter()
+            .all(|k| !known.contains(k) || done.get(k).is_some_and(|st| st.satisfies_dependents()));
         if !ready {
             continue;
         }
@@ -1163,7 +1170,11 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
         && wave.steps.iter().any(|s| s.state == StepState::Pending)
     {
         let mut failed = Vec::new();
-        for s in wave.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+        for s in wave
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Pending)
+        {
             s.state = StepState::Failed;
             s.error = Some("not started: waits for steps that can never finish".into());
             s.finished_at = Some(ctx.now);
@@ -1231,8 +1242,7 @@ fn settle_state(r: &mut Rollout, before: RolloutState, out: &mut Out) {
         } else if waiting_for_approval(r).is_some() {
             RolloutState::AwaitingApproval
         } else if r.frozen_until.is_some()
-            && r
-                .waves
+            && r.waves
                 .get(r.current_wave)
                 .is_some_and(|w| w.phase == WavePhase::Pending)
         {

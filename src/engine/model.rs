@@ -576,7 +576,10 @@ pub enum Importance {
 pub enum Effect {
     /// Reachable? what runs there? the agent's own preflight. Answer with
     /// [`Event::Preflight`].
-    RunPreflight { key: StepKey, attempt: u32 },
+    RunPreflight {
+        key: StepKey,
+        attempt: u32,
+    },
     /// Deploy `version`; answer with `DeployAccepted`/`DeployFailed`/
     /// `StepTimedOut` (the runtime bounds the call by `deadline`).
     Deploy {
@@ -586,14 +589,20 @@ pub enum Effect {
         deadline: DateTime<Utc>,
     },
     /// Ask for status now; answer with `Status` or `StatusUnavailable`.
-    PollStatus { key: StepKey, attempt: u32 },
+    PollStatus {
+        key: StepKey,
+        attempt: u32,
+    },
     /// Ask for the health of these steps; answer with `BakeHealth`.
     CheckHealth {
         wave: usize,
         round: u32,
         keys: Vec<StepKey>,
     },
-    ScheduleTimer { at: DateTime<Utc>, timer: Timer },
+    ScheduleTimer {
+        at: DateTime<Utc>,
+        timer: Timer,
+    },
     /// One attempt ended: history for last-known-good and risk (SPEC 6.7,
     /// 6.8). `succeeded` is whether the attempt reached the target healthy.
     RecordAttempt {
@@ -616,10 +625,14 @@ pub enum Effect {
         environments: Vec<EnvName>,
     },
     /// The comment and check run should show the new state.
-    Report { importance: Importance },
+    Report {
+        importance: Importance,
+    },
     /// The rollout reached a terminal state: release the branch's slot (the
     /// next queued rollout may start).
-    Finished { state: RolloutState },
+    Finished {
+        state: RolloutState,
+    },
 }
 
 /// A command that makes no sense now, with a message fit for a reply.

@@ -1,5 +1,8 @@
-//! Workers and timers: intake's group commit, the inbox worker, and (with the
-//! engine) effect execution and crash recovery.
+//! Workers and timers: intake's group commit, the inbox worker, rollout
+//! execution with durable timers and crash recovery.
 
 pub mod intake;
+pub mod merges;
+pub mod plans;
+pub mod rollouts;
 pub mod worker;

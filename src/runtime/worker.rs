@@ -123,6 +123,21 @@ impl EventHandler for Dispatcher {
     }
 }
 
+/// Several handlers, each given every event in order; the first error
+/// stops the chain (and the delivery is retried whole, so handlers must be
+/// idempotent — the rollout side is, by the commit's uniqueness).
+pub struct Chain(pub Vec<Arc<dyn EventHandler>>);
+
+#[async_trait]
+impl EventHandler for Chain {
+    async fn handle(&self, delivery: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError> {
+        for handler in &self.0 {
+            handler.handle(delivery, envelope).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The pure decision after a failed attempt: when to try again, or give up.
 /// `attempts` counts the attempts made before this one.
 pub fn after_failure(error: &HandlerError, attempts: u32, now: DateTime<Utc>) -> DeliveryOutcome {

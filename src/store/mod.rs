@@ -17,7 +17,9 @@ use serde::Serialize;
 use crate::config::DatabaseUrl;
 use std::collections::BTreeMap;
 
-use crate::domain::{BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName};
+use crate::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
 pub use records::*;
 
 pub use sqlite::SqliteStore;
@@ -222,8 +224,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<RolloutRecord>>;
 
     /// Newest first.
-    async fn list_rollouts(&self, repo: Option<&RepoName>, limit: u32)
-    -> Result<Vec<RolloutSummary>>;
+    async fn list_rollouts(
+        &self,
+        repo: Option<&RepoName>,
+        limit: u32,
+    ) -> Result<Vec<RolloutSummary>>;
 
     /// Rollouts in a state that is not terminal, oldest first.
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>>;

@@ -42,7 +42,9 @@ fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
             .try_get::<Option<i64>, _>("installation_id")?
             .map(InstallationId),
         kind: RolloutKind::parse(&row.try_get::<String, _>("kind")?),
-        parent: row.try_get::<Option<String>, _>("parent_id")?.map(RolloutId::new),
+        parent: row
+            .try_get::<Option<String>, _>("parent_id")?
+            .map(RolloutId::new),
         state: row.try_get("state")?,
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
@@ -566,10 +568,11 @@ impl Store for SqliteStore {
     }
 
     async fn timers(&self, id: &RolloutId) -> Result<Vec<StoredTimer>> {
-        let rows = sqlx::query("SELECT timer, at FROM rollout_timers WHERE rollout_id = ? ORDER BY at")
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT timer, at FROM rollout_timers WHERE rollout_id = ? ORDER BY at")
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| {
                 Ok(StoredTimer {

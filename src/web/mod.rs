@@ -1,5 +1,6 @@
 //! HTTP routes: the webhook intake, health, metrics, pages and the JSON API.
 
+pub mod api;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/rollouts", get(api::rollouts))
+        .route("/api/rollouts/{id}", get(api::rollout))
         // The extractor enforces 25 MiB itself and answers 413; axum's
         // default 2 MB limit would refuse large real payloads first.
         .layer(DefaultBodyLimit::disable())
