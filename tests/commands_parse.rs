@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use convoy::commands::{
     Command, Context, DurationProblem, MAX_COMMANDS_PER_COMMENT, NameKind, NotApplicableReason,
-    ParseError, RetryTarget, RollbackTarget, UnknownName, ValidationError, Venue, Verb,
-    applicable, parse_comment, parse_line, validate,
+    ParseError, RetryTarget, RollbackTarget, UnknownName, ValidationError, Venue, Verb, applicable,
+    parse_comment, parse_line, validate,
 };
 use convoy::domain::{EnvName, ServiceName, WaveName};
 use proptest::prelude::*;
@@ -17,13 +17,20 @@ const P: &str = "/convoy";
 fn commands(body: &str) -> Vec<Command> {
     parse_comment(body, P)
         .into_iter()
-        .map(|line| line.result.unwrap_or_else(|e| panic!("line {}: {e}", line.line)))
+        .map(|line| {
+            line.result
+                .unwrap_or_else(|e| panic!("line {}: {e}", line.line))
+        })
         .collect()
 }
 
 fn one(line: &str) -> Result<Command, ParseError> {
     let parsed = parse_comment(line, P);
-    assert_eq!(parsed.len(), 1, "expected one command in {line:?}: {parsed:?}");
+    assert_eq!(
+        parsed.len(),
+        1,
+        "expected one command in {line:?}: {parsed:?}"
+    );
     parsed.into_iter().next().map(|p| p.result).unwrap()
 }
 
@@ -37,27 +44,64 @@ fn every_command_parses() {
         ("/convoy help", Command::Help),
         ("/convoy status", Command::Status),
         ("/convoy plan", Command::Plan),
-        ("/convoy retry", Command::Retry { target: RetryTarget::Failed }),
-        ("/convoy retry failed", Command::Retry { target: RetryTarget::Failed }),
+        (
+            "/convoy retry",
+            Command::Retry {
+                target: RetryTarget::Failed,
+            },
+        ),
+        (
+            "/convoy retry failed",
+            Command::Retry {
+                target: RetryTarget::Failed,
+            },
+        ),
         (
             "/convoy retry acme-eu acme-us acme-eu",
-            Command::Retry { target: RetryTarget::Environments(envs(&["acme-eu", "acme-us"])) },
+            Command::Retry {
+                target: RetryTarget::Environments(envs(&["acme-eu", "acme-us"])),
+            },
         ),
-        ("/convoy skip acme-eu", Command::Skip { environments: envs(&["acme-eu"]) }),
+        (
+            "/convoy skip acme-eu",
+            Command::Skip {
+                environments: envs(&["acme-eu"]),
+            },
+        ),
         ("/convoy pause", Command::Pause),
         ("/convoy resume", Command::Resume),
         ("/convoy abort", Command::Abort),
         ("/convoy approve", Command::Approve { wave: None }),
-        ("/convoy approve rest", Command::Approve { wave: Some(WaveName::new("rest")) }),
-        ("/convoy rollback", Command::Rollback { target: RollbackTarget::All }),
-        ("/convoy rollback all", Command::Rollback { target: RollbackTarget::All }),
+        (
+            "/convoy approve rest",
+            Command::Approve {
+                wave: Some(WaveName::new("rest")),
+            },
+        ),
+        (
+            "/convoy rollback",
+            Command::Rollback {
+                target: RollbackTarget::All,
+            },
+        ),
+        (
+            "/convoy rollback all",
+            Command::Rollback {
+                target: RollbackTarget::All,
+            },
+        ),
         (
             "/convoy rollback acme-eu",
-            Command::Rollback { target: RollbackTarget::Environments(envs(&["acme-eu"])) },
+            Command::Rollback {
+                target: RollbackTarget::Environments(envs(&["acme-eu"])),
+            },
         ),
         (
             "/convoy adopt acme-eu",
-            Command::Adopt { environment: EnvName::new("acme-eu"), service: None },
+            Command::Adopt {
+                environment: EnvName::new("acme-eu"),
+                service: None,
+            },
         ),
         (
             "/convoy adopt acme-eu api",
@@ -66,11 +110,25 @@ fn every_command_parses() {
                 service: Some(ServiceName::new("api")),
             },
         ),
-        ("/convoy resync acme-eu", Command::Resync { environment: EnvName::new("acme-eu") }),
-        ("/convoy freeze", Command::Freeze { duration: None, reason: None }),
+        (
+            "/convoy resync acme-eu",
+            Command::Resync {
+                environment: EnvName::new("acme-eu"),
+            },
+        ),
+        (
+            "/convoy freeze",
+            Command::Freeze {
+                duration: None,
+                reason: None,
+            },
+        ),
         (
             "/convoy freeze 2h",
-            Command::Freeze { duration: Some(Duration::from_secs(7200)), reason: None },
+            Command::Freeze {
+                duration: Some(Duration::from_secs(7200)),
+                reason: None,
+            },
         ),
         (
             "/convoy freeze 1h30m  incident  #42 in eu",
@@ -81,7 +139,10 @@ fn every_command_parses() {
         ),
         (
             "/convoy freeze incident in eu",
-            Command::Freeze { duration: None, reason: Some("incident in eu".into()) },
+            Command::Freeze {
+                duration: None,
+                reason: Some("incident in eu".into()),
+            },
         ),
         ("/convoy unfreeze", Command::Unfreeze),
     ];
@@ -94,9 +155,16 @@ fn every_command_parses() {
 fn command_words_ignore_case_but_arguments_do_not() {
     assert_eq!(
         one("/convoy RETRY Acme-EU"),
-        Ok(Command::Retry { target: RetryTarget::Environments(envs(&["Acme-EU"])) })
+        Ok(Command::Retry {
+            target: RetryTarget::Environments(envs(&["Acme-EU"]))
+        })
     );
-    assert_eq!(one("/convoy retry FAILED"), Ok(Command::Retry { target: RetryTarget::Failed }));
+    assert_eq!(
+        one("/convoy retry FAILED"),
+        Ok(Command::Retry {
+            target: RetryTarget::Failed
+        })
+    );
 }
 
 #[test]
@@ -106,8 +174,16 @@ fn the_prefix_must_stand_alone() {
     assert!(parse_comment("please /convoy retry", P).is_empty());
     assert!(parse_comment("`/convoy retry`", P).is_empty());
     assert!(parse_comment("- /convoy retry", P).is_empty());
-    assert!(parse_comment("/Convoy retry", P).is_empty(), "the prefix is case-sensitive");
-    assert_eq!(one("/convoy\tretry"), Ok(Command::Retry { target: RetryTarget::Failed }));
+    assert!(
+        parse_comment("/Convoy retry", P).is_empty(),
+        "the prefix is case-sensitive"
+    );
+    assert_eq!(
+        one("/convoy\tretry"),
+        Ok(Command::Retry {
+            target: RetryTarget::Failed
+        })
+    );
     assert_eq!(one("/convoy"), Err(ParseError::MissingCommand));
     assert_eq!(one("/convoy   "), Err(ParseError::MissingCommand));
 }
@@ -120,15 +196,24 @@ fn other_prefixes_work_and_a_blank_prefix_finds_nothing() {
     assert_eq!(parsed[0].line, 1);
     assert!(parse_comment("/convoy abort", "").is_empty());
     assert!(parse_comment("abort", "  ").is_empty());
-    assert_eq!(parse_line("  !deploy pause", "!deploy"), Some(Ok(Command::Pause)));
+    assert_eq!(
+        parse_line("  !deploy pause", "!deploy"),
+        Some(Ok(Command::Pause))
+    );
     assert_eq!(parse_line("text", "!deploy"), None);
 }
 
 #[test]
 fn up_to_three_spaces_of_indentation() {
     assert_eq!(commands("   /convoy pause"), vec![Command::Pause]);
-    assert!(parse_comment("    /convoy pause", P).is_empty(), "indented code");
-    assert!(parse_comment("\t/convoy pause", P).is_empty(), "a tab is indented code");
+    assert!(
+        parse_comment("    /convoy pause", P).is_empty(),
+        "indented code"
+    );
+    assert!(
+        parse_comment("\t/convoy pause", P).is_empty(),
+        "a tab is indented code"
+    );
     assert!(parse_comment("  \t/convoy pause", P).is_empty());
 }
 
@@ -142,8 +227,12 @@ fn several_commands_run_in_order_with_their_line_numbers() {
     assert_eq!(
         commands(body),
         vec![
-            Command::Skip { environments: envs(&["acme-eu"]) },
-            Command::Retry { target: RetryTarget::Failed },
+            Command::Skip {
+                environments: envs(&["acme-eu"])
+            },
+            Command::Retry {
+                target: RetryTarget::Failed
+            },
             Command::Status,
         ]
     );
@@ -151,12 +240,13 @@ fn several_commands_run_in_order_with_their_line_numbers() {
 
 #[test]
 fn crlf_line_endings() {
-    let body =
-        "hello\r\n/convoy retry acme-eu\r\n```\r\n/convoy abort\r\n```\r\n/convoy pause\r\n";
+    let body = "hello\r\n/convoy retry acme-eu\r\n```\r\n/convoy abort\r\n```\r\n/convoy pause\r\n";
     assert_eq!(
         commands(body),
         vec![
-            Command::Retry { target: RetryTarget::Environments(envs(&["acme-eu"])) },
+            Command::Retry {
+                target: RetryTarget::Environments(envs(&["acme-eu"]))
+            },
             Command::Pause,
         ]
     );
@@ -261,7 +351,9 @@ fn unicode_text_and_names() {
     assert_eq!(
         commands(body),
         vec![
-            Command::Retry { target: RetryTarget::Environments(envs(&["café-ü", "ünïcødé"])) },
+            Command::Retry {
+                target: RetryTarget::Environments(envs(&["café-ü", "ünïcødé"]))
+            },
             Command::Freeze {
                 duration: Some(Duration::from_secs(600)),
                 reason: Some("Wartung 🔧".into())
@@ -272,7 +364,10 @@ fn unicode_text_and_names() {
     assert_eq!(one("/convoy\u{a0}pause"), Ok(Command::Pause));
     assert_eq!(
         one("/convoy 停止"),
-        Err(ParseError::UnknownCommand { name: "停止".into(), suggestion: None })
+        Err(ParseError::UnknownCommand {
+            name: "停止".into(),
+            suggestion: None
+        })
     );
 }
 
@@ -280,19 +375,31 @@ fn unicode_text_and_names() {
 fn unknown_commands_suggest_the_closest() {
     assert_eq!(
         one("/convoy rety"),
-        Err(ParseError::UnknownCommand { name: "rety".into(), suggestion: Some("retry") })
+        Err(ParseError::UnknownCommand {
+            name: "rety".into(),
+            suggestion: Some("retry")
+        })
     );
     assert_eq!(
         one("/convoy aprove"),
-        Err(ParseError::UnknownCommand { name: "aprove".into(), suggestion: Some("approve") })
+        Err(ParseError::UnknownCommand {
+            name: "aprove".into(),
+            suggestion: Some("approve")
+        })
     );
     assert_eq!(
         one("/convoy Rollbak all"),
-        Err(ParseError::UnknownCommand { name: "Rollbak".into(), suggestion: Some("rollback") })
+        Err(ParseError::UnknownCommand {
+            name: "Rollbak".into(),
+            suggestion: Some("rollback")
+        })
     );
     assert_eq!(
         one("/convoy deploy"),
-        Err(ParseError::UnknownCommand { name: "deploy".into(), suggestion: None })
+        Err(ParseError::UnknownCommand {
+            name: "deploy".into(),
+            suggestion: None
+        })
     );
 }
 
@@ -300,15 +407,24 @@ fn unknown_commands_suggest_the_closest() {
 fn argument_errors_are_typed() {
     assert_eq!(
         one("/convoy skip"),
-        Err(ParseError::MissingArgument { verb: Verb::Skip, argument: "at least one environment" })
+        Err(ParseError::MissingArgument {
+            verb: Verb::Skip,
+            argument: "at least one environment"
+        })
     );
     assert_eq!(
         one("/convoy resync"),
-        Err(ParseError::MissingArgument { verb: Verb::Resync, argument: "an environment" })
+        Err(ParseError::MissingArgument {
+            verb: Verb::Resync,
+            argument: "an environment"
+        })
     );
     assert_eq!(
         one("/convoy adopt"),
-        Err(ParseError::MissingArgument { verb: Verb::Adopt, argument: "an environment" })
+        Err(ParseError::MissingArgument {
+            verb: Verb::Adopt,
+            argument: "an environment"
+        })
     );
     assert_eq!(
         one("/convoy pause now please"),
@@ -319,23 +435,38 @@ fn argument_errors_are_typed() {
     );
     assert_eq!(
         one("/convoy approve canary early"),
-        Err(ParseError::UnexpectedArguments { verb: Verb::Approve, extra: vec!["early".into()] })
+        Err(ParseError::UnexpectedArguments {
+            verb: Verb::Approve,
+            extra: vec!["early".into()]
+        })
     );
     assert_eq!(
         one("/convoy adopt a b c"),
-        Err(ParseError::UnexpectedArguments { verb: Verb::Adopt, extra: vec!["c".into()] })
+        Err(ParseError::UnexpectedArguments {
+            verb: Verb::Adopt,
+            extra: vec!["c".into()]
+        })
     );
     assert_eq!(
         one("/convoy resync a b"),
-        Err(ParseError::UnexpectedArguments { verb: Verb::Resync, extra: vec!["b".into()] })
+        Err(ParseError::UnexpectedArguments {
+            verb: Verb::Resync,
+            extra: vec!["b".into()]
+        })
     );
     assert_eq!(
         one("/convoy retry failed acme-eu"),
-        Err(ParseError::KeywordWithNames { verb: Verb::Retry, keyword: "failed" })
+        Err(ParseError::KeywordWithNames {
+            verb: Verb::Retry,
+            keyword: "failed"
+        })
     );
     assert_eq!(
         one("/convoy rollback acme-eu all"),
-        Err(ParseError::KeywordWithNames { verb: Verb::Rollback, keyword: "all" })
+        Err(ParseError::KeywordWithNames {
+            verb: Verb::Rollback,
+            keyword: "all"
+        })
     );
 }
 
@@ -353,9 +484,15 @@ fn bad_durations_are_typed() {
         );
     };
     bad("/convoy freeze 10x", DurationProblem::Malformed);
-    bad("/convoy freeze 3 servers down", DurationProblem::MissingUnit);
+    bad(
+        "/convoy freeze 3 servers down",
+        DurationProblem::MissingUnit,
+    );
     bad("/convoy freeze 0s", DurationProblem::Zero);
-    bad("/convoy freeze 99999999999999999999h", DurationProblem::TooLarge);
+    bad(
+        "/convoy freeze 99999999999999999999h",
+        DurationProblem::TooLarge,
+    );
 }
 
 #[test]
@@ -363,17 +500,26 @@ fn too_many_commands_stop_the_comment() {
     let body = "/convoy status\n".repeat(MAX_COMMANDS_PER_COMMENT + 5);
     let parsed = parse_comment(&body, P);
     assert_eq!(parsed.len(), MAX_COMMANDS_PER_COMMENT + 1);
-    assert!(parsed[..MAX_COMMANDS_PER_COMMENT].iter().all(|p| p.result == Ok(Command::Status)));
+    assert!(
+        parsed[..MAX_COMMANDS_PER_COMMENT]
+            .iter()
+            .all(|p| p.result == Ok(Command::Status))
+    );
     assert_eq!(
         parsed[MAX_COMMANDS_PER_COMMENT].result,
-        Err(ParseError::TooManyCommands { limit: MAX_COMMANDS_PER_COMMENT })
+        Err(ParseError::TooManyCommands {
+            limit: MAX_COMMANDS_PER_COMMENT
+        })
     );
 }
 
 fn context() -> Context {
     Context {
         environments: envs(&["acme-eu", "acme-us", "globex-eu"]),
-        waves: ["canary", "early", "rest"].into_iter().map(WaveName::new).collect(),
+        waves: ["canary", "early", "rest"]
+            .into_iter()
+            .map(WaveName::new)
+            .collect(),
         services: ["api", "web"].into_iter().map(ServiceName::new).collect(),
     }
 }
@@ -415,7 +561,11 @@ fn unknown_names_are_named_with_the_closest_match() {
                 name: "acmeeu".into(),
                 suggestion: Some("acme-eu".into())
             },
-            UnknownName { kind: NameKind::Environment, name: "zzz".into(), suggestion: None },
+            UnknownName {
+                kind: NameKind::Environment,
+                name: "zzz".into(),
+                suggestion: None
+            },
         ]
     );
     assert_eq!(valid.len(), 1);
@@ -442,7 +592,9 @@ fn where_commands_apply() {
     use Venue::*;
     assert!(applicable(Verb::Plan, OpenPullRequest).is_ok());
     assert_eq!(
-        applicable(Verb::Plan, MergedPullRequest).unwrap_err().reason,
+        applicable(Verb::Plan, MergedPullRequest)
+            .unwrap_err()
+            .reason,
         NotApplicableReason::AlreadyMerged
     );
     assert_eq!(
@@ -458,11 +610,19 @@ fn where_commands_apply() {
         NotApplicableReason::DriftIssue
     );
     assert_eq!(
-        applicable(Verb::Approve, ClosedPullRequest).unwrap_err().reason,
+        applicable(Verb::Approve, ClosedPullRequest)
+            .unwrap_err()
+            .reason,
         NotApplicableReason::ClosedUnmerged
     );
-    for verb in [Verb::Adopt, Verb::Resync, Verb::Status, Verb::Freeze, Verb::Unfreeze, Verb::Help]
-    {
+    for verb in [
+        Verb::Adopt,
+        Verb::Resync,
+        Verb::Status,
+        Verb::Freeze,
+        Verb::Unfreeze,
+        Verb::Help,
+    ] {
         assert!(applicable(verb, DriftIssue).is_ok(), "{verb:?}");
     }
     for verb in [
@@ -510,19 +670,31 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::Resume),
         Just(Command::Abort),
         Just(Command::Unfreeze),
-        Just(Command::Retry { target: RetryTarget::Failed }),
-        Just(Command::Rollback { target: RollbackTarget::All }),
-        distinct_names()
-            .prop_map(|v| Command::Retry { target: RetryTarget::Environments(to_envs(v)) }),
-        distinct_names()
-            .prop_map(|v| Command::Rollback { target: RollbackTarget::Environments(to_envs(v)) }),
-        distinct_names().prop_map(|v| Command::Skip { environments: to_envs(v) }),
-        prop::option::of(name()).prop_map(|w| Command::Approve { wave: w.map(WaveName::new) }),
+        Just(Command::Retry {
+            target: RetryTarget::Failed
+        }),
+        Just(Command::Rollback {
+            target: RollbackTarget::All
+        }),
+        distinct_names().prop_map(|v| Command::Retry {
+            target: RetryTarget::Environments(to_envs(v))
+        }),
+        distinct_names().prop_map(|v| Command::Rollback {
+            target: RollbackTarget::Environments(to_envs(v))
+        }),
+        distinct_names().prop_map(|v| Command::Skip {
+            environments: to_envs(v)
+        }),
+        prop::option::of(name()).prop_map(|w| Command::Approve {
+            wave: w.map(WaveName::new)
+        }),
         (name(), prop::option::of(name())).prop_map(|(e, s)| Command::Adopt {
             environment: EnvName::new(e),
             service: s.map(ServiceName::new),
         }),
-        name().prop_map(|e| Command::Resync { environment: EnvName::new(e) }),
+        name().prop_map(|e| Command::Resync {
+            environment: EnvName::new(e)
+        }),
         (
             prop::option::of(1u64..10_000_000),
             prop::option::of("[a-zA-Z][a-zA-Z0-9 #!?-]{0,30}[a-z]"),

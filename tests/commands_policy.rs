@@ -21,7 +21,10 @@ fn input<'a>(verb: Verb, user: &'a str, permission: Permission) -> AuthInput<'a>
 }
 
 fn team(org: &str, slug: &str) -> TeamRef {
-    TeamRef { org: org.into(), slug: slug.into() }
+    TeamRef {
+        org: org.into(),
+        slug: slug.into(),
+    }
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn permissions_are_read_from_githubs_values() {
 #[test]
 fn read_commands_are_for_anyone() {
     for verb in [Verb::Help, Verb::Status, Verb::Plan] {
-        assert_eq!(authorize(&input(verb, "x", Permission::None), &[]), Decision::Allowed);
+        assert_eq!(
+            authorize(&input(verb, "x", Permission::None), &[]),
+            Decision::Allowed
+        );
     }
 }
 
@@ -86,7 +92,11 @@ fn write_and_admin_may_run_every_write_command() {
 
 #[test]
 fn approvers_by_login_and_team() {
-    let approvers = vec!["@acme/sre".to_owned(), "alice".to_owned(), "@acme/".to_owned()];
+    let approvers = vec![
+        "@acme/sre".to_owned(),
+        "alice".to_owned(),
+        "@acme/".to_owned(),
+    ];
     let ask = |user| AuthInput {
         approvers: &approvers,
         ..input(Verb::Approve, user, Permission::Write)
@@ -98,7 +108,10 @@ fn approvers_by_login_and_team() {
 
     // Someone else: ask about the team, then decide on the answer.
     assert_eq!(teams_to_check(&ask("bob")), vec![team("acme", "sre")]);
-    assert_eq!(authorize(&ask("bob"), &[team("ACME", "SRE")]), Decision::Allowed);
+    assert_eq!(
+        authorize(&ask("bob"), &[team("ACME", "SRE")]),
+        Decision::Allowed
+    );
     assert_eq!(
         authorize(&ask("bob"), &[]),
         Decision::Refused(Refusal::NotAnApprover {
@@ -121,7 +134,10 @@ fn approvers_still_need_write() {
         approvers: &approvers,
         ..input(Verb::Approve, "alice", Permission::Read)
     };
-    assert!(teams_to_check(&ask).is_empty(), "no lookup when the answer cannot help");
+    assert!(
+        teams_to_check(&ask).is_empty(),
+        "no lookup when the answer cannot help"
+    );
     assert_eq!(
         authorize(&ask, &[team("acme", "sre")]),
         Decision::Refused(Refusal::NeedsWrite {
@@ -134,7 +150,10 @@ fn approvers_still_need_write() {
 
 #[test]
 fn without_approvers_anyone_with_write_approves() {
-    assert_eq!(authorize(&input(Verb::Approve, "dev", Permission::Write), &[]), Decision::Allowed);
+    assert_eq!(
+        authorize(&input(Verb::Approve, "dev", Permission::Write), &[]),
+        Decision::Allowed
+    );
     assert!(teams_to_check(&input(Verb::Approve, "dev", Permission::Write)).is_empty());
     assert!(matches!(
         authorize(&input(Verb::Approve, "dev", Permission::Read), &[]),
@@ -153,23 +172,44 @@ fn self_approval_is_refused_when_forbidden() {
     assert!(teams_to_check(&forbidden).is_empty());
     assert_eq!(
         authorize(&forbidden, &[]),
-        Decision::Refused(Refusal::SelfApproval { verb: Verb::Approve, user: "Author".into() })
+        Decision::Refused(Refusal::SelfApproval {
+            verb: Verb::Approve,
+            user: "Author".into()
+        })
     );
     // Allowed when the policy does not forbid it, and for other people.
-    let allowed = AuthInput { forbid_self_approval: false, ..forbidden };
+    let allowed = AuthInput {
+        forbid_self_approval: false,
+        ..forbidden
+    };
     assert_eq!(authorize(&allowed, &[]), Decision::Allowed);
     let approvers_other = vec!["other".to_owned()];
-    let other = AuthInput { user: "other", approvers: &approvers_other, ..forbidden };
+    let other = AuthInput {
+        user: "other",
+        approvers: &approvers_other,
+        ..forbidden
+    };
     assert_eq!(authorize(&other, &[]), Decision::Allowed);
     // Off a pull request there is no author to compare with.
-    let drift = AuthInput { pr_author: None, ..forbidden };
+    let drift = AuthInput {
+        pr_author: None,
+        ..forbidden
+    };
     assert_eq!(authorize(&drift, &[]), Decision::Allowed);
     // Self-approval only concerns approve: the author may still retry.
-    let retry = AuthInput { verb: Verb::Retry, ..forbidden };
+    let retry = AuthInput {
+        verb: Verb::Retry,
+        ..forbidden
+    };
     assert_eq!(authorize(&retry, &[]), Decision::Allowed);
 }
 
-fn facts<'a>(action: &'a str, on_pr: bool, labels: &'a [&'a str], login: &'a str) -> CommentFacts<'a> {
+fn facts<'a>(
+    action: &'a str,
+    on_pr: bool,
+    labels: &'a [&'a str],
+    login: &'a str,
+) -> CommentFacts<'a> {
     CommentFacts {
         event: "issue_comment",
         action,
@@ -182,21 +222,42 @@ fn facts<'a>(action: &'a str, on_pr: bool, labels: &'a [&'a str], login: &'a str
 
 #[test]
 fn which_comments_are_read() {
-    assert_eq!(comment_place(&facts("created", true, &[], "alice")), Ok(CommentPlace::PullRequest));
+    assert_eq!(
+        comment_place(&facts("created", true, &[], "alice")),
+        Ok(CommentPlace::PullRequest)
+    );
     assert_eq!(
         comment_place(&facts("created", false, &["bug", "Convoy-Drift"], "alice")),
         Ok(CommentPlace::DriftIssue)
     );
-    assert_eq!(comment_place(&facts("created", false, &["bug"], "alice")), Err(Ignored::OtherIssue));
-    assert_eq!(comment_place(&facts("edited", true, &[], "alice")), Err(Ignored::NotCreated));
-    assert_eq!(comment_place(&facts("deleted", true, &[], "alice")), Err(Ignored::NotCreated));
-    assert_eq!(comment_place(&facts("created", true, &[], "convoy[bot]")), Err(Ignored::ByBot));
     assert_eq!(
-        comment_place(&CommentFacts { author_type: "Bot", ..facts("created", true, &[], "renovate") }),
+        comment_place(&facts("created", false, &["bug"], "alice")),
+        Err(Ignored::OtherIssue)
+    );
+    assert_eq!(
+        comment_place(&facts("edited", true, &[], "alice")),
+        Err(Ignored::NotCreated)
+    );
+    assert_eq!(
+        comment_place(&facts("deleted", true, &[], "alice")),
+        Err(Ignored::NotCreated)
+    );
+    assert_eq!(
+        comment_place(&facts("created", true, &[], "convoy[bot]")),
         Err(Ignored::ByBot)
     );
     assert_eq!(
-        comment_place(&CommentFacts { event: "pull_request_review_comment", ..facts("created", true, &[], "a") }),
+        comment_place(&CommentFacts {
+            author_type: "Bot",
+            ..facts("created", true, &[], "renovate")
+        }),
+        Err(Ignored::ByBot)
+    );
+    assert_eq!(
+        comment_place(&CommentFacts {
+            event: "pull_request_review_comment",
+            ..facts("created", true, &[], "a")
+        }),
         Err(Ignored::NotAComment)
     );
 }
@@ -208,7 +269,13 @@ fn waves(names: &[&str]) -> Vec<WaveName> {
 #[test]
 fn buttons_for_the_recovery_commands() {
     let plan_waves = waves(&["canary", "a-very-long-wave-name-indeed"]);
-    let retry = button_for(&Command::Retry { target: RetryTarget::Failed }, &plan_waves).unwrap();
+    let retry = button_for(
+        &Command::Retry {
+            target: RetryTarget::Failed,
+        },
+        &plan_waves,
+    )
+    .unwrap();
     assert_eq!(
         retry,
         Button {
@@ -217,16 +284,36 @@ fn buttons_for_the_recovery_commands() {
             description: "Retry the failed steps and resume".into()
         }
     );
-    let rollback = button_for(&Command::Rollback { target: RollbackTarget::All }, &plan_waves);
+    let rollback = button_for(
+        &Command::Rollback {
+            target: RollbackTarget::All,
+        },
+        &plan_waves,
+    );
     assert_eq!(rollback.unwrap().identifier, "rollback");
-    assert_eq!(button_for(&Command::Abort, &plan_waves).unwrap().identifier, "abort");
-    assert_eq!(button_for(&Command::Resume, &plan_waves).unwrap().identifier, "resume");
+    assert_eq!(
+        button_for(&Command::Abort, &plan_waves).unwrap().identifier,
+        "abort"
+    );
+    assert_eq!(
+        button_for(&Command::Resume, &plan_waves)
+            .unwrap()
+            .identifier,
+        "resume"
+    );
 
-    let canary = button_for(&Command::Approve { wave: Some(WaveName::new("canary")) }, &plan_waves)
-        .unwrap();
+    let canary = button_for(
+        &Command::Approve {
+            wave: Some(WaveName::new("canary")),
+        },
+        &plan_waves,
+    )
+    .unwrap();
     assert_eq!(canary.identifier, "approve:canary");
     assert_eq!(canary.label, "Approve canary");
-    let long = Command::Approve { wave: Some(WaveName::new("a-very-long-wave-name-indeed")) };
+    let long = Command::Approve {
+        wave: Some(WaveName::new("a-very-long-wave-name-indeed")),
+    };
     let long_button = button_for(&long, &plan_waves).unwrap();
     assert_eq!(long_button.identifier, "approve#1");
     assert_eq!(long_button.label, "Approve");
@@ -235,8 +322,18 @@ fn buttons_for_the_recovery_commands() {
     // No buttons for commands that need names typed, or for waves that
     // neither fit nor exist.
     assert_eq!(button_for(&Command::Pause, &plan_waves), None);
-    assert_eq!(button_for(&Command::Retry { target: RetryTarget::Environments(vec![]) }, &plan_waves), None);
-    let stranger = Command::Approve { wave: Some(WaveName::new("not-in-this-plan-at-all")) };
+    assert_eq!(
+        button_for(
+            &Command::Retry {
+                target: RetryTarget::Environments(vec![])
+            },
+            &plan_waves
+        ),
+        None
+    );
+    let stranger = Command::Approve {
+        wave: Some(WaveName::new("not-in-this-plan-at-all")),
+    };
     assert_eq!(button_for(&stranger, &plan_waves), None);
 }
 
@@ -247,13 +344,26 @@ fn unknown_identifiers_are_errors() {
         command_for_action("deploy", &plan_waves),
         Err(ButtonError::Unknown("deploy".into()))
     );
-    assert_eq!(command_for_action("approve:", &plan_waves), Err(ButtonError::Unknown("approve:".into())));
-    assert_eq!(command_for_action("approve#x", &plan_waves), Err(ButtonError::Unknown("approve#x".into())));
+    assert_eq!(
+        command_for_action("approve:", &plan_waves),
+        Err(ButtonError::Unknown("approve:".into()))
+    );
+    assert_eq!(
+        command_for_action("approve#x", &plan_waves),
+        Err(ButtonError::Unknown("approve#x".into()))
+    );
     assert_eq!(
         command_for_action("approve#3", &plan_waves),
-        Err(ButtonError::NoSuchWave { identifier: "approve#3".into(), index: 3, waves: 1 })
+        Err(ButtonError::NoSuchWave {
+            identifier: "approve#3".into(),
+            index: 3,
+            waves: 1
+        })
     );
-    assert_eq!(command_for_action("approve", &plan_waves), Ok(Command::Approve { wave: None }));
+    assert_eq!(
+        command_for_action("approve", &plan_waves),
+        Ok(Command::Approve { wave: None })
+    );
 }
 
 fn button_command(wave_list: Vec<WaveName>) -> impl Strategy<Value = Command> {
@@ -263,8 +373,12 @@ fn button_command(wave_list: Vec<WaveName>) -> impl Strategy<Value = Command> {
         prop::option::of(prop::sample::select(wave_list)).boxed()
     };
     prop_oneof![
-        Just(Command::Retry { target: RetryTarget::Failed }),
-        Just(Command::Rollback { target: RollbackTarget::All }),
+        Just(Command::Retry {
+            target: RetryTarget::Failed
+        }),
+        Just(Command::Rollback {
+            target: RollbackTarget::All
+        }),
         Just(Command::Abort),
         Just(Command::Resume),
         pick.prop_map(|wave| Command::Approve { wave }),

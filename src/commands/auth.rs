@@ -135,7 +135,9 @@ pub enum Refusal {
         /// `policy.approvers` as written.
         approvers: Vec<String>,
     },
-    #[error("{user} opened this pull request and may not approve its rollout (policy.forbid_self_approval)")]
+    #[error(
+        "{user} opened this pull request and may not approve its rollout (policy.forbid_self_approval)"
+    )]
     SelfApproval { verb: Verb, user: String },
 }
 

@@ -80,13 +80,13 @@ pub enum ParseError {
 /// input, so a reply can show them next to the (quoted) input safely.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DurationProblem {
-    #[error("not a duration")]
+    #[error("it is not in a known form")]
     Malformed,
-    #[error("a number needs a unit: ms, s, m, h or d")]
+    #[error("a number needs a unit (ms, s, m, h or d)")]
     MissingUnit,
     #[error("it is zero, so the freeze would end at once")]
     Zero,
-    #[error("too large")]
+    #[error("it is too large")]
     TooLarge,
 }
 
@@ -340,8 +340,7 @@ impl Scanner {
         let (indent, content) = indentation(line);
 
         if let Some(fence) = self.fence {
-            let ends_list_item =
-                fence.in_list_item && !content.is_empty() && indent < fence.column;
+            let ends_list_item = fence.in_list_item && !content.is_empty() && indent < fence.column;
             if !ends_list_item {
                 if closes_fence(content, indent, fence) {
                     self.fence = None;
@@ -363,7 +362,7 @@ impl Scanner {
         }
 
         if indent <= 3 && content.starts_with('>') {
-            let inner = content.trim_start_matches(|c: char| c == '>' || c == ' ' || c == '\t');
+            let inner = content.trim_start_matches(['>', ' ', '\t']);
             self.lazy_quote = !inner.is_empty() && opens_fence(inner, 0).is_none();
             return None;
         }
@@ -453,9 +452,7 @@ fn opens_fence(content: &str, indent: usize) -> Option<Fence> {
 /// it, indented at most 3 columns more than the opener.
 fn closes_fence(content: &str, indent: usize, fence: Fence) -> bool {
     let text = content.trim_end();
-    indent <= fence.column + 3
-        && text.len() >= fence.len
-        && text.bytes().all(|b| b == fence.marker)
+    indent <= fence.column + 3 && text.len() >= fence.len && text.bytes().all(|b| b == fence.marker)
 }
 
 /// The line without HTML comments; updates whether a comment is still open

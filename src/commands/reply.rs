@@ -23,10 +23,7 @@ const MAX_QUOTED: usize = 120;
 const MAX_LISTED_NAMES: usize = 20;
 
 const TEMPLATES: [(&str, &str); 6] = [
-    (
-        "help.md",
-        include_str!("../../templates/commands/help.md"),
-    ),
+    ("help.md", include_str!("../../templates/commands/help.md")),
     (
         "unknown_command.md",
         include_str!("../../templates/commands/unknown_command.md"),
@@ -107,7 +104,7 @@ pub fn render_rejection(rejection: &Rejection, input: ReplyInput<'_>) -> String 
             context.insert("name", name);
             context.insert(
                 "suggested",
-                &suggestion.map(|s| format!("{} {s}", input.prefix)),
+                &suggestion.map(|s| corrected_command(input, name, s)),
             );
             context.insert("commands", &command_rows(input.prefix));
             "unknown_command.md"
@@ -194,11 +191,7 @@ pub fn code_span(text: &str) -> String {
     if flat.chars().count() > MAX_QUOTED {
         shown.push('…');
     }
-    let longest_run = shown
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest_run = shown.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest_run + 1);
     if shown.is_empty() {
         return "` `".to_owned();
@@ -270,7 +263,9 @@ impl ArgumentsView {
         };
         let mut view = ArgumentsView {
             kind: "",
-            command: verb.map(|v| format!("{prefix} {}", v.name())).unwrap_or_default(),
+            command: verb
+                .map(|v| format!("{prefix} {}", v.name()))
+                .unwrap_or_default(),
             usage: verb.map(|v| usage(v, prefix)).unwrap_or_default(),
             summary: verb.map(|v| v.spec().summary).unwrap_or_default(),
             argument: None,
@@ -339,7 +334,9 @@ impl RefusalView {
                 user,
                 approvers,
             } => ("not_an_approver", *verb, user, None, approvers.clone()),
-            Refusal::SelfApproval { verb, user } => ("self_approval", *verb, user, None, Vec::new()),
+            Refusal::SelfApproval { verb, user } => {
+                ("self_approval", *verb, user, None, Vec::new())
+            }
         };
         RefusalView {
             kind,
@@ -358,6 +355,19 @@ fn mention(login: &str) -> Option<String> {
         && login.len() <= 39
         && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     plausible.then(|| format!("@{login}"))
+}
+
+/// The command line with its unknown command word replaced by `suggestion`,
+/// arguments kept; just the command when the line is not known.
+fn corrected_command(input: ReplyInput<'_>, name: &str, suggestion: &str) -> String {
+    let rest = input
+        .line
+        .and_then(|line| line.trim_start().strip_prefix(input.prefix.trim()))
+        .and_then(|rest| rest.trim_start().strip_prefix(name));
+    match rest {
+        Some(rest) => format!("{} {suggestion}{rest}", input.prefix),
+        None => format!("{} {suggestion}", input.prefix),
+    }
 }
 
 /// The command line with every unknown name replaced by its suggestion, when
