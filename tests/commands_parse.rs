@@ -346,6 +346,21 @@ fn html_comments_are_ignored() {
 }
 
 #[test]
+fn preformatted_html_is_ignored() {
+    assert!(parse_comment("<pre>\n/convoy abort\n</pre>", P).is_empty());
+    assert!(parse_comment("<PRE class=\"x\">\n/convoy abort\n", P).is_empty());
+    assert_eq!(
+        commands("<pre>\n/convoy abort\n</pre>\n/convoy pause"),
+        vec![Command::Pause]
+    );
+    assert_eq!(
+        commands("<pre>x</pre>\n/convoy pause"),
+        vec![Command::Pause]
+    );
+    assert_eq!(commands("<prefix>\n/convoy pause"), vec![Command::Pause]);
+}
+
+#[test]
 fn unicode_text_and_names() {
     let body = "Grüße 👋\n/convoy retry café-ü ünïcødé\n/convoy freeze 10m Wartung 🔧";
     assert_eq!(
@@ -570,6 +585,12 @@ fn unknown_names_are_named_with_the_closest_match() {
     );
     assert_eq!(valid.len(), 1);
     assert_eq!(valid[0].names, vec!["acme-eu", "acme-us", "globex-eu"]);
+
+    let shouted = one("/convoy resync ACME-EU").unwrap();
+    let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&shouted, &ctx) else {
+        panic!("names are case-sensitive");
+    };
+    assert_eq!(unknown[0].suggestion.as_deref(), Some("acme-eu"));
 
     let wave = one("/convoy approve erly").unwrap();
     let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&wave, &ctx) else {

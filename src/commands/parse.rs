@@ -25,6 +25,8 @@
 //!   continue a quoted paragraph (non-blank lines right after a quoted line
 //!   with text, up to the next blank line), because GitHub shows those inside
 //!   the quote too.
+//! - raw HTML blocks shown verbatim: from a line starting with `<pre`,
+//!   `<script`, `<style` or `<textarea` to the line holding its closing tag.
 //! - HTML comments `<!-- … -->`, within a line or across lines; a line that
 //!   starts with `<!--` is never a command, and a comment after a command is
 //!   not part of its arguments.
@@ -327,6 +329,8 @@ struct Fence {
 struct Scanner {
     fence: Option<Fence>,
     in_html_comment: bool,
+    /// Inside a raw HTML block (`<pre>` and kin): the closing tag.
+    raw_html_end: Option<&'static str>,
     /// The previous line was quoted paragraph text, so a following non-blank
     /// line lazily continues the quote.
     lazy_quote: bool,
@@ -356,6 +360,13 @@ impl Scanner {
             return None;
         }
 
+        if let Some(end) = self.raw_html_end {
+            if line.to_ascii_lowercase().contains(end) {
+                self.raw_html_end = None;
+            }
+            return None;
+        }
+
         if content.is_empty() {
             self.lazy_quote = false;
             return None;
@@ -377,12 +388,37 @@ impl Scanner {
             return None;
         }
 
+        if let Some(end) = opens_raw_html(content) {
+            if !line.to_ascii_lowercase().contains(end) {
+                self.raw_html_end = Some(end);
+            }
+            return None;
+        }
+
         let visible = strip_html_comments(line, &mut self.in_html_comment);
         if indent > 3 || content.starts_with("<!--") || !content.starts_with(prefix) {
             return None;
         }
         Some(visible)
     }
+}
+
+/// A raw HTML block (CommonMark type 1: `<pre>`, `<script>`, `<style>`,
+/// `<textarea>`) starting at `content`: its closing tag. Its lines are shown
+/// verbatim, like code.
+fn opens_raw_html(content: &str) -> Option<&'static str> {
+    const RAW: [(&str, &str); 4] = [
+        ("<pre", "</pre>"),
+        ("<script", "</script>"),
+        ("<style", "</style>"),
+        ("<textarea", "</textarea>"),
+    ];
+    RAW.iter().find_map(|(open, close)| {
+        let head = content.get(..open.len())?;
+        let next = content[open.len()..].chars().next();
+        (head.eq_ignore_ascii_case(open) && next.is_none_or(|c| c == '>' || c.is_whitespace()))
+            .then_some(*close)
+    })
 }
 
 /// Leading indentation in columns (tabs to the next multiple of 4) and the

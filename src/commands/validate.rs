@@ -89,6 +89,16 @@ fn describe_unknown(unknown: &[UnknownName]) -> String {
         .join(", ")
 }
 
+/// A name differing only in case, else the closest by edit distance.
+fn suggest(name: &str, known: &[&str]) -> Option<String> {
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
+        .or_else(|| closest(&name.to_lowercase(), known.iter().copied()))
+        .map(str::to_owned)
+}
+
 /// Checks every environment, wave and service the command names against the
 /// context. Keywords (`retry failed`, `rollback all`) and defaults need no
 /// names and always pass: the engine decides what they cover.
@@ -99,7 +109,7 @@ pub fn validate(command: &Command, context: &Context) -> Result<(), ValidationEr
             unknown.push(UnknownName {
                 kind,
                 name: name.to_owned(),
-                suggestion: closest(name, known.iter().copied()).map(str::to_owned),
+                suggestion: suggest(name, known),
             });
         }
     };
