@@ -103,6 +103,11 @@ fn unknown_names() {
     );
     insta::assert_snapshot!("unknown_wave", reply_to("/convoy approve erly"));
     insta::assert_snapshot!("unknown_service", reply_to("/convoy adopt acme-eu wep"));
+    let many: Vec<String> = (0..23).map(|i| format!("x{i}")).collect();
+    insta::assert_snapshot!(
+        "many_unknown_names",
+        reply_to(&format!("/convoy rollback {}", many.join(" ")))
+    );
 }
 
 #[test]
@@ -188,6 +193,17 @@ fn not_applicable() {
             ),
         })
     );
+}
+
+#[test]
+fn replies_stay_short_whatever_was_typed() {
+    let names: Vec<String> = (0..3000).map(|i| format!("bogus-{i}")).collect();
+    let reply = reply_to(&format!("/convoy retry {}", names.join(" ")));
+    assert!(reply.contains("and 2980 more unknown names"), "{reply}");
+    assert!(reply.len() < 4000, "{} bytes", reply.len());
+    let reply = reply_to(&format!("/convoy pause {}", names.join(" ")));
+    assert!(reply.contains("and 2980 more words"), "{reply}");
+    assert!(reply.len() < 4000, "{} bytes", reply.len());
 }
 
 #[test]
