@@ -151,6 +151,50 @@ fn every_command_parses() {
     }
 }
 
+/// The usage shown in help (from the table's `ArgShape`) says what the
+/// parser accepts: required arguments are required, optional ones optional,
+/// and nothing takes more than its shape allows.
+#[test]
+fn the_table_shapes_match_the_parser() {
+    use convoy::commands::{ArgShape, COMMANDS};
+    for spec in COMMANDS.iter() {
+        let bare = parse_line(&format!("{P} {}", spec.name), P).unwrap();
+        let two = parse_line(&format!("{P} {} acme-eu api", spec.name), P).unwrap();
+        let three = parse_line(&format!("{P} {} acme-eu acme-us globex-eu", spec.name), P).unwrap();
+        let required = matches!(
+            spec.args,
+            ArgShape::Envs | ArgShape::Env | ArgShape::EnvAndOptionalService
+        );
+        assert_eq!(bare.is_err(), required, "{} with no arguments", spec.name);
+        let takes_two = matches!(
+            spec.args,
+            ArgShape::Envs
+                | ArgShape::EnvsOrKeyword(_)
+                | ArgShape::EnvAndOptionalService
+                | ArgShape::DurationAndReason
+        );
+        assert_eq!(two.is_ok(), takes_two, "{} with two arguments", spec.name);
+        let takes_many = matches!(
+            spec.args,
+            ArgShape::Envs | ArgShape::EnvsOrKeyword(_) | ArgShape::DurationAndReason
+        );
+        assert_eq!(
+            three.is_ok(),
+            takes_many,
+            "{} with three arguments",
+            spec.name
+        );
+        if let ArgShape::EnvsOrKeyword(keyword) = spec.args {
+            let keyword_alone = parse_line(&format!("{P} {} {keyword}", spec.name), P).unwrap();
+            assert_eq!(
+                keyword_alone, bare,
+                "{} {keyword} means the default",
+                spec.name
+            );
+        }
+    }
+}
+
 #[test]
 fn command_words_ignore_case_but_arguments_do_not() {
     assert_eq!(
