@@ -440,6 +440,13 @@ fn unknown_commands_suggest_the_closest() {
         })
     );
     assert_eq!(
+        one("/convoy retyr"),
+        Err(ParseError::UnknownCommand {
+            name: "retyr".into(),
+            suggestion: Some("retry")
+        })
+    );
+    assert_eq!(
         one("/convoy aprove"),
         Err(ParseError::UnknownCommand {
             name: "aprove".into(),
@@ -635,6 +642,16 @@ fn unknown_names_are_named_with_the_closest_match() {
         panic!("names are case-sensitive");
     };
     assert_eq!(unknown[0].suggestion.as_deref(), Some("acme-eu"));
+
+    let swapped = one("/convoy resync acme-ue").unwrap();
+    let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&swapped, &ctx) else {
+        panic!("expected an unknown environment");
+    };
+    assert_eq!(
+        unknown[0].suggestion.as_deref(),
+        Some("acme-us"),
+        "one substitution beats a swap"
+    );
 
     let wave = one("/convoy approve erly").unwrap();
     let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&wave, &ctx) else {

@@ -37,10 +37,10 @@
 
 use crate::domain::{EnvName, ServiceName, WaveName};
 use crate::duration::parse_duration;
-use crate::suggest::closest;
 
 use super::command::{Command, RetryTarget, RollbackTarget};
 use super::table::Verb;
+use super::validate::closest_or_swapped;
 
 /// More command lines than this in one comment are refused (the rest of the
 /// comment is not read), so a pasted log cannot fire hundreds of actions.
@@ -160,7 +160,7 @@ pub fn parse_line(line: &str, prefix: &str) -> Option<Result<Command, ParseError
         let lower = word.to_lowercase();
         return Some(Err(ParseError::UnknownCommand {
             name: word.to_owned(),
-            suggestion: closest(&lower, Verb::names()),
+            suggestion: closest_or_swapped(&lower, Verb::names()),
         }));
     };
     Some(parse_arguments(verb, after))

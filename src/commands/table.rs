@@ -288,7 +288,7 @@ impl Verb {
     }
 
     /// Every command word, in table order (for "did you mean").
-    pub fn names() -> impl Iterator<Item = &'static str> {
+    pub fn names() -> impl Iterator<Item = &'static str> + Clone {
         COMMANDS.iter().map(|spec| spec.name)
     }
 }
