@@ -151,6 +151,50 @@ fn every_command_parses() {
     }
 }
 
+/// The usage shown in help (from the table's `ArgShape`) says what the
+/// parser accepts: required arguments are required, optional ones optional,
+/// and nothing takes more than its shape allows.
+#[test]
+fn the_table_shapes_match_the_parser() {
+    use convoy::commands::{ArgShape, COMMANDS};
+    for spec in COMMANDS.iter() {
+        let bare = parse_line(&format!("{P} {}", spec.name), P).unwrap();
+        let two = parse_line(&format!("{P} {} acme-eu api", spec.name), P).unwrap();
+        let three = parse_line(&format!("{P} {} acme-eu acme-us globex-eu", spec.name), P).unwrap();
+        let required = matches!(
+            spec.args,
+            ArgShape::Envs | ArgShape::Env | ArgShape::EnvAndOptionalService
+        );
+        assert_eq!(bare.is_err(), required, "{} with no arguments", spec.name);
+        let takes_two = matches!(
+            spec.args,
+            ArgShape::Envs
+                | ArgShape::EnvsOrKeyword(_)
+                | ArgShape::EnvAndOptionalService
+                | ArgShape::DurationAndReason
+        );
+        assert_eq!(two.is_ok(), takes_two, "{} with two arguments", spec.name);
+        let takes_many = matches!(
+            spec.args,
+            ArgShape::Envs | ArgShape::EnvsOrKeyword(_) | ArgShape::DurationAndReason
+        );
+        assert_eq!(
+            three.is_ok(),
+            takes_many,
+            "{} with three arguments",
+            spec.name
+        );
+        if let ArgShape::EnvsOrKeyword(keyword) = spec.args {
+            let keyword_alone = parse_line(&format!("{P} {} {keyword}", spec.name), P).unwrap();
+            assert_eq!(
+                keyword_alone, bare,
+                "{} {keyword} means the default",
+                spec.name
+            );
+        }
+    }
+}
+
 #[test]
 fn command_words_ignore_case_but_arguments_do_not() {
     assert_eq!(
@@ -346,6 +390,21 @@ fn html_comments_are_ignored() {
 }
 
 #[test]
+fn preformatted_html_is_ignored() {
+    assert!(parse_comment("<pre>\n/convoy abort\n</pre>", P).is_empty());
+    assert!(parse_comment("<PRE class=\"x\">\n/convoy abort\n", P).is_empty());
+    assert_eq!(
+        commands("<pre>\n/convoy abort\n</pre>\n/convoy pause"),
+        vec![Command::Pause]
+    );
+    assert_eq!(
+        commands("<pre>x</pre>\n/convoy pause"),
+        vec![Command::Pause]
+    );
+    assert_eq!(commands("<prefix>\n/convoy pause"), vec![Command::Pause]);
+}
+
+#[test]
 fn unicode_text_and_names() {
     let body = "Grüße 👋\n/convoy retry café-ü ünïcødé\n/convoy freeze 10m Wartung 🔧";
     assert_eq!(
@@ -377,6 +436,13 @@ fn unknown_commands_suggest_the_closest() {
         one("/convoy rety"),
         Err(ParseError::UnknownCommand {
             name: "rety".into(),
+            suggestion: Some("retry")
+        })
+    );
+    assert_eq!(
+        one("/convoy retyr"),
+        Err(ParseError::UnknownCommand {
+            name: "retyr".into(),
             suggestion: Some("retry")
         })
     );
@@ -570,6 +636,22 @@ fn unknown_names_are_named_with_the_closest_match() {
     );
     assert_eq!(valid.len(), 1);
     assert_eq!(valid[0].names, vec!["acme-eu", "acme-us", "globex-eu"]);
+
+    let shouted = one("/convoy resync ACME-EU").unwrap();
+    let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&shouted, &ctx) else {
+        panic!("names are case-sensitive");
+    };
+    assert_eq!(unknown[0].suggestion.as_deref(), Some("acme-eu"));
+
+    let swapped = one("/convoy resync acme-ue").unwrap();
+    let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&swapped, &ctx) else {
+        panic!("expected an unknown environment");
+    };
+    assert_eq!(
+        unknown[0].suggestion.as_deref(),
+        Some("acme-us"),
+        "one substitution beats a swap"
+    );
 
     let wave = one("/convoy approve erly").unwrap();
     let Err(ValidationError::UnknownNames { unknown, .. }) = validate(&wave, &ctx) else {

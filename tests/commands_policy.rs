@@ -366,6 +366,8 @@ fn unknown_identifiers_are_errors() {
     );
 }
 
+use convoy::commands::buttons::{MAX_DESCRIPTION, MAX_IDENTIFIER, MAX_LABEL};
+
 fn button_command(wave_list: Vec<WaveName>) -> impl Strategy<Value = Command> {
     let pick = if wave_list.is_empty() {
         Just(None).boxed()
@@ -385,6 +387,23 @@ fn button_command(wave_list: Vec<WaveName>) -> impl Strategy<Value = Command> {
     ]
 }
 
+/// The limits the buttons are checked against are GitHub's own.
+#[test]
+fn button_limits_match_githubs_api_description() {
+    use convoy::commands::buttons::{MAX_DESCRIPTION, MAX_IDENTIFIER, MAX_LABEL};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/rest-api.openapi.json"
+    );
+    let text = std::fs::read_to_string(path).expect("shared/github/rest-api.openapi.json");
+    let api: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let action = &api["paths"]["/repos/{owner}/{repo}/check-runs"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["actions"]["items"]["properties"];
+    assert_eq!(action["label"]["maxLength"], MAX_LABEL);
+    assert_eq!(action["description"]["maxLength"], MAX_DESCRIPTION);
+    assert_eq!(action["identifier"]["maxLength"], MAX_IDENTIFIER);
+}
+
 proptest! {
     #[test]
     fn every_button_fits_and_maps_back(
@@ -393,9 +412,9 @@ proptest! {
             .prop_flat_map(|w| (Just(w.clone()), button_command(w)))
     ) {
         let button = button_for(&command, &wave_list).expect("every wave of the plan gets a button");
-        prop_assert!(button.identifier.len() <= 20, "{}", button.identifier);
-        prop_assert!(button.label.chars().count() <= 20, "{}", button.label);
-        prop_assert!(button.description.chars().count() <= 40, "{}", button.description);
+        prop_assert!(button.identifier.len() <= MAX_IDENTIFIER, "{}", button.identifier);
+        prop_assert!(button.label.chars().count() <= MAX_LABEL, "{}", button.label);
+        prop_assert!(button.description.chars().count() <= MAX_DESCRIPTION, "{}", button.description);
         prop_assert_eq!(command_for_action(&button.identifier, &wave_list), Ok(command));
     }
 
@@ -404,4 +423,116 @@ proptest! {
         let wave_list: Vec<WaveName> = (0..n).map(|i| WaveName::new(format!("w{i}"))).collect();
         let _ = command_for_action(&id, &wave_list);
     }
+}
+
+/// GitHub's own `issue_comment` examples (shared/github, see its README).
+fn issue_comment_examples() -> Vec<serde_json::Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/webhook-examples.json"
+    );
+    let text = std::fs::read_to_string(path).expect("shared/github/webhook-examples.json");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    let event = all
+        .into_iter()
+        .find(|e| e["name"] == "issue_comment")
+        .expect("issue_comment examples");
+    event["examples"].as_array().expect("examples").clone()
+}
+
+#[test]
+fn real_payloads_are_read_or_ignored() {
+    use convoy::commands::comment_place_from_payload;
+    let examples = issue_comment_examples();
+    let created = examples
+        .iter()
+        .find(|e| e["action"] == "created")
+        .expect("a created example")
+        .clone();
+    // As recorded: a comment on an ordinary issue labelled `bug`.
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &created),
+        Err(Ignored::OtherIssue)
+    );
+
+    let mut on_pr = created.clone();
+    on_pr["issue"]["pull_request"] =
+        serde_json::json!({"url": "https://api.github.com/repos/o/r/pulls/1"});
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &on_pr),
+        Ok(CommentPlace::PullRequest)
+    );
+
+    let mut drift = created.clone();
+    drift["issue"]["labels"][0]["name"] = "convoy-drift".into();
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &drift),
+        Ok(CommentPlace::DriftIssue)
+    );
+
+    let mut by_bot = on_pr.clone();
+    by_bot["comment"]["user"]["login"] = "convoy[bot]".into();
+    by_bot["comment"]["user"]["type"] = "Bot".into();
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &by_bot),
+        Err(Ignored::ByBot)
+    );
+
+    // Trusting author_association would let this one through; we never read it.
+    let mut owner_bot = by_bot.clone();
+    owner_bot["comment"]["author_association"] = "OWNER".into();
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &owner_bot),
+        Err(Ignored::ByBot)
+    );
+
+    for example in examples.iter().filter(|e| e["action"] != "created") {
+        let mut example = example.clone();
+        example["issue"]["pull_request"] = serde_json::json!({});
+        assert_eq!(
+            comment_place_from_payload("issue_comment", &example),
+            Err(Ignored::NotCreated)
+        );
+    }
+
+    assert_eq!(
+        comment_place_from_payload("issues", &on_pr),
+        Err(Ignored::NotAComment)
+    );
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &serde_json::json!({"action": "created"})),
+        Err(Ignored::Malformed)
+    );
+    let mut null_pr = created;
+    null_pr["issue"]["pull_request"] = serde_json::Value::Null;
+    assert_eq!(
+        comment_place_from_payload("issue_comment", &null_pr),
+        Err(Ignored::OtherIssue)
+    );
+}
+
+#[test]
+fn reactions_are_valid_against_githubs_api_description() {
+    use convoy::commands::Reaction;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/rest-api.openapi.json"
+    );
+    let text = std::fs::read_to_string(path).expect("shared/github/rest-api.openapi.json");
+    let api: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let allowed = &api["paths"]["/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"]["post"]
+        ["requestBody"]["content"]["application/json"]["schema"]["properties"]["content"]["enum"];
+    let allowed: Vec<&str> = allowed
+        .as_array()
+        .expect("the reaction enum")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for reaction in [Reaction::Eyes, Reaction::Rocket, Reaction::Confused] {
+        assert!(allowed.contains(&reaction.content()), "{reaction:?}");
+    }
+    assert_eq!(
+        [Reaction::Eyes, Reaction::Rocket, Reaction::Confused].map(Reaction::content),
+        ["eyes", "rocket", "confused"]
+    );
 }

@@ -96,12 +96,12 @@ pub fn button_for(command: &Command, waves: &[WaveName]) -> Option<Button> {
 /// The command a clicked button stands for. `waves`: the rollout's waves in
 /// plan order (to resolve `approve#<index>`).
 pub fn command_for_action(identifier: &str, waves: &[WaveName]) -> Result<Command, ButtonError> {
-    if let Some(name) = identifier.strip_prefix(APPROVE_NAMED) {
-        if !name.is_empty() {
-            return Ok(Command::Approve {
-                wave: Some(WaveName::new(name)),
-            });
-        }
+    if let Some(name) = identifier.strip_prefix(APPROVE_NAMED)
+        && !name.is_empty()
+    {
+        return Ok(Command::Approve {
+            wave: Some(WaveName::new(name)),
+        });
     }
     if let Some(number) = identifier.strip_prefix(APPROVE_INDEXED) {
         let index: usize = number

@@ -42,6 +42,8 @@ pub enum Ignored {
     ByBot,
     /// An ordinary issue, not a pull request nor the drift issue.
     OtherIssue,
+    /// The payload lacks `action`, `issue` or `comment.user`.
+    Malformed,
 }
 
 /// `Ok(place)` when the comment may hold commands.
@@ -66,6 +68,66 @@ pub fn comment_place(facts: &CommentFacts<'_>) -> Result<CommentPlace, Ignored> 
         return Ok(CommentPlace::DriftIssue);
     }
     Err(Ignored::OtherIssue)
+}
+
+/// [`comment_place`] straight from an `issue_comment` payload (`event` is
+/// the `X-GitHub-Event` header). Reads `action`, `issue.pull_request`,
+/// `issue.labels[].name`, `comment.user.login` and `comment.user.type`;
+/// never `author_association`.
+pub fn comment_place_from_payload(
+    event: &str,
+    payload: &serde_json::Value,
+) -> Result<CommentPlace, Ignored> {
+    if event != "issue_comment" {
+        return Err(Ignored::NotAComment);
+    }
+    let text = |pointer: &str| payload.pointer(pointer).and_then(serde_json::Value::as_str);
+    let (Some(action), Some(issue), Some(login)) = (
+        text("/action"),
+        payload.get("issue").filter(|i| i.is_object()),
+        text("/comment/user/login"),
+    ) else {
+        return Err(Ignored::Malformed);
+    };
+    let labels: Vec<&str> = issue
+        .get("labels")
+        .and_then(serde_json::Value::as_array)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|l| l.get("name").and_then(serde_json::Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    comment_place(&CommentFacts {
+        event,
+        action,
+        on_pull_request: issue.get("pull_request").is_some_and(|pr| !pr.is_null()),
+        issue_labels: &labels,
+        author_login: login,
+        author_type: text("/comment/user/type").unwrap_or(""),
+    })
+}
+
+/// The reactions convoy puts on a command comment (GitHub's `content`
+/// values): 👀 on receipt, 🚀 when done, 😕 when refused, invalid or failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    Eyes,
+    Rocket,
+    Confused,
+}
+
+impl Reaction {
+    /// The `content` field of `POST …/comments/{id}/reactions`.
+    pub fn content(self) -> &'static str {
+        match self {
+            Reaction::Eyes => "eyes",
+            Reaction::Rocket => "rocket",
+            Reaction::Confused => "confused",
+        }
+    }
 }
 
 /// A bot account: `type` `Bot`, or a login ending in `[bot]` (how GitHub

@@ -5,12 +5,17 @@
 //! edge looks facts up on GitHub, asks these functions, and acts.
 //!
 //! The flow for one comment, as the edge is meant to run it:
-//! 1. [`comment_place`] — is this delivery a command comment at all?
+//! 1. [`comment_place`] (or [`comment_place_from_payload`]) — is this
+//!    delivery a command comment at all? If so, react [`Reaction::Eyes`].
 //! 2. [`parse_comment`] — the command lines, in order (typed errors).
-//! 3. per command: [`applicable`] at the venue, [`validate`] against the
-//!    rollout's names, then [`teams_to_check`] → look up → [`authorize`].
-//! 4. any [`Rejection`] → 😕 and [`render_rejection`]; `help` →
-//!    [`render_help`].
+//! 3. per command: [`precheck`] ([`applicable`] at the venue, [`validate`]
+//!    against the rollout's names), then [`teams_to_check`] → look up →
+//!    [`authorize`].
+//! 4. any [`Rejection`] → [`Reaction::Confused`] and [`render_rejection`];
+//!    `help` → [`render_help`]; done → [`Reaction::Rocket`].
+//!
+//! A button click skips 1–2: [`command_for_action`] gives the command, and
+//! 3–4 are the same.
 
 pub mod auth;
 pub mod buttons;
@@ -26,7 +31,10 @@ pub use auth::{
 };
 pub use buttons::{Button, ButtonError, button_for, command_for_action};
 pub use command::{Command, RetryTarget, RollbackTarget};
-pub use comment::{CommentFacts, CommentPlace, DRIFT_LABEL, Ignored, comment_place, is_bot};
+pub use comment::{
+    CommentFacts, CommentPlace, DRIFT_LABEL, Ignored, Reaction, comment_place,
+    comment_place_from_payload, is_bot,
+};
 pub use parse::{
     DurationProblem, MAX_COMMANDS_PER_COMMENT, ParseError, ParsedLine, parse_comment, parse_line,
 };
@@ -34,5 +42,5 @@ pub use reply::{Rejection, ReplyInput, code_span, render_help, render_rejection}
 pub use table::{Access, ArgShape, ButtonSpec, COMMANDS, CommandSpec, Verb};
 pub use validate::{
     Context, NameKind, NotApplicable, NotApplicableReason, UnknownName, ValidNames,
-    ValidationError, Venue, applicable, validate,
+    ValidationError, Venue, applicable, precheck, validate,
 };

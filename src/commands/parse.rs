@@ -25,6 +25,8 @@
 //!   continue a quoted paragraph (non-blank lines right after a quoted line
 //!   with text, up to the next blank line), because GitHub shows those inside
 //!   the quote too.
+//! - raw HTML blocks shown verbatim: from a line starting with `<pre`,
+//!   `<script`, `<style` or `<textarea` to the line holding its closing tag.
 //! - HTML comments `<!-- … -->`, within a line or across lines; a line that
 //!   starts with `<!--` is never a command, and a comment after a command is
 //!   not part of its arguments.
@@ -35,10 +37,10 @@
 
 use crate::domain::{EnvName, ServiceName, WaveName};
 use crate::duration::parse_duration;
-use crate::suggest::closest;
 
 use super::command::{Command, RetryTarget, RollbackTarget};
 use super::table::Verb;
+use super::validate::closest_or_swapped;
 
 /// More command lines than this in one comment are refused (the rest of the
 /// comment is not read), so a pasted log cannot fire hundreds of actions.
@@ -80,13 +82,13 @@ pub enum ParseError {
 /// input, so a reply can show them next to the (quoted) input safely.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DurationProblem {
-    #[error("not a duration")]
+    #[error("it is not in a known form")]
     Malformed,
-    #[error("a number needs a unit: ms, s, m, h or d")]
+    #[error("a number needs a unit (ms, s, m, h or d)")]
     MissingUnit,
     #[error("it is zero, so the freeze would end at once")]
     Zero,
-    #[error("too large")]
+    #[error("it is too large")]
     TooLarge,
 }
 
@@ -158,7 +160,7 @@ pub fn parse_line(line: &str, prefix: &str) -> Option<Result<Command, ParseError
         let lower = word.to_lowercase();
         return Some(Err(ParseError::UnknownCommand {
             name: word.to_owned(),
-            suggestion: closest(&lower, Verb::names()),
+            suggestion: closest_or_swapped(&lower, Verb::names()),
         }));
     };
     Some(parse_arguments(verb, after))
@@ -327,6 +329,8 @@ struct Fence {
 struct Scanner {
     fence: Option<Fence>,
     in_html_comment: bool,
+    /// Inside a raw HTML block (`<pre>` and kin): the closing tag.
+    raw_html_end: Option<&'static str>,
     /// The previous line was quoted paragraph text, so a following non-blank
     /// line lazily continues the quote.
     lazy_quote: bool,
@@ -356,13 +360,20 @@ impl Scanner {
             return None;
         }
 
+        if let Some(end) = self.raw_html_end {
+            if line.to_ascii_lowercase().contains(end) {
+                self.raw_html_end = None;
+            }
+            return None;
+        }
+
         if content.is_empty() {
             self.lazy_quote = false;
             return None;
         }
 
         if indent <= 3 && content.starts_with('>') {
-            let inner = content.trim_start_matches(|c: char| c == '>' || c == ' ' || c == '\t');
+            let inner = content.trim_start_matches(['>', ' ', '\t']);
             self.lazy_quote = !inner.is_empty() && opens_fence(inner, 0).is_none();
             return None;
         }
@@ -377,12 +388,37 @@ impl Scanner {
             return None;
         }
 
+        if let Some(end) = opens_raw_html(content) {
+            if !line.to_ascii_lowercase().contains(end) {
+                self.raw_html_end = Some(end);
+            }
+            return None;
+        }
+
         let visible = strip_html_comments(line, &mut self.in_html_comment);
         if indent > 3 || content.starts_with("<!--") || !content.starts_with(prefix) {
             return None;
         }
         Some(visible)
     }
+}
+
+/// A raw HTML block (CommonMark type 1: `<pre>`, `<script>`, `<style>`,
+/// `<textarea>`) starting at `content`: its closing tag. Its lines are shown
+/// verbatim, like code.
+fn opens_raw_html(content: &str) -> Option<&'static str> {
+    const RAW: [(&str, &str); 4] = [
+        ("<pre", "</pre>"),
+        ("<script", "</script>"),
+        ("<style", "</style>"),
+        ("<textarea", "</textarea>"),
+    ];
+    RAW.iter().find_map(|(open, close)| {
+        let head = content.get(..open.len())?;
+        let next = content[open.len()..].chars().next();
+        (head.eq_ignore_ascii_case(open) && next.is_none_or(|c| c == '>' || c.is_whitespace()))
+            .then_some(*close)
+    })
 }
 
 /// Leading indentation in columns (tabs to the next multiple of 4) and the

@@ -19,7 +19,8 @@ use super::validate::{NotApplicable, ValidationError};
 
 /// Longest user text quoted back in a reply, in characters.
 const MAX_QUOTED: usize = 120;
-/// Valid names listed in an "unknown name" reply; the rest are counted.
+/// Names listed in a reply (valid, unknown or unexpected ones); the rest
+/// are counted, so a reply stays short whatever was typed.
 const MAX_LISTED_NAMES: usize = 20;
 
 const TEMPLATES: [(&str, &str); 6] = [
@@ -104,7 +105,7 @@ pub fn render_rejection(rejection: &Rejection, input: ReplyInput<'_>) -> String 
             context.insert("name", name);
             context.insert(
                 "suggested",
-                &suggestion.map(|s| format!("{} {s}", input.prefix)),
+                &suggestion.map(|s| corrected_command(input, name, s)),
             );
             context.insert("commands", &command_rows(input.prefix));
             "unknown_command.md"
@@ -114,7 +115,9 @@ pub fn render_rejection(rejection: &Rejection, input: ReplyInput<'_>) -> String 
             "invalid_arguments.md"
         }
         Rejection::Invalid(ValidationError::UnknownNames { unknown, valid }) => {
-            context.insert("unknown", unknown);
+            let listed = &unknown[..unknown.len().min(MAX_LISTED_NAMES)];
+            context.insert("unknown", listed);
+            context.insert("unknown_more", &(unknown.len() - listed.len()));
             context.insert(
                 "valid",
                 &valid
@@ -243,7 +246,9 @@ struct ArgumentsView {
     usage: String,
     summary: &'static str,
     argument: Option<&'static str>,
+    /// At most [`MAX_LISTED_NAMES`] of them; `extra_more` counts the rest.
     extra: Vec<String>,
+    extra_more: usize,
     keyword: Option<&'static str>,
     input: Option<String>,
     message: Option<String>,
@@ -270,6 +275,7 @@ impl ArgumentsView {
             summary: verb.map(|v| v.spec().summary).unwrap_or_default(),
             argument: None,
             extra: Vec::new(),
+            extra_more: 0,
             keyword: None,
             input: None,
             message: None,
@@ -282,7 +288,8 @@ impl ArgumentsView {
             }
             ParseError::UnexpectedArguments { extra, .. } => {
                 view.kind = "unexpected_arguments";
-                view.extra = extra.clone();
+                view.extra = extra.iter().take(MAX_LISTED_NAMES).cloned().collect();
+                view.extra_more = extra.len() - view.extra.len();
             }
             ParseError::KeywordWithNames { keyword, .. } => {
                 view.kind = "keyword_with_names";
@@ -355,6 +362,19 @@ fn mention(login: &str) -> Option<String> {
         && login.len() <= 39
         && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     plausible.then(|| format!("@{login}"))
+}
+
+/// The command line with its unknown command word replaced by `suggestion`,
+/// arguments kept; just the command when the line is not known.
+fn corrected_command(input: ReplyInput<'_>, name: &str, suggestion: &str) -> String {
+    let rest = input
+        .line
+        .and_then(|line| line.trim_start().strip_prefix(input.prefix.trim()))
+        .and_then(|rest| rest.trim_start().strip_prefix(name));
+    match rest {
+        Some(rest) => format!("{} {suggestion}{rest}", input.prefix),
+        None => format!("{} {suggestion}", input.prefix),
+    }
 }
 
 /// The command line with every unknown name replaced by its suggestion, when

@@ -34,8 +34,8 @@ pub enum Access {
     /// Repository permission `write` or `admin` (GitHub's permission
     /// endpoint; `maintain` is reported as `write`).
     Write,
-    /// A login or team member listed in `policy.approvers`; anyone with
-    /// write when that list is empty.
+    /// Write, and — when `policy.approvers` is set — listed there by login
+    /// or as a member of a listed `@org/team`.
     Approver,
 }
 
@@ -288,7 +288,7 @@ impl Verb {
     }
 
     /// Every command word, in table order (for "did you mean").
-    pub fn names() -> impl Iterator<Item = &'static str> {
+    pub fn names() -> impl Iterator<Item = &'static str> + Clone {
         COMMANDS.iter().map(|spec| spec.name)
     }
 }

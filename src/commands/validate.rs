@@ -89,6 +89,33 @@ fn describe_unknown(unknown: &[UnknownName]) -> String {
         .join(", ")
 }
 
+/// A name differing only in case, else the closest by edit distance.
+fn suggest(name: &str, known: &[&str]) -> Option<String> {
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
+        .or_else(|| closest_or_swapped(&name.to_lowercase(), known.iter().copied()))
+        .map(str::to_owned)
+}
+
+/// [`closest`], plus swapped letters (`retyr` for `retry`): the most common
+/// typo, which plain edit distance counts as two edits. Same limit.
+pub(crate) fn closest_or_swapped<'a, I>(input: &str, candidates: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str> + Clone,
+{
+    closest(input, candidates.clone()).or_else(|| {
+        let limit = (input.chars().count() / 3).max(1);
+        candidates
+            .into_iter()
+            .map(|c| (strsim::osa_distance(input, c), c))
+            .filter(|(d, _)| *d <= limit)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, c)| c)
+    })
+}
+
 /// Checks every environment, wave and service the command names against the
 /// context. Keywords (`retry failed`, `rollback all`) and defaults need no
 /// names and always pass: the engine decides what they cover.
@@ -99,7 +126,7 @@ pub fn validate(command: &Command, context: &Context) -> Result<(), ValidationEr
             unknown.push(UnknownName {
                 kind,
                 name: name.to_owned(),
-                suggestion: closest(name, known.iter().copied()).map(str::to_owned),
+                suggestion: suggest(name, known),
             });
         }
     };
@@ -256,4 +283,17 @@ pub fn applicable(verb: Verb, venue: Venue) -> Result<(), NotApplicable> {
         (_, DriftIssue) => NotApplicableReason::DriftIssue,
     };
     Err(NotApplicable { verb, reason })
+}
+
+/// Both checks that need no GitHub lookup, in the order a reply should
+/// report them: does the command apply at this venue, and do its names exist
+/// in the context.
+pub fn precheck(
+    command: &Command,
+    venue: Venue,
+    context: &Context,
+) -> Result<(), super::reply::Rejection> {
+    applicable(command.verb(), venue)?;
+    validate(command, context)?;
+    Ok(())
 }
