@@ -154,8 +154,11 @@ pub trait GitHubApi: Send + Sync {
         filter: IssueFilter,
     ) -> GitHubResult<Vec<Issue>>;
 
-    async fn get_repository(&self, inst: InstallationId, repo: &RepoName)
-    -> GitHubResult<Repository>;
+    async fn get_repository(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+    ) -> GitHubResult<Repository>;
 
     /// `user`'s membership of `org/team_slug`; `None` when not a member.
     async fn get_team_membership(

@@ -104,7 +104,9 @@ impl AppAuth {
     /// `pem` is the App's private key (PKCS#1 as GitHub issues it, or PKCS#8).
     pub fn new(app_id: u64, pem: &Secret, clock: Arc<dyn WallClock>) -> Result<Self, GitHubError> {
         let key = EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|e| {
-            GitHubError::Request(format!("the GitHub App private key is not an RSA PEM key: {e}"))
+            GitHubError::Request(format!(
+                "the GitHub App private key is not an RSA PEM key: {e}"
+            ))
         })?;
         Ok(AppAuth {
             app_id,
@@ -138,7 +140,8 @@ impl AppAuth {
     }
 
     fn fresh(&self, cached: &CachedToken) -> bool {
-        let margin = chrono::Duration::from_std(self.renew_margin).unwrap_or(chrono::Duration::zero());
+        let margin =
+            chrono::Duration::from_std(self.renew_margin).unwrap_or(chrono::Duration::zero());
         self.clock.now() + margin < cached.expires_at
     }
 
@@ -180,6 +183,39 @@ impl AppAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const KEY: &str = include_str!("../../tests/fixtures/test-app-key.pem");
+
+    #[tokio::test]
+    async fn token_is_cached_until_the_renew_margin_then_renewed() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let auth =
+            AppAuth::new(7, &Secret::new(KEY), clock.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let fetches = AtomicUsize::new(0);
+        let get = || async {
+            auth.installation_token(InstallationId(1), |_jwt| async {
+                let n = fetches.fetch_add(1, Ordering::SeqCst);
+                Ok(InstallationTokenResponse {
+                    token: format!("tok-{n}"),
+                    expires_at: clock.now() + chrono::Duration::hours(1),
+                })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expose()
+            .to_owned()
+        };
+        assert_eq!(get().await, "tok-0");
+        clock.advance(Duration::from_secs(54 * 60 + 59));
+        assert_eq!(get().await, "tok-0", "still more than 5 minutes left");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(get().await, "tok-1", "renewed shortly before expiry");
+        assert_eq!(get().await, "tok-1");
+        auth.invalidate(InstallationId(1)).await;
+        assert_eq!(get().await, "tok-2", "a 401 forces a new token");
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn claims_follow_github_rules() {

@@ -440,7 +440,11 @@ impl GitHubClient {
     ) -> GitHubResult<Vec<T>> {
         const PER_PAGE: usize = 100;
         const MAX_PAGES: usize = 100;
-        let sep = if path_and_query.contains('?') { '&' } else { '?' };
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
             let path = format!("{path_and_query}{sep}per_page={PER_PAGE}&page={page}");
@@ -672,17 +676,16 @@ impl GitHubApi for GitHubClient {
             match result {
                 Err(e) if e.is_transient() && attempt < max => {
                     // The POST may have landed. Look before posting again.
-                    if let Some(marker) = &marker {
-                        if let Some(found) = self
+                    if let Some(marker) = &marker
+                        && let Some(found) = self
                             .find_comment_by_marker(inst, repo, issue_number, marker)
                             .await?
-                        {
-                            tracing::info!(
-                                comment = found.id,
-                                "found the comment of a timed-out POST by its marker"
-                            );
-                            return Ok(found);
-                        }
+                    {
+                        tracing::info!(
+                            comment = found.id,
+                            "found the comment of a timed-out POST by its marker"
+                        );
+                        return Ok(found);
                     }
                     self.backoff_before_recreate(attempt).await;
                 }

@@ -76,7 +76,10 @@ impl RateHeaders {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Done,
-    Retry { after: Duration, reason: RetryReason },
+    Retry {
+        after: Duration,
+        reason: RetryReason,
+    },
     Fail(GitHubError),
 }
 
@@ -105,6 +108,7 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, jitter: f64) -> Duration {
 
 /// Decides after an HTTP answer. `attempt` counts from 1; `secondary_hits`
 /// is how many secondary limits this call met before this one.
+#[allow(clippy::too_many_arguments)] // all plain inputs of one decision
 pub fn after_response(
     policy: &RetryPolicy,
     status: u16,
@@ -213,7 +217,13 @@ mod tests {
         assert_eq!(backoff(&p(), 1, 0.999_999).as_millis(), 999);
         assert_eq!(backoff(&p(), 30, 1.0), Duration::from_secs(60));
         let v = after_response(&p(), 502, &RateHeaders::default(), "", 1, 0, 0, 0.0);
-        assert!(matches!(v, Verdict::Retry { reason: RetryReason::Server, .. }));
+        assert!(matches!(
+            v,
+            Verdict::Retry {
+                reason: RetryReason::Server,
+                ..
+            }
+        ));
         let v = after_response(&p(), 502, &RateHeaders::default(), "", 6, 0, 0, 0.0);
         assert_eq!(v, Verdict::Fail(GitHubError::Server { status: 502 }));
     }
@@ -313,7 +323,10 @@ mod tests {
             0,
             0.0,
         );
-        assert!(matches!(v, Verdict::Fail(GitHubError::Invalid { status: 422, .. })));
+        assert!(matches!(
+            v,
+            Verdict::Fail(GitHubError::Invalid { status: 422, .. })
+        ));
         let v = after_response(&p(), 404, &RateHeaders::default(), "", 1, 0, 0, 0.0);
         assert!(matches!(v, Verdict::Fail(GitHubError::NotFound(_))));
     }
