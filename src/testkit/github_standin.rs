@@ -730,13 +730,11 @@ fn extra_limits(path: &str, body: Option<&Value>) -> Vec<String> {
     if (path.contains("/comments") || path.ends_with("/issues") || path.contains("/issues/"))
         && let Some(b) = body.get("body").and_then(Value::as_str)
     {
-        {
-            let n = b.chars().count();
-            if n > COMMENT_MAX_CHARS {
-                out.push(format!(
-                    "body has {n} characters, GitHub accepts at most {COMMENT_MAX_CHARS}"
-                ));
-            }
+        let n = b.chars().count();
+        if n > COMMENT_MAX_CHARS {
+            out.push(format!(
+                "body has {n} characters, GitHub accepts at most {COMMENT_MAX_CHARS}"
+            ));
         }
     }
     if path.contains("/check-runs")
