@@ -536,3 +536,57 @@ async fn concurrency_per_installation_is_bounded_and_rate_limit_is_exported() {
     );
     standin.assert_no_violations();
 }
+
+#[tokio::test]
+async fn a_timed_out_check_run_post_is_not_duplicated() {
+    let (standin, _) = setup().await;
+    let mut policy = fast_policy();
+    policy.request_timeout = Duration::from_millis(300);
+    let client = client_for(&standin, policy);
+    ok(client.get_repository(INST, &repo()).await);
+    // An older generation with the same external_id must not be mistaken
+    // for the lost one.
+    let mut old = NewCheckRun::new("convoy/rollout", "d".repeat(40));
+    old.external_id = Some("r-5".into());
+    old.status = CheckRunStatus::Completed;
+    old.conclusion = Some(CheckRunConclusion::ActionRequired);
+    let old = ok(client.create_check_run(INST, &repo(), &old).await);
+    standin.inject(
+        Fault::new(FaultKind::Slow(Duration::from_secs(2)), 1).on(Method::POST, "/check-runs"),
+    );
+    let mut run = NewCheckRun::new("convoy/rollout", "d".repeat(40));
+    run.external_id = Some("r-5".into());
+    run.output = Some(CheckRunOutput {
+        title: "Rolling out".into(),
+        summary: "resumed".into(),
+        text: None,
+        annotations: vec![],
+    });
+    let created = ok(client.create_check_run(INST, &repo(), &run).await);
+    assert_ne!(created.id, old.id);
+    let state = standin.state();
+    assert_eq!(
+        state.check_runs.len(),
+        2,
+        "the old one and exactly one new one"
+    );
+    assert_eq!(state.count_requests(&Method::POST, "/check-runs"), 2);
+    let listed = ok(client
+        .list_check_runs(INST, &repo(), &"d".repeat(40), Some("convoy/rollout"))
+        .await);
+    assert_eq!(listed.len(), 2);
+    standin.assert_no_violations();
+}
+
+#[tokio::test]
+async fn an_exhausted_primary_limit_is_reported_and_recovered_from() {
+    let (standin, client) = setup().await;
+    ok(client.get_repository(INST, &repo()).await);
+    standin.set_rate_limit_remaining(INST.0, 1);
+    ok(client.get_repository(INST, &repo()).await);
+    assert_eq!(client.rate_limits().get(INST), Some(0));
+    // The next call waits for the reset (capped by the shrunk policy) and
+    // then goes through.
+    ok(client.get_repository(INST, &repo()).await);
+    standin.assert_no_violations();
+}

@@ -62,7 +62,10 @@ pub type GitHubResult<T> = Result<T, GitHubError>;
 #[async_trait]
 pub trait GitHubApi: Send + Sync {
     /// Creates a check run. Output text is cut to GitHub's byte limit;
-    /// annotations beyond 50 are appended with follow-up updates.
+    /// annotations beyond 50 are appended with follow-up updates. When the
+    /// POST's fate is unknown (timeout, 5xx) and the run has an
+    /// `external_id`, an identical check run on the commit is looked for
+    /// before anything is re-sent.
     async fn create_check_run(
         &self,
         inst: InstallationId,
@@ -78,6 +81,16 @@ pub trait GitHubApi: Send + Sync {
         check_run_id: u64,
         update: &CheckRunUpdate,
     ) -> GitHubResult<CheckRun>;
+
+    /// Check runs on a commit (`git_ref` is a SHA or ref), all of them (not
+    /// only the latest per name), optionally of one name.
+    async fn list_check_runs(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        git_ref: &str,
+        name: Option<&str>,
+    ) -> GitHubResult<Vec<CheckRun>>;
 
     /// Creates a comment on an issue or pull request. If the body carries a
     /// hidden marker and the POST's fate is unknown (timeout, 5xx), the

@@ -574,6 +574,39 @@ impl GitHubClient {
         Ok(last)
     }
 
+    /// After a create whose fate is unknown: a check run on the commit with
+    /// the same name, `external_id`, status, conclusion and output title and
+    /// summary is the one the lost POST created. Without an `external_id`
+    /// nothing identifies it, and the POST is repeated.
+    async fn find_created_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        run: &NewCheckRun,
+    ) -> GitHubResult<Option<CheckRun>> {
+        let Some(external_id) = &run.external_id else {
+            return Ok(None);
+        };
+        let runs = self
+            .list_check_runs(inst, repo, &run.head_sha, Some(&run.name))
+            .await?;
+        let status = serde_json::to_value(run.status).ok();
+        let conclusion = run.conclusion.and_then(|c| serde_json::to_value(c).ok());
+        Ok(runs.into_iter().find(|r| {
+            r.external_id.as_ref() == Some(external_id)
+                && status.as_ref().and_then(|s| s.as_str()) == Some(r.status.as_str())
+                && conclusion.as_ref().and_then(|c| c.as_str()) == r.conclusion.as_deref()
+                && match (&run.output, &r.output) {
+                    (Some(want), Some(got)) => {
+                        got.title.as_deref() == Some(want.title.as_str())
+                            && got.summary.as_deref() == Some(want.summary.as_str())
+                    }
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                }
+        }))
+    }
+
     /// The comment of `issue_number` whose body carries `marker`.
     pub async fn find_comment_by_marker(
         &self,
@@ -606,11 +639,23 @@ impl GitHubApi for GitHubClient {
             rest = batches;
         }
         let path = format!("{}/check-runs", repo_path(repo)?);
-        // A duplicate check run of the same name is harmless (GitHub shows
-        // the newest per name), so this POST is retried like a PATCH.
-        let created: CheckRun = self
-            .request(inst, Method::POST, &path, Some(&first), Repeat::Safe)
-            .await?;
+        let max = self.inner.policy.max_attempts;
+        let mut attempt = 0;
+        let created: CheckRun = loop {
+            attempt += 1;
+            let result = self
+                .request(inst, Method::POST, &path, Some(&first), Repeat::Creates)
+                .await;
+            match result {
+                Err(e) if e.is_transient() && attempt < max => {
+                    if let Some(found) = self.find_created_check_run(inst, repo, &first).await? {
+                        break found;
+                    }
+                    self.backoff_before_recreate(attempt).await;
+                }
+                other => break other?,
+            }
+        };
         match (&first.output, rest.is_empty()) {
             (Some(output), false) => Ok(self
                 .append_annotations(inst, repo, created.id, output, rest)
@@ -648,6 +693,46 @@ impl GitHubApi for GitHubClient {
                 .unwrap_or(updated)),
             _ => Ok(updated),
         }
+    }
+
+    async fn list_check_runs(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        git_ref: &str,
+        name: Option<&str>,
+    ) -> GitHubResult<Vec<CheckRun>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            check_runs: Vec<CheckRun>,
+        }
+        const PER_PAGE: usize = 100;
+        let mut path = format!(
+            "{}/commits/{}/check-runs?filter=all",
+            repo_path(repo)?,
+            encode_component(git_ref)
+        );
+        if let Some(name) = name {
+            path.push_str(&format!("&check_name={}", encode_component(name)));
+        }
+        let mut all = Vec::new();
+        for page in 1..=100 {
+            let p: Page = self
+                .request(
+                    inst,
+                    Method::GET,
+                    &format!("{path}&per_page={PER_PAGE}&page={page}"),
+                    None::<&()>,
+                    Repeat::Safe,
+                )
+                .await?;
+            let n = p.check_runs.len();
+            all.extend(p.check_runs);
+            if n < PER_PAGE {
+                break;
+            }
+        }
+        Ok(all)
     }
 
     async fn create_comment(

@@ -409,6 +409,12 @@ impl GitHubStandIn {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Sets the installation's remaining primary rate limit; the next
+    /// answer reports one less.
+    pub fn set_rate_limit_remaining(&self, installation: i64, remaining: i64) {
+        self.shared.lock().remaining.insert(installation, remaining);
+    }
+
     /// Queues a fault; faults apply in the order queued.
     pub fn inject(&self, fault: Fault) {
         self.shared.lock().faults.push(fault);
@@ -953,6 +959,7 @@ fn route_request(
                 "external_id": body.get("external_id").cloned().unwrap_or(Value::Null),
                 "details_url": body.get("details_url").cloned().unwrap_or(Value::Null),
                 "html_url": format!("{base}/{repo}/runs/{id}"),
+                "url": format!("{base}/repos/{repo}/check-runs/{id}"),
                 "started_at": body.get("started_at").cloned().unwrap_or(json!(now_str())),
                 "completed_at": Value::Null,
                 "output": {"title": Value::Null, "summary": Value::Null, "text": Value::Null, "annotations_count": 0},
@@ -1003,6 +1010,38 @@ fn route_request(
                 Some(run) => answer(StatusCode::OK, run.clone()),
                 None => not_found(),
             }
+        }
+
+        (&Method::GET, ["commits", git_ref, "check-runs"]) => {
+            let name = query_param(query, "check_name");
+            let latest = query_param(query, "filter").as_deref() != Some("all");
+            let mut runs: Vec<Value> = inner
+                .state
+                .check_runs
+                .values()
+                .filter_map(|v| v.last())
+                .filter(|r| r["head_sha"].as_str() == Some(git_ref))
+                .filter(|r| {
+                    r["url"]
+                        .as_str()
+                        .is_some_and(|u| u.contains(&format!("/repos/{repo}/check-runs/")))
+                })
+                .filter(|r| {
+                    name.as_deref()
+                        .is_none_or(|n| r["name"].as_str() == Some(n))
+                })
+                .cloned()
+                .collect();
+            runs.reverse(); // newest first, as GitHub lists them
+            if latest {
+                let mut seen = std::collections::HashSet::new();
+                runs.retain(|r| seen.insert(r["name"].to_string()));
+            }
+            let total = runs.len();
+            answer(
+                StatusCode::OK,
+                json!({"total_count": total, "check_runs": paginate(runs, query)}),
+            )
         }
 
         (&Method::POST, ["issues", number, "comments"]) => {
