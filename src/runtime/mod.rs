@@ -1,1 +1,5 @@
-//! Workers and timers: the inbox worker, effect execution, crash recovery.
+//! Workers and timers: intake's group commit, the inbox worker, and (with the
+//! engine) effect execution and crash recovery.
+
+pub mod intake;
+pub mod worker;
