@@ -2,7 +2,7 @@
 -- comment or check run and a hash of the body it sent. The reporter's
 -- transport reads it at startup so a restart neither re-creates objects nor
 -- re-sends unchanged bodies.
-CREATE TABLE IF NOT EXISTS report_ledger (
+CREATE TABLE report_ledger (
     rollout_id      TEXT    NOT NULL,
     -- 'check_run' or 'comment'
     object_kind     TEXT    NOT NULL,
@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS report_ledger (
     repo            TEXT    NOT NULL,
     github_id       INTEGER,
     body_hash       TEXT    NOT NULL,
-    updated_at      TEXT    NOT NULL,
+    -- Unix milliseconds, like every time in the store
+    updated_at      INTEGER NOT NULL,
     PRIMARY KEY (rollout_id, object_kind, object_name, object_number)
 );

@@ -456,23 +456,13 @@ async fn an_outage_delays_reporting_and_never_blocks_the_caller() {
     s.assert_no_violations();
 }
 
+/// The store the server opens (its embedded migrations include 0002).
 async fn sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(opts)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let migrations = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    sqlx::migrate::Migrator::new(migrations)
+    convoy::store::sqlite::SqliteStore::open(path)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .run(&pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    pool
+        .pool()
+        .clone()
 }
 
 #[tokio::test]

@@ -322,7 +322,7 @@ impl GitHubClient {
         let mut refreshed_after_401 = false;
         loop {
             attempt += 1;
-            let (bearer, _permit) = match actor {
+            let (bearer, permit) = match actor {
                 Actor::App => (
                     match &bearer {
                         Some(b) => b.clone(),
@@ -341,7 +341,10 @@ impl GitHubClient {
                     (token, Some(permit))
                 }
             };
-            let verdict = match self.exchange(&bearer, &method, path, body).await {
+            let exchanged = self.exchange(&bearer, &method, path, body).await;
+            // Not held while backing off: the bound is on requests in flight.
+            drop(permit);
+            let verdict = match exchanged {
                 Ok((status, headers, text)) => {
                     let rate = RateHeaders::from_headers(&headers);
                     self.observe_rate(actor, &rate);
@@ -385,7 +388,12 @@ impl GitHubClient {
                 Err(e) => return Err(e),
             };
             match verdict {
-                Verdict::Done => return Err(GitHubError::Decode("unreachable verdict".into())),
+                // Done returned above with the reply.
+                Verdict::Done => {
+                    return Err(GitHubError::Decode(
+                        "retry loop ended without a reply".into(),
+                    ));
+                }
                 Verdict::Fail(e) => return Err(e),
                 Verdict::Retry { after, reason } => {
                     if reason == retry::RetryReason::SecondaryLimit {

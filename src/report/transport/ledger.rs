@@ -153,7 +153,7 @@ impl ReportLedger for SqliteLedger {
         .bind(key.repo.as_str())
         .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
         .bind(&entry.digest)
-        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(chrono::Utc::now().timestamp_millis())
         .execute(&self.pool)
         .await?;
         Ok(())
