@@ -76,16 +76,16 @@ fn deliver_all(sched: &mut Scheduler, now: Duration) -> Vec<String> {
 fn the_newest_body_wins_and_an_unchanged_body_is_never_sent() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
-    sched.desire(k.clone(), body("v1"), Importance::Change, s(0.0));
+    sched.desire(k.clone(), body("v1"), Importance::Matters, s(0.0));
     assert_eq!(deliver_all(&mut sched, s(0.0)), vec!["v1"]);
-    sched.desire(k.clone(), body("v1"), Importance::Change, s(10.0));
+    sched.desire(k.clone(), body("v1"), Importance::Matters, s(10.0));
     assert_eq!(
         sched.next(s(10.0)),
         Next::Idle,
         "unchanged body is not sent"
     );
-    sched.desire(k.clone(), body("v2"), Importance::Progress, s(11.0));
-    sched.desire(k.clone(), body("v3"), Importance::Progress, s(12.0));
+    sched.desire(k.clone(), body("v2"), Importance::CountsOnly, s(11.0));
+    sched.desire(k.clone(), body("v3"), Importance::CountsOnly, s(12.0));
     assert_eq!(sched.next(s(12.0)), Next::WaitUntil(s(30.0)));
     assert_eq!(
         deliver_all(&mut sched, s(30.0)),
@@ -93,8 +93,8 @@ fn the_newest_body_wins_and_an_unchanged_body_is_never_sent() {
         "v2 coalesced away"
     );
     // Back to what GitHub shows before it was sent: nothing to do.
-    sched.desire(k.clone(), body("v4"), Importance::Progress, s(31.0));
-    sched.desire(k.clone(), body("v3"), Importance::Progress, s(32.0));
+    sched.desire(k.clone(), body("v4"), Importance::CountsOnly, s(31.0));
+    sched.desire(k.clone(), body("v3"), Importance::CountsOnly, s(32.0));
     assert_eq!(sched.next(s(40.0)), Next::Idle);
     assert_eq!(sched.pending(), 0);
 }
@@ -103,12 +103,12 @@ fn the_newest_body_wins_and_an_unchanged_body_is_never_sent() {
 fn a_change_that_matters_shows_within_min_update_interval() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
-    sched.desire(k.clone(), body("start"), Importance::Change, s(0.0));
+    sched.desire(k.clone(), body("start"), Importance::Matters, s(0.0));
     assert_eq!(deliver_all(&mut sched, s(0.0)), vec!["start"]);
     sched.desire(
         k.clone(),
         body("wave 2 started"),
-        Importance::Change,
+        Importance::Matters,
         s(1.0),
     );
     assert_eq!(sched.next(s(1.0)), Next::WaitUntil(s(5.0)));
@@ -118,7 +118,7 @@ fn a_change_that_matters_shows_within_min_update_interval() {
     sched.desire(
         k.clone(),
         body("failed: acme-eu"),
-        Importance::Change,
+        Importance::Matters,
         s(60.0),
     );
     assert_eq!(deliver_all(&mut sched, s(60.0)), vec!["failed: acme-eu"]);
@@ -128,22 +128,22 @@ fn a_change_that_matters_shows_within_min_update_interval() {
 fn counts_alone_wait_for_progress_interval_but_keep_a_pending_change_urgent() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
-    sched.desire(k.clone(), body("0/10"), Importance::Change, s(0.0));
+    sched.desire(k.clone(), body("0/10"), Importance::Matters, s(0.0));
     deliver_all(&mut sched, s(0.0));
-    sched.desire(k.clone(), body("1/10"), Importance::Progress, s(1.0));
+    sched.desire(k.clone(), body("1/10"), Importance::CountsOnly, s(1.0));
     assert_eq!(sched.next(s(1.0)), Next::WaitUntil(s(30.0)));
     // A change that matters lands in the same pending body...
     sched.desire(
         k.clone(),
         body("2/10, acme-eu failed"),
-        Importance::Change,
+        Importance::Matters,
         s(2.0),
     );
     // ...and a counts-only update after it does not make it less urgent.
     sched.desire(
         k.clone(),
         body("3/10, acme-eu failed"),
-        Importance::Progress,
+        Importance::CountsOnly,
         s(3.0),
     );
     assert_eq!(sched.next(s(3.0)), Next::WaitUntil(s(5.0)));
@@ -157,7 +157,7 @@ fn counts_alone_wait_for_progress_interval_but_keep_a_pending_change_urgent() {
 fn a_terminal_state_goes_at_once() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
-    sched.desire(k.clone(), body("running"), Importance::Change, s(0.0));
+    sched.desire(k.clone(), body("running"), Importance::Matters, s(0.0));
     deliver_all(&mut sched, s(0.0));
     sched.desire(k.clone(), body("succeeded"), Importance::Terminal, s(1.5));
     assert_eq!(deliver_all(&mut sched, s(1.5)), vec!["succeeded"]);
@@ -166,11 +166,11 @@ fn a_terminal_state_goes_at_once() {
 #[test]
 fn writes_of_one_installation_are_paced_together_most_urgent_first() {
     let mut sched = Scheduler::new(cfg()); // 60/min → one write a second
-    sched.desire(key(1, "a", 1), body("a"), Importance::Progress, s(0.0));
-    sched.desire(key(1, "b", 2), body("b"), Importance::Change, s(0.0));
+    sched.desire(key(1, "a", 1), body("a"), Importance::CountsOnly, s(0.0));
+    sched.desire(key(1, "b", 2), body("b"), Importance::Matters, s(0.0));
     sched.desire(key(1, "c", 3), body("c"), Importance::Terminal, s(0.0));
     sched.desire(key(1, "d", 4), body("d"), Importance::Waiting, s(0.0));
-    sched.desire(key(2, "e", 5), body("e"), Importance::Progress, s(0.0));
+    sched.desire(key(2, "e", 5), body("e"), Importance::CountsOnly, s(0.0));
     // One write per installation now, the terminal one first.
     let first = jobs(sched.next(s(0.0)));
     assert_eq!(bodies(&first), vec!["c", "e"]);
@@ -199,7 +199,7 @@ fn pacing_holds_a_thousand_environment_rollout_under_the_budget() {
             sched.desire(
                 key(1, &format!("r{r}"), r),
                 body(&format!("{n}")),
-                Importance::Progress,
+                Importance::CountsOnly,
                 now,
             );
         }
@@ -225,13 +225,13 @@ fn pacing_holds_a_thousand_environment_rollout_under_the_budget() {
 fn a_failed_send_is_retried_with_backoff_and_the_newest_body() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
-    sched.desire(k.clone(), body("v1"), Importance::Change, s(0.0));
+    sched.desire(k.clone(), body("v1"), Importance::Matters, s(0.0));
     let job = jobs(sched.next(s(0.0))).remove(0);
     // While v1 is in flight, the same body again changes nothing...
-    sched.desire(k.clone(), body("v1"), Importance::Change, s(0.1));
+    sched.desire(k.clone(), body("v1"), Importance::Matters, s(0.1));
     assert_eq!(sched.pending(), 1);
     // ...and a newer body waits for the flight to end.
-    sched.desire(k.clone(), body("v2"), Importance::Progress, s(0.2));
+    sched.desire(k.clone(), body("v2"), Importance::CountsOnly, s(0.2));
     assert_eq!(sched.next(s(0.3)), Next::Idle);
     sched.failed(job, s(1.0), 0.0); // GitHub down
     // Backoff 5 s × (½ + ½·jitter); the newest body goes, as urgent as v1.
@@ -358,12 +358,20 @@ async fn end_to_end_coalesced_through_the_standin() {
     let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    t.desire(comment_key("r1"), comment("r1", "v1"), Importance::Change);
-    t.desire(check_key("r1"), check("0/3", None), Importance::Change);
+    t.desire(comment_key("r1"), comment("r1", "v1"), Importance::Matters);
+    t.desire(check_key("r1"), check("0/3", None), Importance::Matters);
     idle(&t).await;
     // Three quick updates: only the newest is shown, and at once (terminal).
-    t.desire(comment_key("r1"), comment("r1", "v2"), Importance::Progress);
-    t.desire(comment_key("r1"), comment("r1", "v3"), Importance::Progress);
+    t.desire(
+        comment_key("r1"),
+        comment("r1", "v2"),
+        Importance::CountsOnly,
+    );
+    t.desire(
+        comment_key("r1"),
+        comment("r1", "v3"),
+        Importance::CountsOnly,
+    );
     t.desire(
         comment_key("r1"),
         comment("r1", "done"),
@@ -419,7 +427,7 @@ async fn an_outage_delays_reporting_and_never_blocks_the_caller() {
     let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    t.desire(comment_key("r2"), comment("r2", "v1"), Importance::Change);
+    t.desire(comment_key("r2"), comment("r2", "v1"), Importance::Matters);
     idle(&t).await;
     s.inject(Fault::new(FaultKind::BadGateway, 1_000_000));
     let started = std::time::Instant::now();
@@ -427,7 +435,7 @@ async fn an_outage_delays_reporting_and_never_blocks_the_caller() {
         t.desire(
             comment_key("r2"),
             comment("r2", &format!("{i}/100")),
-            Importance::Progress,
+            Importance::CountsOnly,
         );
     }
     t.desire(
@@ -483,9 +491,9 @@ async fn pending_updates_survive_a_restart_over_the_same_sqlite_ledger() {
     t.desire(
         comment_key("r3"),
         comment("r3", "running 1/2"),
-        Importance::Change,
+        Importance::Matters,
     );
-    t.desire(check_key("r3"), check("1/2", None), Importance::Change);
+    t.desire(check_key("r3"), check("1/2", None), Importance::Matters);
     idle(&t).await;
     t.stop();
     let _ = task.await;
@@ -504,9 +512,9 @@ async fn pending_updates_survive_a_restart_over_the_same_sqlite_ledger() {
     t.desire(
         comment_key("r3"),
         comment("r3", "running 1/2"),
-        Importance::Change,
+        Importance::Matters,
     );
-    t.desire(check_key("r3"), check("1/2", None), Importance::Change);
+    t.desire(check_key("r3"), check("1/2", None), Importance::Matters);
     idle(&t).await;
     assert_eq!(s.state().requests.len(), requests_before, "nothing re-sent");
     // Then the rollout finishes: the same objects are edited.
@@ -540,7 +548,7 @@ async fn a_lost_ledger_entry_finds_the_comment_by_its_marker() {
     let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    t.desire(comment_key("r4"), comment("r4", "v1"), Importance::Change);
+    t.desire(comment_key("r4"), comment("r4", "v1"), Importance::Matters);
     idle(&t).await;
     t.stop();
     let _ = task.await;

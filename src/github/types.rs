@@ -248,6 +248,18 @@ pub struct Permission {
     pub role_name: String,
 }
 
+impl PermissionLevel {
+    /// GitHub's spelling (`admin`, `write`, `read`, `none`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PermissionLevel::Admin => "admin",
+            PermissionLevel::Write => "write",
+            PermissionLevel::Read => "read",
+            PermissionLevel::None => "none",
+        }
+    }
+}
+
 impl Permission {
     /// Admin and write count as write (SPEC 7.4).
     pub fn can_write(&self) -> bool {

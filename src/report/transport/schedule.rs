@@ -71,18 +71,9 @@ impl Desired {
     }
 }
 
-/// How urgent a change is. Ordered: the last is the most urgent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Importance {
-    /// Only counts changed (3/10 → 4/10).
-    Progress,
-    /// A failure, a wave starting or ending.
-    Change,
-    /// The rollout waits for a human (approval, freeze, budget).
-    Waiting,
-    /// Succeeded, failed, aborted, superseded, noop.
-    Terminal,
-}
+/// How urgent a change is: the engine's own type (its `Effect::Report`
+/// carries it), ordered so that the last is the most urgent.
+pub use crate::engine::model::Importance;
 
 /// The pace, from the operator's `[github]` section.
 #[derive(Clone, Debug)]
@@ -237,8 +228,8 @@ impl Scheduler {
         let after = |gap: Duration| e.last_sent_at.map_or(p.since, |t| (t + gap).max(p.since));
         let due = match p.importance {
             Importance::Terminal => p.since,
-            Importance::Waiting | Importance::Change => after(self.cfg.min_update_interval),
-            Importance::Progress => after(self.cfg.progress_interval),
+            Importance::Waiting | Importance::Matters => after(self.cfg.min_update_interval),
+            Importance::CountsOnly => after(self.cfg.progress_interval),
         };
         Some(e.retry_at.map_or(due, |r| due.max(r)))
     }
