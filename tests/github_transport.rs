@@ -55,6 +55,7 @@ fn bodies(jobs: &[Job]) -> Vec<String> {
         .map(|j| match &j.desired {
             Desired::Comment { body } => body.clone(),
             Desired::CheckRun(r) => r.name.clone(),
+            Desired::Issue { body, .. } => body.clone(),
         })
         .collect()
 }
@@ -562,6 +563,72 @@ async fn a_lost_ledger_entry_finds_the_comment_by_its_marker() {
     let c = state.comments_on("acme/app", 7);
     assert_eq!(c.len(), 1);
     assert!(c[0]["body"].as_str().unwrap_or_default().ends_with("v2"));
+    t.stop();
+    let _ = task.await;
+    s.assert_no_violations();
+}
+
+#[tokio::test]
+async fn the_drift_issue_is_created_edited_and_closed_in_place() {
+    let s = standin().await;
+    let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = ReportKey::repository(
+        INST,
+        RepoName::new("acme/app"),
+        ReportObject::Issue {
+            label: "convoy-drift".into(),
+        },
+    );
+    let drift = |body: &str, open: bool| Desired::Issue {
+        title: "convoy: drift detected".into(),
+        body: body.into(),
+        open,
+    };
+    // Nothing drifted and no issue exists: nothing is created.
+    t.desire(k.clone(), drift("no drift", false), Importance::Matters);
+    idle(&t).await;
+    assert!(s.state().issues.is_empty());
+    t.desire(k.clone(), drift("acme-eu: api", true), Importance::Matters);
+    idle(&t).await;
+    t.desire(
+        k.clone(),
+        drift("acme-eu: api, web", true),
+        Importance::Matters,
+    );
+    idle(&t).await;
+    t.desire(
+        k.clone(),
+        drift("no drift remains", false),
+        Importance::Matters,
+    );
+    idle(&t).await;
+    let state = s.state();
+    assert_eq!(state.issues.len(), 1, "one issue, edited in place");
+    let history: Vec<(String, String)> = state
+        .issues
+        .values()
+        .next()
+        .map(|v| {
+            v.iter()
+                .map(|i| {
+                    (
+                        i["body"].as_str().unwrap_or_default().to_owned(),
+                        i["state"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        history,
+        vec![
+            ("acme-eu: api".to_owned(), "open".to_owned()),
+            ("acme-eu: api, web".to_owned(), "open".to_owned()),
+            ("no drift remains".to_owned(), "closed".to_owned()),
+        ]
+    );
     t.stop();
     let _ = task.await;
     s.assert_no_violations();

@@ -20,10 +20,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::github::limits::hidden_marker;
-use crate::github::{CheckRunUpdate, GitHubApi, GitHubError};
+use crate::github::{
+    CheckRunUpdate, GitHubApi, GitHubError, IssueFilter, IssueState, IssueUpdate, NewIssue,
+};
 pub use ledger::{LedgerEntry, LedgerError, MemoryLedger, ReportLedger, SqliteLedger};
 pub use schedule::{
-    Desired, Importance, Job, Next, PacingConfig, ReportKey, ReportObject, Scheduler,
+    Desired, Importance, Job, Next, PacingConfig, REPOSITORY_SCOPE, ReportKey, ReportObject,
+    Scheduler,
 };
 
 struct Shared {
@@ -214,11 +217,20 @@ async fn execute(api: &dyn GitHubApi, ledger: &dyn ReportLedger, job: &Job) -> O
                 .await
                 .map(|r| r.id),
         },
+        (ReportObject::Issue { label }, Desired::Issue { title, body, open }) => {
+            match deliver_issue(api, job, label, title, body, *open, object_id).await {
+                Ok(Some(n)) => Ok(n),
+                // Closed and nothing to close: GitHub already shows that.
+                Ok(None) => return Outcome::AlreadyShown(None),
+                Err(e) => Err(e),
+            }
+        }
         _ => Err(GitHubError::Request(format!(
             "a {} body cannot be shown as {:?}",
             match job.desired {
                 Desired::Comment { .. } => "comment",
                 Desired::CheckRun(_) => "check-run",
+                Desired::Issue { .. } => "issue",
             },
             key.object
         ))),
@@ -236,6 +248,58 @@ async fn execute(api: &dyn GitHubApi, ledger: &dyn ReportLedger, job: &Job) -> O
         }
         Err(e) => Outcome::Failed(e),
     }
+}
+
+/// The tracking issue: the known one, else the open one with the label,
+/// else a new one (only when it should be open). `None`: nothing exists and
+/// nothing should.
+async fn deliver_issue(
+    api: &dyn GitHubApi,
+    job: &Job,
+    label: &str,
+    title: &str,
+    body: &str,
+    open: bool,
+    object_id: Option<u64>,
+) -> Result<Option<u64>, GitHubError> {
+    let key = &job.key;
+    let inst = key.installation;
+    let update = IssueUpdate {
+        title: Some(title.to_owned()),
+        body: Some(body.to_owned()),
+        state: Some(if open {
+            IssueState::Open
+        } else {
+            IssueState::Closed
+        }),
+        labels: None,
+    };
+    let mut target = object_id;
+    if target.is_none() {
+        target = api
+            .list_issues_by_label(inst, &key.repo, label, IssueFilter::Open)
+            .await?
+            .first()
+            .map(|i| i.number);
+    }
+    if let Some(number) = target {
+        match api.update_issue(inst, &key.repo, number, &update).await {
+            Ok(i) => return Ok(Some(i.number)),
+            Err(GitHubError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !open {
+        return Ok(None);
+    }
+    let issue = NewIssue {
+        title: title.to_owned(),
+        body: body.to_owned(),
+        labels: vec![label.to_owned()],
+    };
+    api.create_issue(inst, &key.repo, &issue)
+        .await
+        .map(|i| Some(i.number))
 }
 
 async fn deliver_comment(

@@ -94,6 +94,7 @@ fn object_columns(o: &ReportObject) -> (&'static str, &str, i64) {
     match o {
         ReportObject::CheckRun { name, generation } => ("check_run", name, i64::from(*generation)),
         ReportObject::Comment { issue } => ("comment", "", *issue as i64),
+        ReportObject::Issue { label } => ("issue", label, 0),
     }
 }
 
@@ -106,6 +107,7 @@ fn object_from(kind: &str, name: String, number: i64) -> Option<ReportObject> {
         "comment" => Some(ReportObject::Comment {
             issue: u64::try_from(number).ok()?,
         }),
+        "issue" => Some(ReportObject::Issue { label: name }),
         _ => None,
     }
 }
@@ -116,8 +118,9 @@ impl ReportLedger for SqliteLedger {
         let (kind, name, number) = object_columns(&key.object);
         let row = sqlx::query(
             "SELECT github_id, body_hash FROM report_ledger \
-             WHERE rollout_id = ? AND object_kind = ? AND object_name = ? AND object_number = ?",
+             WHERE repo = ? AND rollout_id = ? AND object_kind = ? AND object_name = ? AND object_number = ?",
         )
+        .bind(key.repo.as_str())
         .bind(key.rollout.as_str())
         .bind(kind)
         .bind(name)
@@ -141,7 +144,7 @@ impl ReportLedger for SqliteLedger {
             "INSERT INTO report_ledger (rollout_id, object_kind, object_name, object_number, \
                installation_id, repo, github_id, body_hash, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (rollout_id, object_kind, object_name, object_number) DO UPDATE SET \
+             ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE SET \
                github_id = excluded.github_id, body_hash = excluded.body_hash, \
                updated_at = excluded.updated_at",
         )

@@ -30,6 +30,10 @@ pub enum ReportObject {
     CheckRun { name: String, generation: u32 },
     /// The rollout's comment on an issue or pull request.
     Comment { issue: u64 },
+    /// A repository's tracking issue found by its label (the drift issue,
+    /// `convoy-drift`): edited in place, closed when it has nothing to say.
+    /// Not tied to one rollout: use [`ReportKey::repository`].
+    Issue { label: String },
 }
 
 /// One object of one rollout, with where it lives.
@@ -41,6 +45,22 @@ pub struct ReportKey {
     pub object: ReportObject,
 }
 
+impl ReportKey {
+    /// The key of a repository-level object (no rollout).
+    pub fn repository(installation: InstallationId, repo: RepoName, object: ReportObject) -> Self {
+        ReportKey {
+            installation,
+            repo,
+            rollout: RolloutId::new(REPOSITORY_SCOPE),
+            object,
+        }
+    }
+}
+
+/// The `rollout` of repository-level keys. Not a valid rollout id (those are
+/// URL-safe and never start with `-`), so it cannot collide.
+pub const REPOSITORY_SCOPE: &str = "-repository-";
+
 /// The state convoy wants GitHub to show for a key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Desired {
@@ -49,6 +69,13 @@ pub enum Desired {
     /// The whole check run. Annotations are sent only when the check run is
     /// created (GitHub appends annotations on every update).
     CheckRun(Box<NewCheckRun>),
+    /// A tracking issue: `open: false` closes it (and creates nothing when
+    /// there is none).
+    Issue {
+        title: String,
+        body: String,
+        open: bool,
+    },
 }
 
 impl Desired {
@@ -59,6 +86,13 @@ impl Desired {
             Desired::Comment { body } => {
                 h.update(b"comment\0");
                 h.update(body.as_bytes());
+            }
+            Desired::Issue { title, body, open } => {
+                h.update(b"issue\0");
+                h.update(title.as_bytes());
+                h.update(b"\0");
+                h.update(body.as_bytes());
+                h.update(if *open { b"\0open" } else { b"\0shut" });
             }
             Desired::CheckRun(run) => {
                 h.update(b"check_run\0");
