@@ -51,7 +51,7 @@ impl WallClock for ManualClock {
 }
 
 /// The App JWT's claims. GitHub: `iat` 60 s in the past (clock drift),
-/// `exp` at most 10 minutes after `iat`... after now, `iss` the App id.
+/// `exp` at most 10 minutes in the future, `iss` the App id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwtClaims {
     pub iat: i64,
