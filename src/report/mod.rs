@@ -1,4 +1,6 @@
 //! What convoy shows on GitHub: rendering and coalesced, paced delivery of
 //! check runs and the PR comment.
 
+pub mod render;
+pub mod text;
 pub mod transport;
