@@ -291,12 +291,8 @@ async fn a_pull_request_with_a_broken_convoy_yml_fails_preflight_with_annotation
         lines.contains(&("convoy.yml".into(), retries_line)),
         "retries at line {retries_line}: {lines:?}"
     );
-    assert!(
-        run["output"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("convoy.yml:4:")
-    );
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("convoy.yml:4:"), "{summary}");
 
     // Fixed on the branch: the next push to the pull request passes.
     let fixed = git.commit(&[("convoy.yml", &good)], "fix it");
@@ -336,7 +332,12 @@ async fn preflight_names_unreachable_and_drifted_environments() {
     // Out-of-band change on cust-0003; cust-0004 goes away.
     fleet.set_version("cust-0003", "app", Some("hotfix"));
     fleet.update_knobs("cust-0004", |k| k.unreachable = true);
-    let head = git.commit(&[("README.md", "docs")], "docs");
+    // An unreachable agent's URL points at a closed port.
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(n, _)| (n.clone(), fleet.url(n)))
+        .collect();
+    let head = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "move");
     deliver(
         &running,
         "pull_request",

@@ -491,3 +491,142 @@ fn five_thousand_environments_with_three_hundred_failures_fit() {
     assert!(out.summary.len() <= CHECK_RUN_OUTPUT_MAX_BYTES);
     assert_eq!(labels(&rep), ["Retry failed", "Roll back", "Abort"]);
 }
+
+// ---------------------------------------------------------------------------
+// convoy/preflight
+
+mod preflight {
+    use super::*;
+    use convoy::engine::freeze::ActiveFreeze;
+    use convoy::report::preflight::{PreflightFacts, PreflightOutcome, Probe, render_preflight};
+    use convoy::spec::{Pos, SpecError};
+
+    fn facts(outcome: PreflightOutcome) -> PreflightFacts {
+        PreflightFacts {
+            head_sha: CommitSha::new(SHA),
+            base: BranchName::new("main"),
+            pull_request: 42,
+            checked_at: t("2026-11-26T09:00:00Z"),
+            outcome,
+        }
+    }
+
+    fn show(name: &str, f: &PreflightFacts) -> NewCheckRun {
+        let run = render_preflight(f, &opts());
+        insta::assert_snapshot!(format!("preflight_{name}"), show_check(&run));
+        run
+    }
+
+    fn planned(p: Plan, probes: Vec<Probe>, freeze: Option<ActiveFreeze>) -> PreflightOutcome {
+        PreflightOutcome::Planned {
+            plan: Box::new(p),
+            probes,
+            freeze,
+        }
+    }
+
+    #[test]
+    fn invalid_config_fails_with_annotations() {
+        let run = show(
+            "invalid",
+            &facts(PreflightOutcome::Invalid {
+                errors: vec![
+                    SpecError {
+                        pos: Pos { line: 4, col: 5 },
+                        message: "unknown key `pathz`; did you mean `paths`?".into(),
+                    },
+                    SpecError {
+                        pos: Pos { line: 19, col: 12 },
+                        message: "retries: expected a number, found `many`".into(),
+                    },
+                ],
+            }),
+        );
+        assert_eq!(conclusion_of(&run), "completed/failure");
+        let a = &run.output.as_ref().unwrap().annotations;
+        assert_eq!(
+            a.iter()
+                .map(|a| (a.path.as_str(), a.start_line, a.start_column))
+                .collect::<Vec<_>>(),
+            vec![("convoy.yml", 4, Some(5)), ("convoy.yml", 19, Some(12))]
+        );
+    }
+
+    #[test]
+    fn a_clean_plan_succeeds() {
+        let run = show(
+            "clean",
+            &facts(planned(
+                plan(&[("canary", 2, false), ("rest", 8, false)], &["db", "api"]),
+                vec![],
+                None,
+            )),
+        );
+        assert_eq!(conclusion_of(&run), "completed/success");
+    }
+
+    #[test]
+    fn warnings_do_not_fail_the_check() {
+        let run = show(
+            "warnings",
+            &facts(planned(
+                plan(
+                    &[("canary", 2, false), ("early", 3, false), ("rest", 5, true)],
+                    &["db", "api"],
+                ),
+                vec![
+                    Probe::Unreachable {
+                        environment: EnvName::new("cust-0004"),
+                        service: ServiceName::new("db"),
+                        reason: "connection refused".into(),
+                    },
+                    Probe::Drifted {
+                        environment: EnvName::new("cust-0007"),
+                        service: ServiceName::new("api"),
+                        expected: "0123456789ab".into(),
+                        found: "hotfix-1".into(),
+                    },
+                ],
+                Some(ActiveFreeze {
+                    until: t("2026-11-27T00:00:00Z"),
+                    reason: Some("release freeze".into()),
+                }),
+            )),
+        );
+        assert_eq!(conclusion_of(&run), "completed/success");
+    }
+
+    #[test]
+    fn nothing_to_roll_out() {
+        let run = show("noop", &facts(planned(plan(&[], &[]), vec![], None)));
+        assert_eq!(conclusion_of(&run), "completed/success");
+    }
+
+    #[test]
+    fn five_thousand_unreachable_environments_fit() {
+        let p = plan(&[("canary", 2, false), ("rest", 4998, false)], &["app"]);
+        let probes = p
+            .targets
+            .keys()
+            .map(|e| Probe::Unreachable {
+                environment: e.clone(),
+                service: ServiceName::new("app"),
+                reason: format!("connection refused by http://10.0.0.1:9101/{e} after 5 s"),
+            })
+            .collect();
+        let run = render_preflight(&facts(planned(p, probes, None)), &opts());
+        let out = run.output.unwrap();
+        assert!(out.summary.len() <= CHECK_RUN_OUTPUT_MAX_BYTES);
+        assert!(out.text.unwrap().len() <= CHECK_RUN_OUTPUT_MAX_BYTES);
+        assert!(out.summary.contains("5,000 environments are unreachable"));
+    }
+
+    fn conclusion_of(run: &NewCheckRun) -> String {
+        let v = serde_json::to_value(run).unwrap();
+        format!(
+            "{}/{}",
+            v["status"].as_str().unwrap(),
+            v["conclusion"].as_str().unwrap_or("-")
+        )
+    }
+}

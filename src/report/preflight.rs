@@ -28,15 +28,16 @@ use crate::github::types::{
 };
 use crate::plan::cli::plan_change;
 use crate::plan::model::Plan;
-use crate::plan::render::plan_markdown;
+use crate::plan::render::{format_percent, plan_markdown};
 use crate::runtime::merges::{TokenSource, branch_configured, history_of, read_change};
 use crate::runtime::worker::HandlerError;
 use crate::spec::SpecError;
 use crate::store::Store;
 use crate::webhook::events::PullRequestEvent;
 
-use super::render::{RenderOptions, fenced_lines, render_template, spec_annotation};
+use super::render::{BODY_LIMIT, RenderOptions, fenced_lines, render_template, spec_annotation};
 use super::text::{code, inline, plural, short_sha};
+use crate::github::limits::truncate_bytes;
 
 /// The check run's name.
 pub const PREFLIGHT_CHECK: &str = "convoy/preflight";
@@ -47,7 +48,7 @@ pub const PROBE_CONCURRENCY: usize = 32;
 /// Items listed per warning in the summary (the text lists more).
 const SUMMARY_ITEMS: usize = 10;
 /// Items listed per warning in the text.
-const TEXT_ITEMS: usize = 1000;
+const TEXT_ITEMS: usize = 300;
 
 /// What an environment looked like at check time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +96,10 @@ struct Ctx {
     emoji: &'static str,
     headline: String,
     short_commit: String,
+    /// As code.
     base: String,
+    /// The risk estimate in one sentence (with the riskiest environments).
+    risk: String,
     config_errors: String,
     config_errors_more: usize,
     config_error_count: String,
@@ -176,7 +180,8 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
         emoji: "✅",
         headline: String::new(),
         short_commit: short.clone(),
-        base: facts.base.to_string(),
+        base: base.clone(),
+        risk: String::new(),
         config_errors: String::new(),
         config_errors_more: 0,
         config_error_count: String::new(),
@@ -237,6 +242,30 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
                         .collect::<Vec<_>>()
                         .join(", "),
                     plural(plan.waves.len(), "wave", "waves"),
+                );
+                ctx.risk = format!(
+                    "{}: {} chance that some step fails on its first attempt; {} that a human is needed (with {}).{}",
+                    plural(plan.risk.steps, "step", "steps"),
+                    format_percent(plan.risk.first_attempt_failure),
+                    format_percent(plan.risk.needs_human),
+                    plural(plan.policy.retries as usize, "retry", "retries"),
+                    if plan.risk.riskiest.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " Riskiest environments (first-attempt success rate): {}.",
+                            plan.risk
+                                .riskiest
+                                .iter()
+                                .map(|e| format!(
+                                    "{} {}",
+                                    code(e.environment.as_str()),
+                                    format_percent(e.p)
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
                 );
                 let down = unreachable(probes);
                 let drift = drifted(probes);
@@ -361,8 +390,13 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
         }
     };
     let context = TeraContext::from_serialize(&ctx).unwrap_or_default();
-    let summary = render_template("preflight_summary.md", &context);
-    let text = render_template("preflight_text.md", &context);
+    // Bounded lists keep both far below GitHub's limit; the cut is a last
+    // resort that says so.
+    let summary = truncate_bytes(
+        &render_template("preflight_summary.md", &context),
+        BODY_LIMIT,
+    );
+    let text = truncate_bytes(&render_template("preflight_text.md", &context), BODY_LIMIT);
     let mut run = NewCheckRun::new(PREFLIGHT_CHECK, facts.head_sha.as_str());
     run.status = CheckRunStatus::Completed;
     run.conclusion = Some(conclusion);
