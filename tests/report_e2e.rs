@@ -395,6 +395,7 @@ async fn a_thousand_environment_rollout_costs_at_most_forty_requests() {
         .iter()
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
+    eprintln!("1,000 environments: {total} GitHub requests for a rollout of {took:?}");
     assert!(
         total <= 40,
         "{total} requests for a rollout of {took:?}: {list:#?}"
@@ -494,6 +495,121 @@ async fn three_repositories_of_one_installation_share_one_pace() {
             .count();
         assert!(in_minute <= WPM, "{in_minute} writes within a minute");
     }
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
+/// SPEC 7.5 and 6.9: GitHub down for a whole rollout delays reporting but
+/// never stops the rollout; after a restart the reporter re-derives what
+/// GitHub should show from stored state, and a second restart sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_what_github_missed_is_derived_again_and_sent_once() {
+    use convoy::testkit::github_standin::{Fault, FaultKind};
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(3).await;
+    let sha = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "first");
+    gh.add_pull_request(REPO, 5, "dev", sha.as_str(), "feature", "main", true);
+    for method in [Method::POST, Method::PATCH] {
+        gh.inject(Fault::new(FaultKind::BadGateway, 100_000).on(method, "/repos/acme/app/"));
+    }
+    let config = || config_with_github(dir.path(), &git, "", &gh.url(), &[]);
+    // The first process runs on a runtime of its own and dies with it, as
+    // in a crash: its sends still retrying against the outage die too.
+    let first = config();
+    let sha1 = sha.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let running = start(first).await;
+            deliver(&running, "pull_request", "pr-5", &merged_pr(5, &sha1)).await;
+            let rollout = rollout_of(&running, &sha1).await;
+            wait_state(&running, &rollout.id, &["succeeded"], 60).await;
+            running.stop().await;
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+    })
+    .join()
+    .unwrap();
+    let state = gh.state();
+    assert!(state.check_runs.is_empty() && state.comments.is_empty());
+
+    gh.clear_faults();
+    let running = start(config()).await;
+    eventually(
+        30,
+        "the final state reaches GitHub after the restart",
+        || {
+            let s = gh.state();
+            let runs = runs_named(&s, sha.as_str(), "convoy/rollout");
+            let ok = runs.len() == 1
+                && status_of(runs[0].last()?) == "completed/success"
+                && s.comments_on(REPO, 5).len() == 1;
+            ok.then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.stop().await;
+    let before = gh.state().requests.len();
+
+    // Everything is on GitHub and in the ledger: a restart sends nothing.
+    let running = start(config()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    running.stop().await;
+    let after = gh.state();
+    let writes: Vec<String> = after.requests[before..]
+        .iter()
+        .filter(|r| r.method != Method::GET && r.path.starts_with("/repos/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert_eq!(after.comments_on(REPO, 5).len(), 1);
+    gh.take_violations();
+}
+
+/// A merge with an invalid convoy.yml fails before planning: the check run
+/// fails with the errors annotated, and the pull request hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_with_an_invalid_convoy_yml_fails_its_check_run_with_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let sha = git.commit(
+        &[(
+            "convoy.yml",
+            "version: 1\nservices:\n  app:\n    pathz: [x]\nenvironments: []\nwaves: []\n",
+        )],
+        "broken",
+    );
+    gh.add_pull_request(REPO, 6, "dev", sha.as_str(), "feature", "main", true);
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    deliver(&running, "pull_request", "pr-6", &merged_pr(6, &sha)).await;
+    let run = eventually(30, "the check run fails", || {
+        let runs = runs_named(&gh.state(), sha.as_str(), "convoy/rollout");
+        let last = runs.first()?.last()?.clone();
+        (status_of(&last) == "completed/failure").then_some(last)
+    })
+    .await;
+    let id = run["id"].as_u64().unwrap();
+    let annotations = gh.state().annotations.get(&id).cloned().unwrap_or_default();
+    assert!(
+        annotations.iter().any(|a| a["start_line"] == 4),
+        "{annotations:?}"
+    );
+    let comment = eventually(30, "the comment explains", || {
+        gh.state()
+            .comments_on(REPO, 6)
+            .first()
+            .and_then(|c| c["body"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(comment.contains("convoy.yml:4:"), "{comment}");
     running.stop().await;
     gh.assert_no_violations();
 }

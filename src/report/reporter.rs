@@ -40,6 +40,9 @@ pub const RENDER_DEBOUNCE: Duration = Duration::from_millis(250);
 /// How many recent (possibly finished) rollouts are re-derived at start, so
 /// a terminal state that was not yet on GitHub at a crash still gets there.
 const RECENT_AT_START: u32 = 100;
+/// Recent rollouts never reported on are shown at start if they changed
+/// within this window.
+const RECENT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// What is known about a rollout's newest check run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +165,9 @@ impl Reporter {
     }
 
     /// After a restart: re-derives what GitHub should show for every
-    /// unfinished rollout and the most recent ones. The ledger keeps
-    /// anything GitHub already shows from being sent again.
+    /// unfinished rollout and the most recent ones already reported on (a
+    /// terminal state that had not reached GitHub at a crash). The ledger
+    /// keeps anything GitHub already shows from being sent again.
     pub async fn resume(&self) -> usize {
         let store = &self.inner.store;
         let mut ids: Vec<RolloutId> = match store.unfinished_rollouts().await {
@@ -174,7 +178,20 @@ impl Reporter {
             }
         };
         match store.list_rollouts(None, RECENT_AT_START).await {
-            Ok(recent) => ids.extend(recent.into_iter().map(|r| r.id)),
+            // Only those convoy already reported on, or that changed
+            // lately: turning reporting on must not post about old
+            // rollouts, but a rollout that ran while GitHub was down must
+            // still be shown.
+            Ok(recent) => {
+                let since = chrono::Utc::now() - RECENT_WINDOW;
+                let known = lock(&self.inner.generations);
+                ids.extend(
+                    recent
+                        .into_iter()
+                        .filter(|r| known.contains_key(&r.id) || r.updated_at > since)
+                        .map(|r| r.id),
+                );
+            }
             Err(e) => tracing::error!(error = %e, "reporter cannot list recent rollouts"),
         }
         ids.sort();

@@ -103,8 +103,10 @@ impl Reporting {
 }
 
 /// Pull-request events: opened, reopened, synchronize → `convoy/preflight`;
-/// closed and merged → the rollout is shown again (its pull request may
-/// have attached after its last change, and the comment goes there).
+/// closed and merged, and pushes → the rollout of the commit is shown again
+/// (its pull request may have attached after its last change, and a
+/// rollout that failed before planning is shown only from here). Runs after
+/// the merge handler, which creates the rollout.
 pub struct ReportHandler {
     reporter: Reporter,
     store: Arc<dyn Store>,
@@ -114,11 +116,27 @@ pub struct ReportHandler {
 #[async_trait]
 impl EventHandler for ReportHandler {
     async fn handle(&self, _: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError> {
-        let Event::PullRequest(pr) = &envelope.event else {
-            return Ok(());
-        };
         let Some(installation) = envelope.installation else {
             return Ok(());
+        };
+        let pr = match &envelope.event {
+            Event::PullRequest(pr) => pr,
+            Event::Push(push) => {
+                // A rollout that failed before it was planned (an invalid
+                // convoy.yml) never reaches the runtime: show it from here.
+                if let Some(branch) = push.branch()
+                    && let Ok(Some(r)) = self
+                        .store
+                        .rollout_for_commit(&push.repo, &branch, &push.after)
+                        .await
+                {
+                    self.reporter
+                        .rollout_changed(&r.id, Importance::Matters)
+                        .await;
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
         };
         if let Some(sha) = pr.merged_commit() {
             if let Ok(Some(r)) = self
