@@ -438,7 +438,7 @@ fn five_thousand_environments_with_three_hundred_failures_fit() {
     for i in 0..steps {
         let env = r.waves[2].steps[i].environment.clone();
         let n: usize = env.as_str()[5..].parse().unwrap();
-        if i % 3 == 1 && n % 15 == 0 {
+        if i % 3 == 1 && n.is_multiple_of(15) {
             // 300 environments: api failed with an error of its own.
             fail(
                 &mut r,

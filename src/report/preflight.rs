@@ -556,6 +556,46 @@ impl Preflight {
         results.into_iter().filter_map(|r| r.1).collect()
     }
 
+    /// `/convoy plan`, or a re-run asked for on the check run: the same
+    /// check for an open pull request known by number (its head and base
+    /// read from GitHub).
+    pub async fn run_for_pull_request(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<(), HandlerError> {
+        let github = |e: crate::github::GitHubError| {
+            if e.is_transient() {
+                HandlerError::Transient(e.to_string())
+            } else {
+                HandlerError::Permanent(e.to_string())
+            }
+        };
+        let pr = self
+            .api
+            .get_pull_request(installation, repo, number)
+            .await
+            .map_err(github)?;
+        let repository = self
+            .api
+            .get_repository(installation, repo)
+            .await
+            .map_err(github)?;
+        let event = PullRequestEvent {
+            action: "synchronize".into(),
+            repo: repo.clone(),
+            number,
+            author: pr.user.map(|u| u.login).unwrap_or_default(),
+            head_sha: CommitSha::new(pr.head.sha),
+            base_ref: BranchName::new(pr.base.ref_name),
+            merged: false,
+            merge_commit_sha: None,
+            default_branch: Some(BranchName::new(repository.default_branch)),
+        };
+        self.run(installation, &event).await
+    }
+
     /// Checks the pull request's head commit and posts `convoy/preflight`.
     pub async fn run(
         &self,

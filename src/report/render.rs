@@ -364,6 +364,9 @@ fn fit(render: impl Fn(Level) -> String) -> String {
     truncate_bytes(&last, BODY_LIMIT)
 }
 
+/// (service, error, attempts) of a failed step.
+type FailedStepFacts = (String, String, u32);
+
 /// What every level shares, computed once.
 struct Facts<'a> {
     record: &'a RolloutRecord,
@@ -674,12 +677,12 @@ impl<'a> Facts<'a> {
     }
 
     /// Failed steps per environment, in plan order.
-    fn failed_by_env(&self) -> Vec<(EnvName, Vec<(String, String, u32)>)> {
+    fn failed_by_env(&self) -> Vec<(EnvName, Vec<FailedStepFacts>)> {
         let Some(v) = self.view else {
             return Vec::new();
         };
         let mut order: Vec<EnvName> = Vec::new();
-        let mut by: BTreeMap<EnvName, Vec<(String, String, u32)>> = BTreeMap::new();
+        let mut by: BTreeMap<EnvName, Vec<FailedStepFacts>> = BTreeMap::new();
         for w in &v.waves {
             for s in w.steps.iter().filter(|s| s.state == StepState::Failed) {
                 let entry = by.entry(s.environment.clone()).or_insert_with(|| {

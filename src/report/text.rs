@@ -8,14 +8,12 @@
 pub fn inline(text: &str, max_chars: usize) -> String {
     let flat = flatten(text);
     let mut out = String::with_capacity(flat.len().min(max_chars * 2) + 4);
-    let mut count = 0;
     let mut cut = false;
-    for c in flat.chars() {
+    for (count, c) in flat.chars().enumerate() {
         if count == max_chars {
             cut = true;
             break;
         }
-        count += 1;
         match c {
             // Backslash-escapes work for every ASCII punctuation character
             // in GitHub Markdown; these are the ones that change rendering.
@@ -66,7 +64,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -96,10 +94,7 @@ mod tests {
         );
         assert_eq!(inline("  two\r\n\tlines  ", 100), "two lines");
         assert_eq!(inline("abcdef", 3), "abc…");
-        assert_eq!(
-            inline("<!-- convoy:rollout:x -->", 100).contains("<!--"),
-            false
-        );
+        assert!(!inline("<!-- convoy:rollout:x -->", 100).contains("<!--"));
     }
 
     #[test]
