@@ -12,9 +12,9 @@ use sqlx::{Row, SqlitePool};
 use std::collections::BTreeMap;
 
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, InboxCounts,
-    InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite,
-    Store, StoreError, StoredTimer, from_millis, to_millis,
+    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
+    InboxCounts, InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
+    RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -718,6 +718,51 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(holder.as_deref() == Some(rollout.as_str()))
+    }
+
+    async fn set_freeze(&self, f: &Freeze) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO freezes (scope, until, reason, frozen_by, at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (scope) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
+             frozen_by = excluded.frozen_by, at = excluded.at",
+        )
+        .bind(&f.scope)
+        .bind(f.until.map(to_millis))
+        .bind(f.reason.as_deref())
+        .bind(&f.by)
+        .bind(to_millis(f.at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_freeze(&self, scope: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM freezes WHERE scope = ?")
+            .bind(scope)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn freezes_for(&self, repo: &RepoName) -> Result<Vec<Freeze>> {
+        let rows = sqlx::query(
+            "SELECT scope, until, reason, frozen_by, at FROM freezes WHERE scope IN (?, '*') \
+             ORDER BY scope",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Freeze {
+                    scope: row.try_get("scope")?,
+                    until: row.try_get::<Option<i64>, _>("until")?.map(from_millis),
+                    reason: row.try_get("reason")?,
+                    by: row.try_get("frozen_by")?,
+                    at: from_millis(row.try_get("at")?),
+                })
+            })
+            .collect()
     }
 
     async fn unlock_step(
