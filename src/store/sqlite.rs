@@ -55,7 +55,12 @@ fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Readers: several connections, WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writer. SQLite allows one write transaction at a time; a
+    /// second connection that tries waits in SQLite's busy handler, which
+    /// sleeps in coarse steps. One connection queues writers in order instead.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -77,17 +82,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        super::migrations::sqlite().run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await?;
-        super::migrations::sqlite().run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 
-    /// For stores of later features that share the same file.
+    /// The writer connection, for stores of later features that share the
+    /// file (the report ledger).
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.writer
     }
 }
 
@@ -111,7 +121,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut fresh = Vec::with_capacity(batch.len());
         for d in batch {
             let at = to_millis(d.received_at);
@@ -151,7 +161,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = to_millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (id, outcome) in results {
             let (state, error, next) = match outcome {
                 DeliveryOutcome::Done => (DeliveryState::Done, None, now),
@@ -227,7 +237,7 @@ impl Store for SqliteStore {
         .bind(account)
         .bind(to_millis(now))
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -242,13 +252,13 @@ impl Store for SqliteStore {
             .bind(suspended)
             .bind(to_millis(now))
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn delete_installation(&self, id: InstallationId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
             .bind(id.0)
             .execute(&mut *tx)
@@ -262,7 +272,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for repo in repos {
             sqlx::query(
                 "INSERT INTO installation_repositories (repo, installation_id) VALUES (?, ?) \
@@ -282,7 +292,7 @@ impl Store for SqliteStore {
         id: InstallationId,
         repos: &[RepoName],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for repo in repos {
             sqlx::query(
                 "DELETE FROM installation_repositories WHERE repo = ? AND installation_id = ?",
@@ -329,7 +339,7 @@ impl Store for SqliteStore {
         .bind(&entry.action)
         .bind(&entry.result)
         .bind(entry.detail.as_deref())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -361,7 +371,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if r.kind == RolloutKind::Deploy {
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM rollouts WHERE repo = ? AND branch = ? AND commit_sha = ? \
@@ -405,7 +415,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE rollouts SET pull_request = ? WHERE id = ?")
             .bind(pull_request as i64)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -417,7 +427,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now_ms = to_millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -587,7 +597,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
             .bind(id.as_str())
             .bind(timer)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -685,7 +695,7 @@ impl Store for SqliteStore {
         .bind(source)
         .bind(rollout.map(|r| r.as_str()))
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -707,7 +717,7 @@ impl Store for SqliteStore {
         .bind(service.as_str())
         .bind(rollout.as_str())
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let holder: Option<String> = sqlx::query_scalar(
             "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
@@ -715,7 +725,7 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .bind(environment.as_str())
         .bind(service.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(holder.as_deref() == Some(rollout.as_str()))
     }
@@ -731,7 +741,7 @@ impl Store for SqliteStore {
         .bind(f.reason.as_deref())
         .bind(&f.by)
         .bind(to_millis(f.at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -739,7 +749,7 @@ impl Store for SqliteStore {
     async fn clear_freeze(&self, scope: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM freezes WHERE scope = ?")
             .bind(scope)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -780,7 +790,7 @@ impl Store for SqliteStore {
         .bind(environment.as_str())
         .bind(service.as_str())
         .bind(rollout.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
