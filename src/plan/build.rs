@@ -88,7 +88,16 @@ pub fn build_plan(
                 .collect()
         })
         .collect();
-    let env_waits = env_wait_sets(&env_deps, &env_steps);
+    let mut env_waits = env_wait_sets(&env_deps, &env_steps);
+    // List what an environment waits for in the stable order, not in file
+    // order, so the plan does not depend on how the file is sorted.
+    let mut rank = vec![0usize; spec.environments.len()];
+    for (r, &e) in waves::stable_order(&spec.environments).iter().enumerate() {
+        rank[e] = r;
+    }
+    for waits in &mut env_waits {
+        waits.sort_by_key(|&e| rank[e]);
+    }
 
     let rest_name = rest_wave_name(spec);
     let policy = &spec.policy;
