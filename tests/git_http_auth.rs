@@ -25,7 +25,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -33,7 +37,11 @@ fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -50,7 +58,10 @@ fn base64(input: &[u8]) -> String {
 fn serve(root: PathBuf) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let expected = format!("Basic {}", base64(format!("x-access-token:{TOKEN}").as_bytes()));
+    let expected = format!(
+        "Basic {}",
+        base64(format!("x-access-token:{TOKEN}").as_bytes())
+    );
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let root = root.clone();
@@ -150,7 +161,10 @@ fn handle(stream: TcpStream, root: &Path, expected_auth: &str) -> std::io::Resul
         .map(|i| (i, 4))
         .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
     let (head, payload) = match split {
-        Some((i, n)) => (String::from_utf8_lossy(&raw[..i]).to_string(), &raw[i + n..]),
+        Some((i, n)) => (
+            String::from_utf8_lossy(&raw[..i]).to_string(),
+            &raw[i + n..],
+        ),
         None => (String::new(), &raw[..]),
     };
     let mut status = "200 OK".to_string();
@@ -199,7 +213,13 @@ fn sync_with(url: String, token: Option<&str>, want: CommitSha) -> Result<bool, 
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = cache
-            .sync("acme", "app", &url, token.as_ref(), std::slice::from_ref(&want))
+            .sync(
+                "acme",
+                "app",
+                &url,
+                token.as_ref(),
+                std::slice::from_ref(&want),
+            )
             .map(|repo| repo.has_commit(&want));
         let _ = tx.send(r);
         drop(cache_dir);

@@ -71,7 +71,11 @@ fn repo() -> (tempfile::TempDir, CommitSha) {
         "services/api/main.rs",
         "fn main() { println!(\"a long enough line for rename detection\"); }\n",
     );
-    write(dir.path(), "migrations/001.sql", "create table t (x int);\n");
+    write(
+        dir.path(),
+        "migrations/001.sql",
+        "create table t (x int);\n",
+    );
     write(dir.path(), "README.md", "hello\n");
     let first = commit(dir.path(), "first");
     (dir, first)
@@ -104,7 +108,10 @@ fn a_web_change_affects_only_web_and_pathless_services() {
         repo.changed_paths(&first, &second).unwrap(),
         ["services/web/app.js"]
     );
-    assert_eq!(affected_between(dir.path(), &first, &second), ["web", "cron"]);
+    assert_eq!(
+        affected_between(dir.path(), &first, &second),
+        ["web", "cron"]
+    );
 }
 
 #[test]
@@ -118,7 +125,10 @@ fn an_unmapped_file_affects_only_services_without_paths() {
 #[test]
 fn a_rename_counts_as_both_paths() {
     let (dir, first) = repo();
-    git(dir.path(), &["mv", "services/api/main.rs", "services/web/main.rs"]);
+    git(
+        dir.path(),
+        &["mv", "services/api/main.rs", "services/web/main.rs"],
+    );
     let second = commit(dir.path(), "move");
     let repo = GitRepo::open(dir.path()).unwrap();
     assert_eq!(
@@ -138,10 +148,7 @@ fn convoy_yml_changes_count_only_through_changed_services() {
     write(
         dir.path(),
         "convoy.yml",
-        &SPEC.replace(
-            "waves:",
-            "  - { name: four, driver: agent }\nwaves:",
-        ),
+        &SPEC.replace("waves:", "  - { name: four, driver: agent }\nwaves:"),
     );
     let second = commit(dir.path(), "env");
     assert_eq!(affected_between(dir.path(), &first, &second), ["cron"]);
@@ -152,7 +159,10 @@ fn convoy_yml_changes_count_only_through_changed_services() {
         &SPEC.replace("services/web/**", "web/**"),
     );
     let third = commit(dir.path(), "web paths");
-    assert_eq!(affected_between(dir.path(), &second, &third), ["web", "cron"]);
+    assert_eq!(
+        affected_between(dir.path(), &second, &third),
+        ["web", "cron"]
+    );
 }
 
 #[test]
@@ -164,7 +174,10 @@ fn missing_or_broken_convoy_yml_is_a_reportable_error() {
     let broken = commit(dir.path(), "broken");
     match repo_handle.read_spec(&broken, &ctx) {
         Err(SpecLoadError::Invalid { errors, .. }) => {
-            assert_eq!(errors[0].render("convoy.yml"), "convoy.yml:2:11: unclosed bracket '['");
+            assert_eq!(
+                errors[0].render("convoy.yml"),
+                "convoy.yml:2:11: unclosed bracket '['"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -207,7 +220,14 @@ fn plan_for_a_range_first_rollout_and_formats() {
     assert!(render(&plan, PlanFormat::Text).contains("affected services: api, cron"));
 
     // The root commit: a first rollout, every service.
-    let root = plan_range(&repo_handle, None, Some(first.as_str()), &ctx, &History::new()).unwrap();
+    let root = plan_range(
+        &repo_handle,
+        None,
+        Some(first.as_str()),
+        &ctx,
+        &History::new(),
+    )
+    .unwrap();
     assert_eq!(root.previous_commit, None);
     assert_eq!(root.affected_services.len(), 4);
 }
@@ -218,13 +238,21 @@ fn the_cache_clones_over_file_urls_and_fetches_only_what_is_missing() {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = RepoCache::new(cache_dir.path().join("git"));
     let url = format!("file://{}", dir.path().display());
-    let cached = cache.sync("acme", "app", &url, None, &[first.clone()]).unwrap();
+    let cached = cache
+        .sync("acme", "app", &url, None, std::slice::from_ref(&first))
+        .unwrap();
     assert!(cached.has_commit(&first));
     assert!(cache.path_for("acme", "app").exists());
 
     // Everything wanted is there: the remote is not contacted at all.
     let again = cache
-        .sync("acme", "app", "file:///nonexistent/nowhere", None, &[first.clone()])
+        .sync(
+            "acme",
+            "app",
+            "file:///nonexistent/nowhere",
+            None,
+            std::slice::from_ref(&first),
+        )
         .unwrap();
     assert!(again.has_commit(&first));
 
@@ -232,8 +260,13 @@ fn the_cache_clones_over_file_urls_and_fetches_only_what_is_missing() {
     write(dir.path(), "services/web/app.js", "web 3\n");
     let second = commit(dir.path(), "more");
     let plain = dir.path().display().to_string();
-    let updated = cache.sync("acme", "app", &plain, None, &[second.clone()]).unwrap();
-    assert_eq!(updated.changed_paths(&first, &second).unwrap(), ["services/web/app.js"]);
+    let updated = cache
+        .sync("acme", "app", &plain, None, std::slice::from_ref(&second))
+        .unwrap();
+    assert_eq!(
+        updated.changed_paths(&first, &second).unwrap(),
+        ["services/web/app.js"]
+    );
 
     // A commit that exists nowhere is reported as such.
     let ghost = CommitSha::new("1".repeat(40));

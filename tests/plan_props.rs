@@ -22,8 +22,8 @@ struct Fleet {
 fn fleet() -> impl Strategy<Value = Fleet> {
     let services = (1usize..=5).prop_flat_map(|n| {
         // Service i may depend on services before it: never a cycle.
-        proptest::collection::vec(proptest::collection::vec(any::<bool>(), 5), n)
-            .prop_map(move |deps| {
+        proptest::collection::vec(proptest::collection::vec(any::<bool>(), 5), n).prop_map(
+            move |deps| {
                 (0..n)
                     .map(|i| ServiceSpec {
                         name: ServiceName::new(format!("s{i}")),
@@ -35,7 +35,8 @@ fn fleet() -> impl Strategy<Value = Fleet> {
                         pos: Pos::START,
                     })
                     .collect::<Vec<_>>()
-            })
+            },
+        )
     });
     let env = (
         0usize..3,

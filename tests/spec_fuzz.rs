@@ -8,12 +8,56 @@ const EXAMPLE: &str = include_str!("../config/convoy.example.yml");
 /// Fragments that make random text look like YAML often enough to get past
 /// the parser and into validation.
 const PIECES: &[&str] = &[
-    "version: 1\n", "services:\n", "environments:\n", "waves:\n", "policy:\n", "  ", "- ",
-    "name: ", "a", "b", "api", "depends_on: [", "]", "{", "}", ", ", ": ", "\n", "percent: ",
-    "50", "101", "-1", "2%", "10s", "x", "selector: { ring: canary }", "&a ", "*a", "<<: *a",
-    "freeze:\n", "weekly: [fri]", "from: \"16:00\"", "tz: Europe/Berlin", "~", "null", "true",
-    "\"", "'", "#", "!!str ", "? ", "|\n", "0x1F", "1e999", ".nan", "services: [a, b]",
-    "url: http://127.0.0.1:1", "driver: agent", "labels: {ring: 1}", "failure_budget: ",
+    "version: 1\n",
+    "services:\n",
+    "environments:\n",
+    "waves:\n",
+    "policy:\n",
+    "  ",
+    "- ",
+    "name: ",
+    "a",
+    "b",
+    "api",
+    "depends_on: [",
+    "]",
+    "{",
+    "}",
+    ", ",
+    ": ",
+    "\n",
+    "percent: ",
+    "50",
+    "101",
+    "-1",
+    "2%",
+    "10s",
+    "x",
+    "selector: { ring: canary }",
+    "&a ",
+    "*a",
+    "<<: *a",
+    "freeze:\n",
+    "weekly: [fri]",
+    "from: \"16:00\"",
+    "tz: Europe/Berlin",
+    "~",
+    "null",
+    "true",
+    "\"",
+    "'",
+    "#",
+    "!!str ",
+    "? ",
+    "|\n",
+    "0x1F",
+    "1e999",
+    ".nan",
+    "services: [a, b]",
+    "url: http://127.0.0.1:1",
+    "driver: agent",
+    "labels: {ring: 1}",
+    "failure_budget: ",
 ];
 
 proptest! {
@@ -68,8 +112,15 @@ fn deep_nesting_and_alias_bombs_are_refused_not_fatal() {
     assert!(parse_spec(&deep, &CheckContext::default()).is_err());
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 0..12 {
-        let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
-        bomb.push_str(&format!("l{i}: &l{i} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        let prev = if i == 0 {
+            "a".to_string()
+        } else {
+            format!("l{}", i - 1)
+        };
+        bomb.push_str(&format!(
+            "l{i}: &l{i} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
     }
     assert!(parse_spec(&bomb, &CheckContext::default()).is_err());
 }

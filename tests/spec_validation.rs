@@ -56,7 +56,10 @@ waves:
 #[test]
 fn base_is_valid() {
     assert_eq!(check(BASE), "OK");
-    assert_eq!(check_with(BASE, &CheckContext::from_config(&operator())), "OK");
+    assert_eq!(
+        check_with(BASE, &CheckContext::from_config(&operator())),
+        "OK"
+    );
 }
 
 #[test]
@@ -108,19 +111,13 @@ fn syntax_error() {
 fn empty_and_wrong_shapes() {
     insta::assert_snapshot!(check(""));
     insta::assert_snapshot!("list_document", check("- a\n- b\n"));
-    insta::assert_snapshot!(
-        "missing_sections",
-        check("version: 1\n")
-    );
+    insta::assert_snapshot!("missing_sections", check("version: 1\n"));
 }
 
 #[test]
 fn version() {
     insta::assert_snapshot!(check(&BASE.replace("version: 1", "version: 2")));
-    insta::assert_snapshot!(
-        "version_missing",
-        check(&BASE.replace("version: 1\n", ""))
-    );
+    insta::assert_snapshot!("version_missing", check(&BASE.replace("version: 1\n", "")));
 }
 
 #[test]
@@ -132,7 +129,9 @@ fn unknown_keys_with_suggestions() {
 
 #[test]
 fn duplicate_keys() {
-    insta::assert_snapshot!(check(&format!("{BASE}policy:\n  retries: 1\n  retries: 2\n")));
+    insta::assert_snapshot!(check(&format!(
+        "{BASE}policy:\n  retries: 1\n  retries: 2\n"
+    )));
 }
 
 #[test]
@@ -183,10 +182,16 @@ fn failure_budget_forms() {
 
 #[test]
 fn selectors() {
-    let yaml = BASE.replace("selector: { ring: canary }", "selector: { rnig: canary, ring: canari }");
+    let yaml = BASE.replace(
+        "selector: { ring: canary }",
+        "selector: { rnig: canary, ring: canari }",
+    );
     insta::assert_snapshot!(check(&yaml));
     // A value no environment has, far from any, is allowed (no canary now).
-    let ok = BASE.replace("selector: { ring: canary }", "selector: { ring: experimental }");
+    let ok = BASE.replace(
+        "selector: { ring: canary }",
+        "selector: { ring: experimental }",
+    );
     assert_eq!(check(&ok), "OK");
 }
 
@@ -301,7 +306,10 @@ fn size_and_count_limits() {
     insta::assert_snapshot!("too_many_environments", check_with(BASE, &ctx));
     let not_utf8 = b"version: 1\nservices:\n  a\xff: {}\n";
     let errors = parse_spec_bytes(not_utf8, &CheckContext::default()).unwrap_err();
-    assert_eq!(errors[0].render("convoy.yml"), "convoy.yml:3:4: not valid UTF-8");
+    assert_eq!(
+        errors[0].render("convoy.yml"),
+        "convoy.yml:3:4: not valid UTF-8"
+    );
 }
 
 #[test]

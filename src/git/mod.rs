@@ -170,7 +170,11 @@ impl GitRepo {
     /// Opens a repository at `path` or above it (a work tree or a bare one).
     pub fn open(path: &Path) -> Result<GitRepo, GitError> {
         let repo = Repository::discover(path).map_err(|e| {
-            GitError::Other(format!("{}: not a git repository: {}", path.display(), e.message()))
+            GitError::Other(format!(
+                "{}: not a git repository: {}",
+                path.display(),
+                e.message()
+            ))
         })?;
         Ok(GitRepo { repo })
     }
@@ -279,7 +283,12 @@ impl GitRepo {
     /// Fetches branches and tags from `url`, then any `wanted` commit still
     /// missing by its id. Credentials are offered once: a rejected token
     /// fails at once instead of libgit2 asking again forever.
-    fn fetch(&self, url: &str, token: Option<&Secret>, wanted: &[CommitSha]) -> Result<(), GitError> {
+    fn fetch(
+        &self,
+        url: &str,
+        token: Option<&Secret>,
+        wanted: &[CommitSha],
+    ) -> Result<(), GitError> {
         set_network_timeouts();
         let mut remote = self.repo.remote_anonymous(url)?;
         let mut refspecs = vec!["+refs/heads/*:refs/remotes/origin/*".to_string()];
@@ -313,12 +322,14 @@ impl GitRepo {
         callbacks.credentials(|_url, _user, allowed| {
             offered += 1;
             match token {
-                Some(t) if offered == 1 && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                Some(t)
+                    if offered == 1 && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) =>
+                {
                     Cred::userpass_plaintext(TOKEN_USER, t.expose())
                 }
-                Some(_) if offered > 1 => Err(git2::Error::from_str(
-                    "the server rejected the token",
-                )),
+                Some(_) if offered > 1 => {
+                    Err(git2::Error::from_str("the server rejected the token"))
+                }
                 Some(_) => Err(git2::Error::from_str(
                     "the server wants credentials other than a user and password",
                 )),
@@ -419,9 +430,18 @@ mod tests {
             "https://github.com/acme/app.git"
         );
         let c = RepoCache::new("/data/git");
-        assert_eq!(c.path_for("acme", "app"), PathBuf::from("/data/git/acme/app.git"));
-        assert_eq!(c.path_for("..", "../x"), PathBuf::from("/data/git/_/.._x.git"));
-        assert_eq!(redact("https://u:p@h.example/x.git"), "https://h.example/x.git");
+        assert_eq!(
+            c.path_for("acme", "app"),
+            PathBuf::from("/data/git/acme/app.git")
+        );
+        assert_eq!(
+            c.path_for("..", "../x"),
+            PathBuf::from("/data/git/_/.._x.git")
+        );
+        assert_eq!(
+            redact("https://u:p@h.example/x.git"),
+            "https://h.example/x.git"
+        );
         assert_eq!(redact("file:///tmp/x"), "file:///tmp/x");
     }
 }

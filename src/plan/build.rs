@@ -1,8 +1,8 @@
 //! From a validated `convoy.yml`, the affected services and the history to a
 //! [`Plan`]: steps, waves, what each step waits for, and the risk.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::domain::{CommitSha, ServiceName, WaveName};
 use crate::spec::model::ConvoySpec;

@@ -59,12 +59,10 @@ pub fn affected_services(spec: &ConvoySpec, change: Change<'_>) -> Vec<ServiceNa
     spec.services
         .iter()
         .filter(|s| {
-            s.paths.is_empty()
-                || (spec_changed && definition_changed(s, previous))
-                || {
-                    let set = compile_globs(&s.paths);
-                    other.iter().any(|p| set.is_match(p))
-                }
+            s.paths.is_empty() || (spec_changed && definition_changed(s, previous)) || {
+                let set = compile_globs(&s.paths);
+                other.iter().any(|p| set.is_match(p))
+            }
         })
         .map(|s| s.name.clone())
         .collect()
@@ -119,8 +117,14 @@ environments:
     #[test]
     fn globs_pick_services_and_pathless_ones_always_come() {
         let s = spec(YML);
-        assert_eq!(names(affected_services(&s, Change::FirstRollout)), ["db", "api", "web", "cron"]);
-        assert_eq!(diff(&s, &["services/web/app.js"], Some(&s)), ["web", "cron"]);
+        assert_eq!(
+            names(affected_services(&s, Change::FirstRollout)),
+            ["db", "api", "web", "cron"]
+        );
+        assert_eq!(
+            diff(&s, &["services/web/app.js"], Some(&s)),
+            ["web", "cron"]
+        );
         assert_eq!(diff(&s, &["libs/x/y.rs"], Some(&s)), ["api", "cron"]);
         assert_eq!(diff(&s, &["README.md"], Some(&s)), ["web", "cron"]);
         // `*` does not cross a slash.
@@ -137,6 +141,9 @@ environments:
         let more_envs = spec(&format!("{YML}  - {{ name: b, driver: agent }}\n"));
         assert_eq!(diff(&more_envs, &["convoy.yml"], Some(&s)), ["cron"]);
         // Nothing to compare with: every service.
-        assert_eq!(diff(&s, &["convoy.yml"], None), ["db", "api", "web", "cron"]);
+        assert_eq!(
+            diff(&s, &["convoy.yml"], None),
+            ["db", "api", "web", "cron"]
+        );
     }
 }

@@ -145,7 +145,11 @@ pub fn plan_text(plan: &Plan) -> String {
         let _ = writeln!(s, "no affected service: nothing to roll out");
         return s;
     }
-    let _ = writeln!(s, "affected services: {}", name_list(&plan.affected_services, 50));
+    let _ = writeln!(
+        s,
+        "affected services: {}",
+        name_list(&plan.affected_services, 50)
+    );
     let _ = writeln!(s, "waves:");
     for (i, w) in plan.waves.iter().enumerate() {
         let _ = writeln!(s, "  {}. {}", i + 1, wave_line(w));

@@ -98,9 +98,8 @@ impl ConvoySpec {
 
     /// One line for `convoy check`.
     pub fn summary(&self) -> String {
-        let plural = |n: usize, one: &str, many: &str| {
-            format!("{n} {}", if n == 1 { one } else { many })
-        };
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         format!(
             "{}, {}, {}",
             plural(self.services.len(), "service", "services"),

@@ -94,12 +94,11 @@ pub fn parse_spec_bytes(bytes: &[u8], ctx: &CheckContext) -> Result<ConvoySpec, 
         Err(e) => {
             let before = &bytes[..e.valid_up_to()];
             let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-            let col = String::from_utf8_lossy(
-                before.rsplit(|&b| b == b'\n').next().unwrap_or_default(),
-            )
-            .chars()
-            .count()
-                + 1;
+            let col =
+                String::from_utf8_lossy(before.rsplit(|&b| b == b'\n').next().unwrap_or_default())
+                    .chars()
+                    .count()
+                    + 1;
             Err(vec![SpecError {
                 pos: Pos {
                     line: u32::try_from(line).unwrap_or(u32::MAX),
@@ -207,9 +206,9 @@ pub fn valid_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 63
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// References kept with their positions for the checks that need the whole
@@ -252,7 +251,10 @@ impl Validator<'_> {
             Value::Map(m) => m,
             Value::Null => return Vec::new(),
             _ => {
-                self.err(y.pos, format!("{what} must be a mapping, found {}", y.kind()));
+                self.err(
+                    y.pos,
+                    format!("{what} must be a mapping, found {}", y.kind()),
+                );
                 return Vec::new();
             }
         };
@@ -260,13 +262,19 @@ impl Validator<'_> {
         let mut out = Vec::with_capacity(entries.len());
         for (k, val) in entries {
             let Some(key) = k.scalar_text().filter(|_| !matches!(k.value, Value::Null)) else {
-                self.err(k.pos, format!("{what}: keys must be strings, found {}", k.kind()));
+                self.err(
+                    k.pos,
+                    format!("{what}: keys must be strings, found {}", k.kind()),
+                );
                 continue;
             };
             if let Some(first) = seen.get(&key) {
                 self.err(
                     k.pos,
-                    format!("duplicate key `{key}` in {what} (first at line {})", first.line),
+                    format!(
+                        "duplicate key `{key}` in {what} (first at line {})",
+                        first.line
+                    ),
                 );
                 continue;
             }
@@ -313,7 +321,10 @@ impl Validator<'_> {
             }
             (_, Some(s)) => Some(s),
             (_, None) => {
-                self.err(y.pos, format!("{what} must be a string, found {}", y.kind()));
+                self.err(
+                    y.pos,
+                    format!("{what} must be a string, found {}", y.kind()),
+                );
                 None
             }
         }
@@ -340,7 +351,10 @@ impl Validator<'_> {
             Value::Bool(b) => Some(*b),
             _ => {
                 let found = y.scalar_text().unwrap_or_else(|| y.kind().to_string());
-                self.err(y.pos, format!("{what} must be true or false, found `{found}`"));
+                self.err(
+                    y.pos,
+                    format!("{what} must be true or false, found `{found}`"),
+                );
                 None
             }
         }
@@ -420,7 +434,12 @@ impl Validator<'_> {
             }
         }
         let entries = self.mapping(tree, "convoy.yml", Some(TOP_KEYS));
-        let get = |k: &str| entries.iter().find(|(key, _, _)| key == k).map(|e| (e.1, e.2));
+        let get = |k: &str| {
+            entries
+                .iter()
+                .find(|(key, _, _)| key == k)
+                .map(|e| (e.1, e.2))
+        };
         match get("version") {
             None => self.err(tree.pos, "missing `version: 1`"),
             Some((_, y)) => match &y.value {
@@ -446,7 +465,10 @@ impl Validator<'_> {
             Some((_, y)) => self.services(y, &mut spec, &mut refs),
         }
         match get("environments") {
-            None => self.err(tree.pos, "missing `environments`: list where services are deployed"),
+            None => self.err(
+                tree.pos,
+                "missing `environments`: list where services are deployed",
+            ),
             Some((kpos, y)) => {
                 refs.environments_pos = kpos;
                 self.environments(y, &mut spec, &mut refs)
@@ -505,7 +527,10 @@ impl Validator<'_> {
             spec.services.push(ServiceSpec {
                 name: ServiceName::new(name),
                 paths,
-                depends_on: deps.iter().map(|(d, _)| ServiceName::new(d.as_str())).collect(),
+                depends_on: deps
+                    .iter()
+                    .map(|(d, _)| ServiceName::new(d.as_str()))
+                    .collect(),
                 pos: kpos,
             });
             refs.service_deps.push(deps);
@@ -515,13 +540,19 @@ impl Validator<'_> {
     fn environments(&mut self, y: &Yaml, spec: &mut ConvoySpec, refs: &mut Refs) {
         let items = self.list(y, "environments");
         if items.is_empty() && matches!(y.value, Value::Seq(_) | Value::Null) {
-            self.err(y.pos, "`environments` is empty: declare at least one environment");
+            self.err(
+                y.pos,
+                "`environments` is empty: declare at least one environment",
+            );
         }
         let max = self.ctx.limits.max_environments;
         if items.len() > max {
             self.err(
                 refs.environments_pos,
-                format!("too many environments: {}, at most {max} are allowed", items.len()),
+                format!(
+                    "too many environments: {}, at most {max} are allowed",
+                    items.len()
+                ),
             );
         }
         let mut seen: HashMap<String, Pos> = HashMap::new();
@@ -541,7 +572,10 @@ impl Validator<'_> {
                     if let Some(first) = seen.get(&name) {
                         self.err(
                             n.pos,
-                            format!("duplicate environment `{name}` (first at line {})", first.line),
+                            format!(
+                                "duplicate environment `{name}` (first at line {})",
+                                first.line
+                            ),
                         );
                         None
                     } else {
@@ -583,9 +617,11 @@ impl Validator<'_> {
                 labels,
                 driver: driver.map(|d| d.0).unwrap_or_default(),
                 url: url.map(|u| u.0),
-                services: services
-                    .as_ref()
-                    .map(|s| s.iter().map(|(n, _)| ServiceName::new(n.as_str())).collect()),
+                services: services.as_ref().map(|s| {
+                    s.iter()
+                        .map(|(n, _)| ServiceName::new(n.as_str()))
+                        .collect()
+                }),
                 depends_on: deps.iter().map(|(d, _)| EnvName::new(d.as_str())).collect(),
                 pos: item.pos,
             });
@@ -602,11 +638,16 @@ impl Validator<'_> {
         url: Option<&(String, Pos)>,
     ) {
         let parsed_url = url.and_then(|(u, pos)| match reqwest::Url::parse(u) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some() => {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some() =>
+            {
                 Some((parsed, *pos))
             }
             Ok(_) => {
-                self.err(*pos, format!("url `{u}` must be an http:// or https:// URL with a host"));
+                self.err(
+                    *pos,
+                    format!("url `{u}` must be an http:// or https:// URL with a host"),
+                );
                 None
             }
             Err(e) => {
@@ -718,7 +759,8 @@ impl Validator<'_> {
             let bake = get("bake")
                 .and_then(|b| self.duration(b, "bake", true))
                 .unwrap_or_default();
-            let max_parallel = get("max_parallel").and_then(|m| self.uint(m, "max_parallel", 1, 100_000));
+            let max_parallel =
+                get("max_parallel").and_then(|m| self.uint(m, "max_parallel", 1, 100_000));
             let failure_budget = get("failure_budget")
                 .and_then(|b| self.failure_budget(b))
                 .unwrap_or_default();
@@ -880,7 +922,10 @@ impl Validator<'_> {
         let hint = did_you_mean(&text, allowed.iter().copied());
         self.err(
             y.pos,
-            format!("invalid {what} `{text}`{hint} (one of: {})", allowed.join(", ")),
+            format!(
+                "invalid {what} `{text}`{hint} (one of: {})",
+                allowed.join(", ")
+            ),
         );
         None
     }
@@ -890,7 +935,12 @@ impl Validator<'_> {
         if !matches!(y.value, Value::Map(_)) {
             return None;
         }
-        let get = |k: &str| fields.iter().find(|(key, _, _)| key == k).map(|e| (e.1, e.2));
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _, _)| key == k)
+                .map(|e| (e.1, e.2))
+        };
         let reason = get("reason").and_then(|(_, r)| self.string(r, "reason"));
         let (Some((_, from)), Some((_, to))) = (get("from"), get("to")) else {
             self.err(y.pos, "a freeze window needs `from` and `to`");
@@ -936,7 +986,10 @@ impl Validator<'_> {
             }
             let tz = match get("tz") {
                 None => {
-                    self.err(y.pos, "a weekly freeze window needs `tz`, an IANA time zone like `Europe/Berlin`");
+                    self.err(
+                        y.pos,
+                        "a weekly freeze window needs `tz`, an IANA time zone like `Europe/Berlin`",
+                    );
                     None
                 }
                 Some((_, tz)) => self.time_zone(tz),
@@ -1019,8 +1072,11 @@ impl Validator<'_> {
 
     fn cross_checks(&mut self, spec: &ConvoySpec, refs: &Refs) {
         let service_names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
-        let service_index: HashMap<&str, usize> =
-            service_names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let service_index: HashMap<&str, usize> = service_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, i))
+            .collect();
         let env_index: HashMap<&str, usize> = spec
             .environments
             .iter()
@@ -1038,7 +1094,10 @@ impl Validator<'_> {
                         let hint = did_you_mean(d, service_names.iter().copied());
                         self.err(
                             *pos,
-                            format!("service `{}` depends on unknown service `{d}`{hint}", service_names[i]),
+                            format!(
+                                "service `{}` depends on unknown service `{d}`{hint}",
+                                service_names[i]
+                            ),
                         );
                     }
                 }
@@ -1066,7 +1125,10 @@ impl Validator<'_> {
                     let hint = did_you_mean(s, service_names.iter().copied());
                     self.err(
                         *pos,
-                        format!("environment `{}` lists unknown service `{s}`{hint}", env.name),
+                        format!(
+                            "environment `{}` lists unknown service `{s}`{hint}",
+                            env.name
+                        ),
                     );
                 }
             }
@@ -1077,7 +1139,10 @@ impl Validator<'_> {
                         let hint = did_you_mean(d, env_names.iter().copied());
                         self.err(
                             *pos,
-                            format!("environment `{}` depends on unknown environment `{d}`{hint}", env.name),
+                            format!(
+                                "environment `{}` depends on unknown environment `{d}`{hint}",
+                                env.name
+                            ),
                         );
                     }
                 }
@@ -1121,10 +1186,7 @@ impl Validator<'_> {
                         // now); one close to a used value is a typo.
                         let hint = did_you_mean(value, values.iter().copied());
                         if !hint.is_empty() {
-                            self.err(
-                                *vpos,
-                                format!("no environment has `{key}: {value}`{hint}"),
-                            );
+                            self.err(*vpos, format!("no environment has `{key}: {value}`{hint}"));
                         }
                     }
                     Some(_) => {}
