@@ -68,6 +68,19 @@ fn status_kib(key: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) of this process so far, from /proc/self/stat,
+/// in clock ticks of 10 ms. On a shared, loaded machine wall time includes
+/// waiting for a core; CPU time does not.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -99,11 +112,16 @@ fn main() {
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
 
     // Planning: every service affected (the worst case), no history.
-    let changed: Vec<String> = vec!["migrations/1.sql".into(), "web/x.js".into()];
+    let changed: Vec<String> = ["migrations/1.sql", "api/x.rs", "worker/x.rs", "web/x.js"]
+        .into_iter()
+        .map(String::from)
+        .collect();
     let mut plan_times = Vec::new();
     let mut steps = 0;
     let mut waits = 0;
+    let mut plan_cpu = Duration::ZERO;
     for _ in 0..10 {
+        let cpu_before = cpu_time();
         let t = Instant::now();
         let affected: Vec<ServiceName> = affected_services(
             &spec,
@@ -112,19 +130,18 @@ fn main() {
                 previous: Some(&spec),
             },
         );
-        let all: Vec<ServiceName> = spec.services.iter().map(|s| s.name.clone()).collect();
+        assert_eq!(affected.len(), 5, "every service is affected");
         let plan = build_plan(
             &spec,
             CommitSha::new("b".repeat(40)),
             Some(CommitSha::new("a".repeat(40))),
-            if affected.len() == all.len() {
-                &affected
-            } else {
-                &all
-            },
+            &affected,
             &History::new(),
         );
         plan_times.push(t.elapsed());
+        if let (Some(a), Some(b)) = (cpu_before, cpu_time()) {
+            plan_cpu += b.saturating_sub(a);
+        }
         steps = plan.step_count();
         waits = plan
             .waves
@@ -142,9 +159,13 @@ fn main() {
         median(parse_times)
     );
     println!(
-        "plan (impact + build_plan), median of 10: {:?}",
-        median(plan_times)
+        "plan (impact + build_plan), median of 10: {:?} wall; {:?} CPU on average",
+        median(plan_times),
+        plan_cpu / 10
     );
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average while measuring: {}", load.trim());
+    }
     println!(
         "peak RSS (VmHWM): {:.1} MiB at start, {:.1} MiB through validation, {:.1} MiB held after it, {:.1} MiB through planning{}",
         before as f64 / 1024.0,
