@@ -289,3 +289,47 @@ async fn blocking_calls_run_from_async_code() {
     .unwrap();
     assert_eq!(spec.services.len(), 4);
 }
+
+#[test]
+fn commits_no_branch_reaches_are_fetched_by_id() {
+    // Like a pull request head on GitHub: only under refs/pull/1/head.
+    let (dir, first) = repo();
+    git(dir.path(), &["checkout", "-q", "-b", "feature"]);
+    write(dir.path(), "services/web/app.js", "pr\n");
+    let pr_head = commit(dir.path(), "pr");
+    git(
+        dir.path(),
+        &["update-ref", "refs/pull/1/head", pr_head.as_str()],
+    );
+    git(dir.path(), &["checkout", "-q", "main"]);
+    git(dir.path(), &["branch", "-q", "-D", "feature"]);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = RepoCache::new(cache_dir.path());
+    let url = format!("file://{}", dir.path().display());
+    let repo = cache
+        .sync("acme", "app", &url, None, &[first.clone(), pr_head.clone()])
+        .unwrap();
+    assert!(repo.has_commit(&pr_head));
+}
+
+#[test]
+fn an_oversized_convoy_yml_is_reported_with_its_size() {
+    let (dir, _) = repo();
+    write(
+        dir.path(),
+        "convoy.yml",
+        &format!("{SPEC}#{}\n", "x".repeat(2 * 1024 * 1024)),
+    );
+    let big = commit(dir.path(), "big");
+    let repo = GitRepo::open(dir.path()).unwrap();
+    match repo.read_spec(&big, &CheckContext::default()) {
+        Err(SpecLoadError::Invalid { errors, .. }) => assert_eq!(
+            errors[0].render("convoy.yml"),
+            format!(
+                "convoy.yml:1:1: file is {} bytes; at most 1048576 bytes are allowed",
+                SPEC.len() + 2 * 1024 * 1024 + 2
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+}
