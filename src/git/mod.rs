@@ -5,8 +5,9 @@
 //! [`run_blocking`], which moves them onto tokio's blocking pool; the types
 //! are `Send` so they can travel there.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use git2::{
@@ -76,6 +77,15 @@ fn set_network_timeouts() {
     });
 }
 
+fn repo_lock(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
 /// A bare clone per repository under a cache directory (the caller passes
 /// `<data_dir>/git`).
 #[derive(Clone, Debug)]
@@ -126,6 +136,10 @@ impl RepoCache {
         wanted: &[CommitSha],
     ) -> Result<GitRepo, GitError> {
         let path = self.path_for(owner, repo);
+        // Two workers fetching into one clone would fight over its ref
+        // locks: one at a time per repository (within this process).
+        let lock = repo_lock(&path);
+        let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let repository = match Repository::open_bare(&path) {
             Ok(r) => r,
             Err(_) => {

@@ -15,7 +15,12 @@ use super::waves::{self, REST};
 /// plan, whatever the order of environments in the file.
 ///
 /// `affected` are the services to deploy (see [`super::impact`]); names
-/// that are not services of `spec` are ignored.
+/// that are not services of `spec` are ignored. The plan lists them in
+/// dependency order. Waves are assigned over the whole fleet (so cohorts do
+/// not move between releases); then environments without a step, and waves
+/// left without environments, are dropped. Within a wave, steps are in a
+/// valid dependency order: an environment after those of the same wave it
+/// depends on, services in dependency order.
 pub fn build_plan(
     spec: &ConvoySpec,
     commit: CommitSha,
