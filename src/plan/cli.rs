@@ -48,7 +48,13 @@ pub fn plan_range(
         None => repo.parent(&to)?,
     };
     let change = ChangeSet::read(repo, to, from, ctx)?;
-    let spec = change.spec.map_err(PlanError::Spec)?;
+    plan_change(change, history).map_err(PlanError::Spec)
+}
+
+/// The plan for what git said about a commit: the affected services of its
+/// change and the steps, waves and risk they make.
+pub fn plan_change(change: ChangeSet, history: &History) -> Result<Plan, SpecLoadError> {
+    let spec = change.spec?;
     let affected = impact::affected_services(
         &spec,
         match &change.changed_paths {

@@ -1,0 +1,232 @@
+//! The `command` driver running real scripts (SPEC 4.2).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use convoy::config::CommandDriver;
+use convoy::domain::{CommitSha, EnvName, RolloutId, ServiceName};
+use convoy::drivers::{
+    AgentStatus, CommandDriverImpl, Driver, Endpoint, FailureKind, PreflightOutcome, StepRequest,
+};
+
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+fn driver(argv: Vec<String>, timeout: Duration, permanent: Vec<i32>) -> CommandDriverImpl {
+    CommandDriverImpl::new(
+        "helm",
+        &CommandDriver {
+            argv,
+            status_argv: Vec::new(),
+            timeout,
+            permanent_exit_codes: permanent,
+        },
+    )
+}
+
+fn request(env: &str) -> StepRequest {
+    StepRequest {
+        rollout: RolloutId::new("r-7"),
+        endpoint: Endpoint {
+            environment: EnvName::new(env),
+            url: None,
+        },
+        service: ServiceName::new("api"),
+        version: CommitSha::new("abc123"),
+        attempt: 1,
+    }
+}
+
+#[tokio::test]
+async fn arguments_are_substituted_and_never_interpreted_by_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("args.txt");
+    let pwned = dir.path().join("pwned");
+    let prog = script(
+        dir.path(),
+        "record.sh",
+        &format!(
+            "for a in \"$@\"; do printf '%s\\n' \"$a\" >> '{}'; done",
+            out.display()
+        ),
+    );
+    let evil = format!("$(touch {})", pwned.display());
+    let d = driver(
+        vec![
+            prog,
+            "upgrade".into(),
+            "{service}".into(),
+            "image.tag={version}".into(),
+            "--ctx".into(),
+            "{environment}".into(),
+            "{rollout}".into(),
+            evil.clone(),
+            "a b;c|d".into(),
+        ],
+        Duration::from_secs(10),
+        vec![],
+    );
+    d.deploy(&request("acme-eu")).await.unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "upgrade",
+            "api",
+            "image.tag=abc123",
+            "--ctx",
+            "acme-eu",
+            "r-7",
+            evil.as_str(),
+            "a b;c|d"
+        ]
+    );
+    assert!(!pwned.exists(), "no shell may interpret an argument");
+
+    // An environment name is substituted literally too.
+    d.deploy(&request("$(touch-me)")).await.unwrap();
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("\n$(touch-me)\n")
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_map_to_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(dir.path(), "exit.sh", "echo \"oops $1\" >&2; exit \"$1\"");
+    let run = |code: &str, permanent: Vec<i32>| {
+        let d = driver(
+            vec![prog.clone(), code.to_string()],
+            Duration::from_secs(10),
+            permanent,
+        );
+        async move { d.deploy(&request("e")).await }
+    };
+    assert!(run("0", vec![]).await.is_ok());
+    let e = run("3", vec![]).await.unwrap_err();
+    assert_eq!(e.kind, FailureKind::Transient);
+    assert_eq!(e.message, "deploy: exit code 3: oops 3");
+    let e = run("3", vec![3]).await.unwrap_err();
+    assert_eq!(e.kind, FailureKind::Permanent);
+
+    let missing = driver(
+        vec![dir.path().join("nope").display().to_string()],
+        Duration::from_secs(10),
+        vec![],
+    );
+    let e = missing.deploy(&request("e")).await.unwrap_err();
+    assert_eq!(e.kind, FailureKind::Permanent);
+    assert!(e.message.starts_with("deploy: cannot run"), "{e}");
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (killed, not yet reaped by whoever inherited it) is dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile: PathBuf = dir.path().join("child.pid");
+    let prog = script(
+        dir.path(),
+        "hang.sh",
+        &format!("sleep 300 &\necho $! > '{}'\nwait", pidfile.display()),
+    );
+    let d = driver(vec![prog], Duration::from_millis(500), vec![]);
+    let started = Instant::now();
+    let e = d.deploy(&request("e")).await.unwrap_err();
+    assert_eq!(e.kind, FailureKind::Transient);
+    assert!(e.message.contains("timed out after 500ms"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL is delivered asynchronously; give the kernel a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
+}
+
+#[tokio::test]
+async fn status_argv_prints_the_status_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        "status.sh",
+        r#"printf '{"service":"%s","version":"v-%s","healthy":true,"message":"fine"}' "$2" "$1""#,
+    );
+    let d = CommandDriverImpl::new(
+        "helm",
+        &CommandDriver {
+            argv: vec!["true".into()],
+            status_argv: vec![prog, "{environment}".into(), "{service}".into()],
+            timeout: Duration::from_secs(10),
+            permanent_exit_codes: vec![],
+        },
+    );
+    let endpoint = Endpoint {
+        environment: EnvName::new("acme"),
+        url: None,
+    };
+    let s = d.status(&endpoint, &ServiceName::new("api")).await.unwrap();
+    assert_eq!(
+        s,
+        AgentStatus {
+            service: "api".into(),
+            version: Some("v-acme".into()),
+            healthy: true,
+            message: Some("fine".into()),
+        }
+    );
+    assert_eq!(
+        d.preflight(&endpoint, &ServiceName::new("api"), &CommitSha::new("x"))
+            .await
+            .unwrap(),
+        PreflightOutcome::NotProvided
+    );
+
+    let garbage = script(dir.path(), "garbage.sh", "echo not json");
+    let d = CommandDriverImpl::new(
+        "helm",
+        &CommandDriver {
+            argv: vec!["true".into()],
+            status_argv: vec![garbage],
+            timeout: Duration::from_secs(10),
+            permanent_exit_codes: vec![],
+        },
+    );
+    let e = d
+        .status(&endpoint, &ServiceName::new("api"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .starts_with("status: output is not the status JSON"),
+        "{e}"
+    );
+}
