@@ -50,7 +50,10 @@ async fn arguments_are_substituted_and_never_interpreted_by_a_shell() {
     let prog = script(
         dir.path(),
         "record.sh",
-        &format!("for a in \"$@\"; do printf '%s\\n' \"$a\" >> '{}'; done", out.display()),
+        &format!(
+            "for a in \"$@\"; do printf '%s\\n' \"$a\" >> '{}'; done",
+            out.display()
+        ),
     );
     let evil = format!("$(touch {})", pwned.display());
     let d = driver(
@@ -91,7 +94,11 @@ async fn arguments_are_substituted_and_never_interpreted_by_a_shell() {
 
     // An environment name is substituted literally too.
     d.deploy(&request("$(touch-me)")).await.unwrap();
-    assert!(std::fs::read_to_string(&out).unwrap().contains("\n$(touch-me)\n"));
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("\n$(touch-me)\n")
+    );
 }
 
 #[tokio::test]
@@ -144,10 +151,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     let prog = script(
         dir.path(),
         "hang.sh",
-        &format!(
-            "sleep 300 &\necho $! > '{}'\nwait",
-            pidfile.display()
-        ),
+        &format!("sleep 300 &\necho $! > '{}'\nwait", pidfile.display()),
     );
     let d = driver(vec![prog], Duration::from_millis(500), vec![]);
     let started = Instant::now();
@@ -216,6 +220,13 @@ async fn status_argv_prints_the_status_json() {
             permanent_exit_codes: vec![],
         },
     );
-    let e = d.status(&endpoint, &ServiceName::new("api")).await.unwrap_err();
-    assert!(e.message.starts_with("status: output is not the status JSON"), "{e}");
+    let e = d
+        .status(&endpoint, &ServiceName::new("api"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .starts_with("status: output is not the status JSON"),
+        "{e}"
+    );
 }

@@ -67,7 +67,14 @@ async fn deploy_then_status_reports_the_new_version() {
     assert_eq!(deploys.len(), 1);
     let d = &deploys[0];
     assert_eq!(
-        (d.environment.as_str(), d.service.as_str(), d.version.as_str(), d.rollout.as_str(), d.attempt, d.status),
+        (
+            d.environment.as_str(),
+            d.service.as_str(),
+            d.version.as_str(),
+            d.rollout.as_str(),
+            d.attempt,
+            d.status
+        ),
         ("acme", "api", V1, "r-1", 1, 202)
     );
     // The configured header reached the agent.
@@ -89,7 +96,10 @@ async fn client_errors_are_permanent_and_server_errors_transient() {
 
     let e = a.deploy(&request(&fleet, "bad", 1)).await.unwrap_err();
     assert_eq!(e.kind, FailureKind::Permanent);
-    assert_eq!(e.message, "deploy: HTTP 422: this agent refuses every deploy");
+    assert_eq!(
+        e.message,
+        "deploy: HTTP 422: this agent refuses every deploy"
+    );
 
     let e = a.deploy(&request(&fleet, "busy", 1)).await.unwrap_err();
     assert_eq!(e.kind, FailureKind::Transient);
@@ -141,15 +151,21 @@ async fn preflight_404_means_none_and_answers_are_passed_on() {
     let api = ServiceName::new("api");
     let v = CommitSha::new(V1);
     assert_eq!(
-        a.preflight(&endpoint(&fleet, "plain"), &api, &v).await.unwrap(),
+        a.preflight(&endpoint(&fleet, "plain"), &api, &v)
+            .await
+            .unwrap(),
         PreflightOutcome::NotProvided
     );
     assert_eq!(
-        a.preflight(&endpoint(&fleet, "yes"), &api, &v).await.unwrap(),
+        a.preflight(&endpoint(&fleet, "yes"), &api, &v)
+            .await
+            .unwrap(),
         PreflightOutcome::Ok
     );
     assert_eq!(
-        a.preflight(&endpoint(&fleet, "no"), &api, &v).await.unwrap(),
+        a.preflight(&endpoint(&fleet, "no"), &api, &v)
+            .await
+            .unwrap(),
         PreflightOutcome::Refused {
             reason: "disk full".into()
         }
@@ -282,9 +298,9 @@ async fn a_thousand_environments_on_one_listener() {
     let fleet = Fleet::start(envs.clone(), 7).await.unwrap();
     let a = std::sync::Arc::new(agent());
     let mut tasks = Vec::new();
-    for env in envs.iter().cloned() {
+    for env in &envs {
         let a = a.clone();
-        let req = request(&fleet, &env, 1);
+        let req = request(&fleet, env, 1);
         tasks.push(tokio::spawn(async move { a.deploy(&req).await }));
     }
     for t in tasks {

@@ -104,8 +104,7 @@ fn plan_with(
                     );
                     let all_steps = &all_steps;
                     services.iter().map(move |(s, deps)| {
-                        let mut waits_for: Vec<StepKey> =
-                            deps.iter().map(|d| key(e, d)).collect();
+                        let mut waits_for: Vec<StepKey> = deps.iter().map(|d| key(e, d)).collect();
                         for (a, b) in env_deps {
                             if a == e {
                                 waits_for.extend(all_steps[*b].iter().cloned());
@@ -427,10 +426,15 @@ fn waves_run_in_order_and_the_rollout_succeeds() {
     for env in ["e1", "e2", "e3"] {
         assert!(sim.succeeded_at(env, "api") < sim.first_preflight("r1", "api"));
     }
-    assert!(sim
-        .effects()
-        .any(|e| *e == Effect::Finished { state: RolloutState::Succeeded }));
-    assert!(sim.r.steps().all(|s| s.attempts == 1 && s.state == StepState::Succeeded));
+    assert!(sim.effects().any(|e| *e
+        == Effect::Finished {
+            state: RolloutState::Succeeded
+        }));
+    assert!(
+        sim.r
+            .steps()
+            .all(|s| s.attempts == 1 && s.state == StepState::Succeeded)
+    );
 }
 
 #[test]
@@ -527,9 +531,8 @@ fn a_failed_dependency_fails_its_dependents_without_starting_them() {
 #[test]
 fn transient_failures_are_retried_with_exponential_backoff() {
     let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
-    sim.deploy = Box::new(|_, attempt| {
-        (attempt < 3).then(|| (FailureKind::Transient, "503 busy".into()))
-    });
+    sim.deploy =
+        Box::new(|_, attempt| (attempt < 3).then(|| (FailureKind::Transient, "503 busy".into())));
     let t0 = sim.now;
     sim.start();
     sim.run();
@@ -576,28 +579,49 @@ fn backoff_is_capped_and_jittered() {
     let b = Duration::from_secs(10);
     assert_eq!(engine::backoff_delay(b, 1, 0.5), Duration::from_secs(10));
     assert_eq!(engine::backoff_delay(b, 3, 0.5), Duration::from_secs(40));
-    assert_eq!(engine::backoff_delay(b, 1, 0.0), Duration::from_millis(7500));
-    assert_eq!(engine::backoff_delay(b, 1, 1.0), Duration::from_millis(12500));
+    assert_eq!(
+        engine::backoff_delay(b, 1, 0.0),
+        Duration::from_millis(7500)
+    );
+    assert_eq!(
+        engine::backoff_delay(b, 1, 1.0),
+        Duration::from_millis(12500)
+    );
     assert_eq!(engine::backoff_delay(b, 10, 1.0), engine::MAX_BACKOFF);
     assert_eq!(engine::backoff_delay(b, 40, f64::NAN), engine::MAX_BACKOFF);
 }
 
 #[test]
 fn permanent_failure_is_not_retried_and_halts_at_budget_zero() {
-    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"]), wave("next", &["c"])]));
+    let mut sim = Sim::new(simple_plan(vec![
+        wave("w", &["a", "b"]),
+        wave("next", &["c"]),
+    ]));
     sim.deploy = Box::new(|k, _| {
-        (k.environment.as_str() == "a").then(|| (FailureKind::Permanent, "422 no such chart".into()))
+        (k.environment.as_str() == "a")
+            .then(|| (FailureKind::Permanent, "422 no such chart".into()))
     });
     sim.start();
     sim.run();
     let a = sim.step("a", "api");
     assert_eq!((a.state, a.attempts), (StepState::Failed, 1));
     assert_eq!(sim.state(), RolloutState::Halted);
-    assert_eq!(sim.step("b", "api").state, StepState::Succeeded, "in flight, finished");
-    assert_eq!(sim.step("c", "api").state, StepState::Pending, "next wave never started");
+    assert_eq!(
+        sim.step("b", "api").state,
+        StepState::Succeeded,
+        "in flight, finished"
+    );
+    assert_eq!(
+        sim.step("c", "api").state,
+        StepState::Pending,
+        "next wave never started"
+    );
     let halt = sim.r.halt.clone().unwrap();
     assert_eq!((halt.failed, halt.allowed), (1, 0));
-    assert!(sim.effects().any(|e| *e == Effect::Report { importance: Importance::Waiting }));
+    assert!(sim.effects().any(|e| *e
+        == Effect::Report {
+            importance: Importance::Waiting
+        }));
 }
 
 #[test]
@@ -618,7 +642,9 @@ fn budget_tolerates_failures_up_to_its_size_then_halts() {
 
     // A third failure exceeds it: halt, in-flight steps finish, nothing new.
     let mut sim = Sim::new(simple_plan(vec![
-        wave_n("w", "e", 10).budget(FailureBudget::Percent(20)).parallel(4),
+        wave_n("w", "e", 10)
+            .budget(FailureBudget::Percent(20))
+            .parallel(4),
         wave("next", &["z"]),
     ]));
     sim.deploy = Box::new(|k, _| {
@@ -671,7 +697,12 @@ fn verify_timeout_fails_the_attempt() {
         poll_interval: Duration::from_secs(5),
         ..RolloutPolicy::default()
     };
-    let mut sim = Sim::new(plan_with(vec![wave("w", &["a"])], &[("api", &[])], &[], policy));
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["a"])],
+        &[("api", &[])],
+        &[],
+        policy,
+    ));
     sim.healthy = Box::new(|_, _| false);
     let t0 = sim.now;
     sim.start();
@@ -679,7 +710,10 @@ fn verify_timeout_fails_the_attempt() {
     let s = sim.step("a", "api");
     assert_eq!(s.state, StepState::Failed);
     assert!(
-        s.error.as_deref().unwrap().starts_with("not at c0ffee000000 and healthy within 1m"),
+        s.error
+            .as_deref()
+            .unwrap()
+            .starts_with("not at c0ffee000000 and healthy within 1m"),
         "{:?}",
         s.error
     );
@@ -896,7 +930,12 @@ fn weekly_freeze_across_a_dst_change_in_berlin() {
         }],
         ..RolloutPolicy::default()
     };
-    let mut sim = Sim::new(plan_with(vec![wave("w", &["a"])], &[("api", &[])], &[], policy));
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["a"])],
+        &[("api", &[])],
+        &[],
+        policy,
+    ));
     sim.now = t("2026-03-28T23:30:00Z");
     sim.start();
     assert_eq!(sim.state(), RolloutState::Frozen);
@@ -923,7 +962,13 @@ fn emergency_freeze_stops_new_steps_until_lifted() {
     assert_eq!(sim.state(), RolloutState::Frozen);
     sim.run();
     // The two in flight finished; nothing new started.
-    assert_eq!(sim.r.steps().filter(|s| s.state == StepState::Succeeded).count(), 2);
+    assert_eq!(
+        sim.r
+            .steps()
+            .filter(|s| s.state == StepState::Succeeded)
+            .count(),
+        2
+    );
     assert_eq!(sim.r.steps().filter(|s| s.attempts == 0).count(), 2);
     let (w, i) = sim.r.find(&key("e03", "api")).unwrap();
     assert_eq!(
@@ -964,8 +1009,14 @@ fn emergency_freeze_with_a_duration_ends_by_itself() {
 
 #[test]
 fn admission_queues_or_supersedes() {
-    assert_eq!(engine::admission(false, Concurrency::Queue), Admission::Start);
-    assert_eq!(engine::admission(true, Concurrency::Queue), Admission::Queue);
+    assert_eq!(
+        engine::admission(false, Concurrency::Queue),
+        Admission::Start
+    );
+    assert_eq!(
+        engine::admission(true, Concurrency::Queue),
+        Admission::Queue
+    );
     assert_eq!(
         engine::admission(true, Concurrency::Supersede),
         Admission::SupersedeActive
@@ -985,14 +1036,24 @@ fn superseded_rollout_finishes_in_flight_steps_and_starts_nothing_new() {
     sim.polls_to_ready = 2;
     sim.start();
     sim.send(Event::Superseded { by: "r-2".into() });
-    assert_eq!(sim.state(), RolloutState::Running, "in-flight steps still run");
+    assert_eq!(
+        sim.state(),
+        RolloutState::Running,
+        "in-flight steps still run"
+    );
     sim.run();
     assert_eq!(sim.state(), RolloutState::Superseded);
     assert_eq!(sim.r.steps().filter(|s| s.attempts > 0).count(), 2);
-    assert!(sim.r.steps().filter(|s| s.attempts > 0).all(|s| s.state == StepState::Succeeded));
-    assert!(sim
-        .effects()
-        .any(|e| *e == Effect::Finished { state: RolloutState::Superseded }));
+    assert!(
+        sim.r
+            .steps()
+            .filter(|s| s.attempts > 0)
+            .all(|s| s.state == StepState::Succeeded)
+    );
+    assert!(sim.effects().any(|e| *e
+        == Effect::Finished {
+            state: RolloutState::Superseded
+        }));
     // A queued one is superseded at once.
     let mut q = Sim::new(simple_plan(vec![wave("w", &["a"])]));
     q.send(Event::Superseded { by: "r-3".into() });
@@ -1004,7 +1065,10 @@ fn superseded_rollout_finishes_in_flight_steps_and_starts_nothing_new() {
 
 #[test]
 fn skip_counts_out_of_the_budget_and_resumes_a_halt() {
-    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"]), wave("next", &["c"])]));
+    let mut sim = Sim::new(simple_plan(vec![
+        wave("w", &["a", "b"]),
+        wave("next", &["c"]),
+    ]));
     sim.deploy = Box::new(|k, _| {
         (k.environment.as_str() == "a").then(|| (FailureKind::Permanent, "no".into()))
     });
@@ -1017,14 +1081,20 @@ fn skip_counts_out_of_the_budget_and_resumes_a_halt() {
             by: "alice".into(),
         })
         .unwrap_err();
-    assert_eq!(err.to_string(), "unknown environment `aa`, did you mean `a`?");
+    assert_eq!(
+        err.to_string(),
+        "unknown environment `aa`, did you mean `a`?"
+    );
     let err = sim
         .cmd(Command::Skip {
             environments: vec![EnvName::new("b")],
             by: "alice".into(),
         })
         .unwrap_err();
-    assert_eq!(err.to_string(), "nothing to skip in `b`: every step has ended");
+    assert_eq!(
+        err.to_string(),
+        "nothing to skip in `b`: every step has ended"
+    );
     sim.cmd(Command::Skip {
         environments: vec![EnvName::new("a")],
         by: "alice".into(),
@@ -1039,7 +1109,10 @@ fn skip_counts_out_of_the_budget_and_resumes_a_halt() {
 
 #[test]
 fn retry_resets_failed_steps_and_resumes_a_halted_rollout() {
-    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"]), wave("next", &["c"])]));
+    let mut sim = Sim::new(simple_plan(vec![
+        wave("w", &["a", "b"]),
+        wave("next", &["c"]),
+    ]));
     let mut broken = true;
     sim.deploy = Box::new(move |k, _| {
         if k.environment.as_str() == "a" && broken {
@@ -1123,9 +1196,10 @@ fn abort_stops_everything_and_later_commands_say_so() {
     sim.start();
     sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
     assert_eq!(sim.state(), RolloutState::Aborted);
-    assert!(sim
-        .effects()
-        .any(|e| *e == Effect::Finished { state: RolloutState::Aborted }));
+    assert!(sim.effects().any(|e| *e
+        == Effect::Finished {
+            state: RolloutState::Aborted
+        }));
     sim.run();
     // The one in flight was recorded; nothing else started.
     assert_eq!(sim.r.steps().filter(|s| s.attempts > 0).count(), 1);
@@ -1174,7 +1248,12 @@ fn drift_sim(on_drift: OnDrift) -> Sim {
         on_drift,
         ..RolloutPolicy::default()
     };
-    let mut sim = Sim::new(plan_with(vec![wave("w", &["a"])], &[("api", &[])], &[], policy));
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["a"])],
+        &[("api", &[])],
+        &[],
+        policy,
+    ));
     sim.running.insert(key("a", "api"), "hotfix".into());
     sim.baseline.insert(key("a", "api"), "v1".into());
     sim.start();
@@ -1187,9 +1266,15 @@ fn drift_is_handled_per_on_drift() {
     let sim = drift_sim(OnDrift::Halt);
     let s = sim.step("a", "api");
     assert_eq!(s.state, StepState::Failed);
-    assert_eq!(s.error.as_deref(), Some("drifted: expected v1, found hotfix"));
+    assert_eq!(
+        s.error.as_deref(),
+        Some("drifted: expected v1, found hotfix")
+    );
     assert_eq!(sim.state(), RolloutState::Halted);
-    assert!(sim.effects().any(|e| matches!(e, Effect::DriftDetected { found, .. } if found == "hotfix")));
+    assert!(
+        sim.effects()
+            .any(|e| matches!(e, Effect::DriftDetected { found, .. } if found == "hotfix"))
+    );
 
     let sim = drift_sim(OnDrift::Overwrite);
     let s = sim.step("a", "api");
@@ -1202,7 +1287,10 @@ fn drift_is_handled_per_on_drift() {
     let sim = drift_sim(OnDrift::Skip);
     let s = sim.step("a", "api");
     assert_eq!(s.state, StepState::Skipped);
-    assert_eq!(s.note.as_deref(), Some("skipped: drifted: expected v1, found hotfix"));
+    assert_eq!(
+        s.note.as_deref(),
+        Some("skipped: drifted: expected v1, found hotfix")
+    );
     assert_eq!(sim.state(), RolloutState::Succeeded);
     assert!(!sim.effects().any(|e| matches!(e, Effect::Deploy { .. })));
 }
@@ -1232,7 +1320,10 @@ fn auto_rollback_on_halt_lists_the_touched_environments_of_the_wave() {
         ..RolloutPolicy::default()
     };
     let mut sim = Sim::new(plan_with(
-        vec![wave("canary", &["c1"]), wave("early", &["e1", "e2", "e3"]).parallel(2)],
+        vec![
+            wave("canary", &["c1"]),
+            wave("early", &["e1", "e2", "e3"]).parallel(2),
+        ],
         &[("api", &[])],
         &[],
         policy,
@@ -1247,7 +1338,9 @@ fn auto_rollback_on_halt_lists_the_touched_environments_of_the_wave() {
     let rollbacks: Vec<_> = sim
         .effects()
         .filter_map(|e| match e {
-            Effect::StartRollback { wave, environments } => Some((wave.clone(), environments.clone())),
+            Effect::StartRollback { wave, environments } => {
+                Some((wave.clone(), environments.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -1311,7 +1404,10 @@ fn a_plan_without_steps_is_noop() {
     let mut sim = Sim::new(simple_plan(vec![]));
     sim.start();
     assert_eq!(sim.state(), RolloutState::Noop);
-    assert!(sim.effects().any(|e| *e == Effect::Finished { state: RolloutState::Noop }));
+    assert!(sim.effects().any(|e| *e
+        == Effect::Finished {
+            state: RolloutState::Noop
+        }));
 }
 
 #[test]
@@ -1355,7 +1451,12 @@ fn a_rollout_round_trips_through_json_mid_flight() {
     let mut sim = Sim::new(simple_plan(vec![wave_n("w", "e", 5).parallel(2)]));
     sim.polls_to_ready = 1;
     sim.start();
-    sim.run_until(|s| s.r.steps().filter(|x| x.state == StepState::Succeeded).count() == 2);
+    sim.run_until(|s| {
+        s.r.steps()
+            .filter(|x| x.state == StepState::Succeeded)
+            .count()
+            == 2
+    });
     let json = serde_json::to_string(&sim.r).unwrap();
     let back: Rollout = serde_json::from_str(&json).unwrap();
     assert_eq!(back, sim.r);
@@ -1369,7 +1470,11 @@ fn arb_event(envs: Vec<String>) -> impl Strategy<Value = (u8, usize, u32, u8, u6
     (0u8..20, 0..n, 0u32..4, 0u8..4, 0u64..400)
 }
 
-fn make_event(r: &Rollout, envs: &[String], (kind, env, attempt, flavor, secs): (u8, usize, u32, u8, u64)) -> Result<Event, Command> {
+fn make_event(
+    r: &Rollout,
+    envs: &[String],
+    (kind, env, attempt, flavor, secs): (u8, usize, u32, u8, u64),
+) -> Result<Event, Command> {
     let svc = if flavor % 2 == 0 { "db" } else { "api" };
     let k = key(&envs[env], svc);
     let cur = r.step(&k).map(|s| s.attempts).unwrap_or(0);
@@ -1439,16 +1544,36 @@ fn make_event(r: &Rollout, envs: &[String], (kind, env, attempt, flavor, secs): 
         },
         12 => Event::Recover,
         13 => Event::Superseded { by },
-        14 => return Err(Command::Retry { environments: if flavor == 0 { vec![] } else { vec![env_name] }, by }),
-        15 => return Err(Command::Skip { environments: vec![env_name], by }),
-        16 => return Err(match flavor {
-            0 => Command::Pause { by },
-            1 => Command::Resume { by },
-            2 => Command::Freeze { until: None, reason: None, by },
-            _ => Command::Unfreeze { by },
-        }),
+        14 => {
+            return Err(Command::Retry {
+                environments: if flavor == 0 { vec![] } else { vec![env_name] },
+                by,
+            });
+        }
+        15 => {
+            return Err(Command::Skip {
+                environments: vec![env_name],
+                by,
+            });
+        }
+        16 => {
+            return Err(match flavor {
+                0 => Command::Pause { by },
+                1 => Command::Resume { by },
+                2 => Command::Freeze {
+                    until: None,
+                    reason: None,
+                    by,
+                },
+                _ => Command::Unfreeze { by },
+            });
+        }
         17 => return Err(Command::Approve { wave: None, by }),
-        18 => Event::StatusUnavailable { key: k, attempt, error: "down".into() },
+        18 => Event::StatusUnavailable {
+            key: k,
+            attempt,
+            error: "down".into(),
+        },
         _ => {
             if secs % 50 == 0 {
                 return Err(Command::Abort { by });
@@ -1502,4 +1627,64 @@ proptest! {
             let _ = engine::view(&r);
         }
     }
+}
+
+/// A big fleet completes, and every environment gets each service once.
+/// (Speed is measured in the benchmark, not here.)
+#[test]
+fn ten_thousand_environments_times_two_services_complete() {
+    let n = 10_000;
+    let all = envs("e", n);
+    let split =
+        |a: usize, b: usize| -> Vec<&str> { all[a..b].iter().map(|s| s.as_str()).collect() };
+    let mut w1 = wave("canary", &split(0, 10));
+    w1.max_parallel = 200;
+    let mut w2 = wave("early", &split(10, 1000));
+    w2.max_parallel = 200;
+    let mut w3 = wave("rest", &split(1000, n));
+    w3.max_parallel = 200;
+    let plan = plan_with(
+        vec![w1, w2, w3],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        RolloutPolicy::default(),
+    );
+    let mut r = Rollout::new(plan);
+    let ctx = Ctx::at(t("2026-11-26T10:00:00Z"));
+    let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
+    let mut deploys = 0usize;
+    let mut peak = 0usize;
+    while let Some(ev) = queue.pop_front() {
+        for e in engine::handle(&mut r, ev, &ctx) {
+            match e {
+                Effect::RunPreflight { key, attempt } => queue.push_back(Event::Preflight {
+                    key,
+                    attempt,
+                    result: PreflightResult::Passed {
+                        running: None,
+                        baseline: None,
+                    },
+                }),
+                Effect::Deploy { key, attempt, .. } => {
+                    deploys += 1;
+                    queue.push_back(Event::DeployAccepted { key, attempt })
+                }
+                Effect::PollStatus { key, attempt } => queue.push_back(Event::Status {
+                    key,
+                    attempt,
+                    report: HealthReport {
+                        version: Some(SHA.into()),
+                        healthy: true,
+                        message: None,
+                    },
+                }),
+                _ => {}
+            }
+        }
+        peak = peak.max(queue.len());
+    }
+    assert_eq!(r.state, RolloutState::Succeeded);
+    assert_eq!(deploys, 2 * n);
+    // Never more than 200 environments × 2 services' worth of work queued.
+    assert!(peak <= 400, "{peak}");
 }

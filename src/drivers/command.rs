@@ -133,9 +133,9 @@ async fn run_argv(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| {
-        DriverError::permanent(format!("{what}: cannot run `{program}`: {e}"))
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| DriverError::permanent(format!("{what}: cannot run `{program}`: {e}")))?;
     let pid = child.id();
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => {
@@ -248,10 +248,16 @@ mod tests {
 
     #[test]
     fn placeholders_are_substituted_once_per_argument() {
-        let argv: Vec<String> = ["deploy", "{service}@{version}", "--ctx={environment}", "{rollout}", "{unknown}"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv: Vec<String> = [
+            "deploy",
+            "{service}@{version}",
+            "--ctx={environment}",
+            "{rollout}",
+            "{unknown}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let p = Placeholders {
             service: "{version}",
             version: "abc",
@@ -260,7 +266,13 @@ mod tests {
         };
         assert_eq!(
             substitute(&argv, &p),
-            ["deploy", "{version}@abc", "--ctx=acme eu", "r1", "{unknown}"]
+            [
+                "deploy",
+                "{version}@abc",
+                "--ctx=acme eu",
+                "r1",
+                "{unknown}"
+            ]
         );
     }
 }

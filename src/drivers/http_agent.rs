@@ -119,7 +119,8 @@ impl HttpAgent {
                 endpoint.environment, self.name
             ))
         })?;
-        let base = check_url(&self.allowed_hosts, &self.name, base).map_err(DriverError::permanent)?;
+        let base =
+            check_url(&self.allowed_hosts, &self.name, base).map_err(DriverError::permanent)?;
         let joined = format!("{}/{path}", base.as_str().trim_end_matches('/'));
         Url::parse(&joined).map_err(|e| DriverError::permanent(format!("`{joined}`: {e}")))
     }
@@ -140,11 +141,7 @@ fn request_error(what: &str, e: reqwest::Error) -> DriverError {
 
 async fn read_body(what: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, DriverError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| request_error(what, e))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| request_error(what, e))? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(DriverError::permanent(format!(
                 "{what}: answer larger than {MAX_BODY} bytes"
@@ -207,7 +204,8 @@ impl Driver for HttpAgent {
         service: &ServiceName,
     ) -> Result<AgentStatus, DriverError> {
         let mut url = self.url(endpoint, "status")?;
-        url.query_pairs_mut().append_pair("service", service.as_str());
+        url.query_pairs_mut()
+            .append_pair("service", service.as_str());
         let resp = self
             .client
             .get(url)

@@ -54,7 +54,9 @@ pub enum PreflightOutcome {
     /// The agent has no preflight (404) or the driver has none.
     NotProvided,
     Ok,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// A failed driver call. The message never contains configured headers.

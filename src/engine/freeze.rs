@@ -18,7 +18,10 @@
 //! - Windows that touch or overlap chain: "until" is the end of the whole
 //!   contiguous frozen period, so a rollout waits once, not once per window.
 
-use chrono::{DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveTime, TimeZone,
+    Utc,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 

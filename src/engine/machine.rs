@@ -5,7 +5,7 @@
 //! events (an old attempt's answer, a timer for a state long gone) are
 //! ignored, so the runtime may deliver events late or twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -70,7 +70,8 @@ fn chrono(d: Duration) -> chrono::Duration {
 }
 
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(chrono(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    t.checked_add_signed(chrono(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn key_str(k: &StepKey) -> String {
@@ -83,6 +84,7 @@ fn key_str(k: &StepKey) -> String {
 /// Applies an event no human asked for. Never fails: an event that does not
 /// fit the current state is ignored.
 pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
+    r.ensure_index();
     let mut out = Out::new();
     let before = r.state;
     match event {
@@ -192,6 +194,7 @@ pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
 /// Applies a human's command after checking it makes sense now.
 pub fn command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Vec<Effect>, CommandError> {
     validate(r, &cmd)?;
+    r.ensure_index();
     let mut out = Out::new();
     let before = r.state;
     match cmd {
@@ -392,8 +395,7 @@ pub fn validate(r: &Rollout, cmd: &Command) -> Result<(), CommandError> {
             }
             check_envs(r, environments)?;
             for env in environments {
-                let steps: Vec<&StepRun> =
-                    r.steps().filter(|s| &s.environment == env).collect();
+                let steps: Vec<&StepRun> = r.steps().filter(|s| &s.environment == env).collect();
                 if let Some(s) = steps.iter().find(|s| s.is_in_flight()) {
                     return fail(format!(
                         "`{env}` has a step in flight ({} is {}); skip it once that ends",
@@ -718,7 +720,9 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
     while let Some(dep) = queue.pop() {
         for wave in &mut r.waves {
             for s in &mut wave.steps {
-                if s.state == StepState::Pending && s.retry_at.is_none() && s.waits_for.contains(&dep)
+                if s.state == StepState::Pending
+                    && s.retry_at.is_none()
+                    && s.waits_for.contains(&dep)
                 {
                     s.state = StepState::Failed;
                     s.error = Some(format!("not started: {} failed", key_str(&dep)));
@@ -755,6 +759,7 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
     if keys.is_empty() {
         return;
     }
+    r.invalidate_index();
     for (w, wave) in r.waves.iter_mut().enumerate() {
         let mut touched = false;
         for s in &mut wave.steps {
@@ -777,7 +782,11 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
             r.current_wave = r.current_wave.min(w);
         }
     }
-    if r.halt.is_some() && !r.waves.iter().any(|w| w.phase != WavePhase::Pending && w.over_budget())
+    if r.halt.is_some()
+        && !r
+            .waves
+            .iter()
+            .any(|w| w.phase != WavePhase::Pending && w.over_budget())
     {
         r.halt = None;
     }
@@ -1080,8 +1089,8 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 if !steps_held(r) {
                     start_steps(r, cur, ctx, out);
                 }
-                let wave = &mut r.waves[cur];
-                if wave.steps.iter().all(|s| s.state.is_terminal()) && !wave.over_budget() {
+                if wave_all_terminal(r, cur) && !r.waves[cur].over_budget() {
+                    let wave = &mut r.waves[cur];
                     if wave.bake.is_zero() || bake_keys(wave).is_empty() {
                         wave.phase = WavePhase::Done;
                         wave.finished_at = Some(ctx.now);
@@ -1112,69 +1121,123 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
 
 /// Starts the current wave's steps that may start: dependencies done, and
 /// their environment already in progress or a `max_parallel` slot free.
+/// Environments are taken in wave order; the work done is proportional to
+/// the environments in progress, not to the wave's size.
 fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
-    let done: HashMap<StepKey, StepState> = r
-        .waves
-        .iter()
-        .flat_map(|wave| wave.steps.iter())
-        .filter(|s| s.state.is_terminal())
-        .map(|s| (s.key(), s.state))
-        .collect();
-    let known: HashSet<StepKey> = r.steps().map(|s| s.key()).collect();
-    let wave = &mut r.waves[w];
-    let max = wave.max_parallel.max(1) as usize;
-    let mut active: HashSet<EnvName> = wave
-        .steps
-        .iter()
-        .filter(|s| s.is_active())
-        .map(|s| s.environment.clone())
-        .collect();
-    for s in wave.steps.iter_mut() {
-        if s.state != StepState::Pending {
-            continue;
-        }
-        if let Some(at) = s.retry_at {
-            if at <= ctx.now {
-                start_attempt(s, ctx, out);
-            }
-            continue;
-        }
-        // A dependency outside the plan cannot be waited for; the planner
-        // never emits one, and stored data must not wedge the rollout.
-        let ready = s.waits_for.iter().all(|k| {
-            !known.contains(k) || done.get(k).is_some_and(|st| st.satisfies_dependents())
-        });
-        if !ready {
-            continue;
-        }
-        if !active.contains(&s.environment) {
-            if active.len() >= max {
-                continue;
-            }
-            active.insert(s.environment.clone());
-        }
-        start_attempt(s, ctx, out);
+    r.ensure_index();
+    let mut idx = std::mem::take(&mut r.index);
+    let (starts, active) = plan_starts(r, &mut idx, w, ctx.now);
+    let stuck = starts.is_empty() && active == 0 && idx.cursor[w] < idx.groups[w].len();
+    r.index = idx;
+    for i in starts {
+        start_attempt(&mut r.waves[w].steps[i], ctx, out);
     }
     // Nothing active and nothing startable, yet steps remain: they wait for
-    // each other (a cycle the planner should have refused). Fail them
-    // rather than wait forever.
-    let wave = &mut r.waves[w];
-    if !wave.steps.iter().any(|s| s.is_active())
-        && wave.steps.iter().any(|s| s.state == StepState::Pending)
-    {
+    // each other or for steps that will never finish (a cycle the planner
+    // should have refused, a rolled-back dependency). Fail them rather than
+    // wait forever.
+    if stuck {
         let mut failed = Vec::new();
-        for s in wave.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+        for s in r.waves[w]
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Pending)
+        {
             s.state = StepState::Failed;
             s.error = Some("not started: waits for steps that can never finish".into());
             s.finished_at = Some(ctx.now);
             failed.push(s.key());
         }
-        out.mark(Importance::Matters);
-        for key in failed {
-            cascade_failure(r, key, ctx);
+        if !failed.is_empty() {
+            out.mark(Importance::Matters);
+            for key in failed {
+                cascade_failure(r, key, ctx);
+            }
+            check_budgets(r, ctx, out);
         }
-        check_budgets(r, ctx, out);
     }
+}
+
+/// Which steps of wave `w` to start now, and how many environments are in
+/// progress afterwards.
+fn plan_starts(r: &Rollout, idx: &mut Index, w: usize, now: DateTime<Utc>) -> (Vec<usize>, usize) {
+    let wave = &r.waves[w];
+    let groups = &idx.groups[w];
+    let max = wave.max_parallel.max(1) as usize;
+    let mut c = idx.cursor[w];
+    while c < groups.len() && groups[c].iter().all(|&i| wave.steps[i].state.is_terminal()) {
+        c += 1;
+    }
+    idx.cursor[w] = c;
+    let frontier = idx.frontier[w];
+    let group_active = |g: &Vec<usize>| g.iter().any(|&i| wave.steps[i].is_active());
+    let mut active = groups
+        .iter()
+        .enumerate()
+        .take(frontier + 1)
+        .skip(c)
+        .filter(|(_, g)| group_active(g))
+        .count();
+    let deps_ready = |s: &StepRun| {
+        // A dependency outside the plan cannot be waited for; the planner
+        // never emits one, and stored data must not wedge the rollout.
+        s.waits_for.iter().all(|k| match idx.pos.get(k) {
+            None => true,
+            Some(&(dw, di)) => r.waves[dw].steps[di].state.satisfies_dependents(),
+        })
+    };
+    let mut starts = Vec::new();
+    let mut new_frontier = frontier;
+    for (g, steps) in groups.iter().enumerate().skip(c) {
+        let was_active = group_active(steps);
+        if !was_active && active >= max && g > frontier {
+            break; // only never-started environments remain, and no slot
+        }
+        let mut took_slot = false;
+        for &i in steps {
+            let s = &wave.steps[i];
+            if s.state != StepState::Pending {
+                continue;
+            }
+            if let Some(at) = s.retry_at {
+                if at <= now {
+                    starts.push(i);
+                }
+                continue;
+            }
+            let needs_slot = !was_active && !took_slot;
+            if needs_slot && active >= max {
+                continue;
+            }
+            if !deps_ready(s) {
+                continue;
+            }
+            if needs_slot {
+                active += 1;
+                took_slot = true;
+            }
+            starts.push(i);
+        }
+        if took_slot {
+            new_frontier = new_frontier.max(g);
+        }
+    }
+    idx.frontier[w] = new_frontier;
+    (starts, active)
+}
+
+/// Whether every step of wave `w` has ended.
+fn wave_all_terminal(r: &mut Rollout, w: usize) -> bool {
+    r.ensure_index();
+    let wave = &r.waves[w];
+    let groups = &r.index.groups[w];
+    let mut c = r.index.cursor[w];
+    while c < groups.len() && groups[c].iter().all(|&i| wave.steps[i].state.is_terminal()) {
+        c += 1;
+    }
+    let done = c == groups.len();
+    r.index.cursor[w] = c;
+    done
 }
 
 fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
@@ -1231,8 +1294,7 @@ fn settle_state(r: &mut Rollout, before: RolloutState, out: &mut Out) {
         } else if waiting_for_approval(r).is_some() {
             RolloutState::AwaitingApproval
         } else if r.frozen_until.is_some()
-            && r
-                .waves
+            && r.waves
                 .get(r.current_wave)
                 .is_some_and(|w| w.phase == WavePhase::Pending)
         {

@@ -28,7 +28,7 @@ pub use machine::{
     waiting_for_approval,
 };
 pub use model::*;
-pub use view::{RolloutView, StepView, WaveView, Waiting, view, waiting_reason};
+pub use view::{RolloutView, StepView, Waiting, WaveView, view, waiting_reason};
 
 use crate::plan::model::Concurrency;
 

@@ -2,7 +2,7 @@
 //! runtime), the events it reacts to, the commands humans give and the
 //! effects it asks the runtime to carry out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -262,9 +262,102 @@ pub struct Rollout {
     pub auto_rollback_done: bool,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Lookup tables derived from `waves` (never stored; rebuilt on demand).
+    #[serde(skip)]
+    pub(crate) index: Index,
+}
+
+/// Derived lookups that keep one event's work proportional to what is in
+/// progress rather than to the size of the fleet: step positions by key,
+/// each wave's steps grouped by environment (in wave order), and how far
+/// each wave has got. Never serialized; [`Index::default`] means "not
+/// built", and any change to which steps are pending throws it away.
+#[derive(Clone, Default)]
+pub(crate) struct Index {
+    pub(crate) built: bool,
+    pub(crate) pos: HashMap<StepKey, (usize, usize)>,
+    /// Per wave: groups of step indices, one group per environment.
+    pub(crate) groups: Vec<Vec<Vec<usize>>>,
+    /// Per wave: groups before this one have only terminal steps.
+    pub(crate) cursor: Vec<usize>,
+    /// Per wave: groups after this one were never started.
+    pub(crate) frontier: Vec<usize>,
+}
+
+impl Index {
+    pub(crate) fn build(waves: &[WaveRun]) -> Index {
+        let mut pos = HashMap::new();
+        let mut groups = Vec::with_capacity(waves.len());
+        let mut frontier = Vec::with_capacity(waves.len());
+        for (w, wave) in waves.iter().enumerate() {
+            let mut order: HashMap<&EnvName, usize> = HashMap::new();
+            let mut g: Vec<Vec<usize>> = Vec::new();
+            for env in &wave.environments {
+                if !order.contains_key(env) {
+                    order.insert(env, g.len());
+                    g.push(Vec::new());
+                }
+            }
+            for (i, s) in wave.steps.iter().enumerate() {
+                pos.entry(s.key()).or_insert((w, i));
+                let n = *order.entry(&s.environment).or_insert_with(|| {
+                    g.push(Vec::new());
+                    g.len() - 1
+                });
+                g[n].push(i);
+            }
+            g.retain(|steps| !steps.is_empty());
+            let front = g
+                .iter()
+                .rposition(|steps| {
+                    steps.iter().any(|&i| {
+                        wave.steps[i].attempts > 0 || wave.steps[i].state != StepState::Pending
+                    })
+                })
+                .unwrap_or(0);
+            frontier.push(front);
+            groups.push(g);
+        }
+        Index {
+            built: true,
+            pos,
+            cursor: vec![0; waves.len()],
+            groups,
+            frontier,
+        }
+    }
+}
+
+impl PartialEq for Index {
+    /// Derived data: two rollouts are equal whatever their caches hold.
+    fn eq(&self, _: &Index) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.built {
+            "Index(built)"
+        } else {
+            "Index(empty)"
+        })
+    }
 }
 
 impl Rollout {
+    /// Builds the lookup tables if they are missing.
+    pub(crate) fn ensure_index(&mut self) {
+        if !self.index.built {
+            self.index = Index::build(&self.waves);
+        }
+    }
+
+    /// Throws the lookup tables away (after steps went back to pending).
+    pub(crate) fn invalidate_index(&mut self) {
+        self.index = Index::default();
+    }
+
     /// A queued rollout for `plan`; send [`Event::Start`] to run it.
     pub fn new(plan: Plan) -> Rollout {
         let version = plan.commit.clone();
@@ -328,6 +421,7 @@ impl Rollout {
             auto_rollback_done: false,
             started_at: None,
             finished_at: None,
+            index: Index::default(),
         }
     }
 
@@ -337,6 +431,9 @@ impl Rollout {
 
     /// Finds a step by key: (wave index, step index).
     pub fn find(&self, key: &StepKey) -> Option<(usize, usize)> {
+        if self.index.built {
+            return self.index.pos.get(key).copied();
+        }
         self.waves.iter().enumerate().find_map(|(w, wave)| {
             wave.steps
                 .iter()
@@ -576,7 +673,10 @@ pub enum Importance {
 pub enum Effect {
     /// Reachable? what runs there? the agent's own preflight. Answer with
     /// [`Event::Preflight`].
-    RunPreflight { key: StepKey, attempt: u32 },
+    RunPreflight {
+        key: StepKey,
+        attempt: u32,
+    },
     /// Deploy `version`; answer with `DeployAccepted`/`DeployFailed`/
     /// `StepTimedOut` (the runtime bounds the call by `deadline`).
     Deploy {
@@ -586,14 +686,20 @@ pub enum Effect {
         deadline: DateTime<Utc>,
     },
     /// Ask for status now; answer with `Status` or `StatusUnavailable`.
-    PollStatus { key: StepKey, attempt: u32 },
+    PollStatus {
+        key: StepKey,
+        attempt: u32,
+    },
     /// Ask for the health of these steps; answer with `BakeHealth`.
     CheckHealth {
         wave: usize,
         round: u32,
         keys: Vec<StepKey>,
     },
-    ScheduleTimer { at: DateTime<Utc>, timer: Timer },
+    ScheduleTimer {
+        at: DateTime<Utc>,
+        timer: Timer,
+    },
     /// One attempt ended: history for last-known-good and risk (SPEC 6.7,
     /// 6.8). `succeeded` is whether the attempt reached the target healthy.
     RecordAttempt {
@@ -616,10 +722,14 @@ pub enum Effect {
         environments: Vec<EnvName>,
     },
     /// The comment and check run should show the new state.
-    Report { importance: Importance },
+    Report {
+        importance: Importance,
+    },
     /// The rollout reached a terminal state: release the branch's slot (the
     /// next queued rollout may start).
-    Finished { state: RolloutState },
+    Finished {
+        state: RolloutState,
+    },
 }
 
 /// A command that makes no sense now, with a message fit for a reply.

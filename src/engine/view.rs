@@ -193,11 +193,11 @@ fn waiting_with(
             });
         }
     }
-    if let Some(dep) = s.waits_for.iter().find(|k| {
-        states
-            .get(*k)
-            .is_some_and(|st| !st.satisfies_dependents())
-    }) {
+    if let Some(dep) = s
+        .waits_for
+        .iter()
+        .find(|k| states.get(*k).is_some_and(|st| !st.satisfies_dependents()))
+    {
         return Some(Waiting::Dependency { step: dep.clone() });
     }
     Some(Waiting::MaxParallel {

@@ -232,7 +232,11 @@ impl Fleet {
             .envs
             .get(env)
             .is_some_and(|e| e.knobs.unreachable);
-        let addr = if unreachable { self.dead_addr } else { self.addr };
+        let addr = if unreachable {
+            self.dead_addr
+        } else {
+            self.addr
+        };
         format!("http://{addr}/env/{env}")
     }
 
@@ -256,7 +260,11 @@ impl Fleet {
     }
 
     pub fn update_knobs(&self, env: &str, f: impl FnOnce(&mut AgentKnobs)) {
-        f(&mut lock(&self.inner).envs.entry(env.to_string()).or_default().knobs);
+        f(&mut lock(&self.inner)
+            .envs
+            .entry(env.to_string())
+            .or_default()
+            .knobs);
     }
 
     /// An out-of-band change: the agent now runs `version` (drift).
@@ -396,7 +404,11 @@ async fn deploy(
     };
     let mut g = lock(&inner);
     let now = g.now();
-    let knobs = g.envs.get(&env).map(|e| e.knobs.clone()).unwrap_or_default();
+    let knobs = g
+        .envs
+        .get(&env)
+        .map(|e| e.knobs.clone())
+        .unwrap_or_default();
     let (status, repeat) = if body.environment != env {
         (StatusCode::BAD_REQUEST, false)
     } else if knobs.permanent_failure {
