@@ -215,7 +215,7 @@ impl Sim {
         for e in effects {
             self.log.push((self.now, e.clone()));
             match e {
-                Effect::RunPreflight { key, attempt } => {
+                Effect::RunPreflight { key, attempt, .. } => {
                     let result = PreflightResult::Passed {
                         running: self.running.get(&key).cloned(),
                         baseline: self.baseline.get(&key).cloned(),
@@ -1657,7 +1657,7 @@ fn ten_thousand_environments_times_two_services_complete() {
     while let Some(ev) = queue.pop_front() {
         for e in engine::handle(&mut r, ev, &ctx) {
             match e {
-                Effect::RunPreflight { key, attempt } => queue.push_back(Event::Preflight {
+                Effect::RunPreflight { key, attempt, .. } => queue.push_back(Event::Preflight {
                     key,
                     attempt,
                     result: PreflightResult::Passed {

@@ -18,6 +18,10 @@ use crate::plan::model::{OnDrift, StepKey};
 /// Retry backoff never exceeds this (SPEC 2: "capped at 5m").
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Status polls are never closer together than this, whatever
+/// `poll_interval` says.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Accumulates effects and the most important change of one transition.
 struct Out {
     effects: Vec<Effect>,
@@ -589,7 +593,8 @@ fn on_status(
     ctx: &Ctx,
     out: &mut Out,
 ) {
-    let poll_interval = r.policy.poll_interval;
+    // A zero interval would poll the agent in a tight loop.
+    let poll_interval = r.policy.poll_interval.max(MIN_POLL_INTERVAL);
     let verify_timeout = r.policy.verify_timeout;
     let s = &r.waves[w].steps[i];
     let at_target = match &report {
@@ -955,6 +960,7 @@ fn recover(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 StepState::Preflight => out.push(Effect::RunPreflight {
                     key: s.key(),
                     attempt: s.attempts,
+                    version: s.version.clone(),
                 }),
                 StepState::Deploying | StepState::Verifying => {
                     if s.state == StepState::Deploying {
@@ -1252,6 +1258,7 @@ fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
     out.push(Effect::RunPreflight {
         key: s.key(),
         attempt: s.attempts,
+        version: s.version.clone(),
     });
     out.mark(Importance::CountsOnly);
 }

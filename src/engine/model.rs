@@ -676,6 +676,7 @@ pub enum Effect {
     RunPreflight {
         key: StepKey,
         attempt: u32,
+        version: CommitSha,
     },
     /// Deploy `version`; answer with `DeployAccepted`/`DeployFailed`/
     /// `StepTimedOut` (the runtime bounds the call by `deadline`).
