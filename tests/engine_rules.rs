@@ -1222,6 +1222,52 @@ fn abort_stops_everything_and_later_commands_say_so() {
 }
 
 #[test]
+fn after_an_abort_a_failing_in_flight_step_is_not_retried() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
+    sim.deploy = Box::new(|_, _| Some((FailureKind::Transient, "503".into())));
+    sim.start();
+    sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
+    sim.run();
+    let a = sim.step("a", "api");
+    assert_eq!((a.state, a.attempts), (StepState::Failed, 1));
+    assert_eq!(sim.state(), RolloutState::Aborted);
+}
+
+#[test]
+fn transitions_name_the_steps_they_change() {
+    let mut r = Rollout::new(simple_plan(vec![wave("w", &["a", "b"])]));
+    let ctx = Ctx::at(t("2026-11-26T10:00:00Z"));
+    let tr = engine::apply(&mut r, Event::Start, &ctx);
+    assert_eq!(
+        tr.changed,
+        Changed::Steps(vec![key("a", "api"), key("b", "api")])
+    );
+    let tr = engine::apply(
+        &mut r,
+        Event::DeployAccepted {
+            key: key("a", "api"),
+            attempt: 1,
+        },
+        &ctx,
+    );
+    // Not deploying yet (still in preflight): nothing changed.
+    assert_eq!(tr.changed, Changed::Steps(vec![key("a", "api")]));
+    assert_eq!(
+        r.step(&key("a", "api")).unwrap().state,
+        StepState::Preflight
+    );
+    let tr = engine::apply_command(
+        &mut r,
+        Command::Skip {
+            environments: vec![EnvName::new("b")],
+            by: "x".into(),
+        },
+        &ctx,
+    );
+    assert!(tr.is_err(), "b is in flight");
+}
+
+#[test]
 fn pause_and_resume() {
     let mut sim = Sim::new(simple_plan(vec![wave_n("w", "e", 3).parallel(1)]));
     sim.start();
@@ -1607,11 +1653,27 @@ proptest! {
         for s in steps {
             now += chrono::Duration::seconds(s.4 as i64);
             let ctx = Ctx { now, jitter: (s.4 % 10) as f64 / 10.0 };
-            match make_event(&r, &e, s) {
-                Ok(ev) => { engine::handle(&mut r, ev, &ctx); }
+            let before = r.clone();
+            let transition = match make_event(&r, &e, s) {
+                Ok(ev) => Some(engine::apply(&mut r, ev, &ctx)),
                 Err(cmd) => {
                     let valid = engine::validate(&r, &cmd).is_ok();
-                    prop_assert_eq!(engine::command(&mut r, cmd, &ctx).is_ok(), valid);
+                    let t = engine::apply_command(&mut r, cmd, &ctx);
+                    prop_assert_eq!(t.is_ok(), valid);
+                    if !valid {
+                        prop_assert_eq!(&r, &before, "a refused command changes nothing");
+                    }
+                    t.ok()
+                }
+            };
+            // Every step that changed is reported as changed.
+            if let Some(Transition { changed: Changed::Steps(keys), .. }) = &transition {
+                for (bw, aw) in before.waves.iter().zip(&r.waves) {
+                    for (bs, as_) in bw.steps.iter().zip(&aw.steps) {
+                        if bs != as_ {
+                            prop_assert!(keys.contains(&as_.key()), "{:?} changed unreported", as_.key());
+                        }
+                    }
                 }
             }
             for wave in &r.waves {

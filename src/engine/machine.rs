@@ -5,7 +5,7 @@
 //! events (an old attempt's answer, a timer for a state long gone) are
 //! ignored, so the runtime may deliver events late or twice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,10 +22,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// `poll_interval` says.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Accumulates effects and the most important change of one transition.
+/// Accumulates effects, the most important change and which steps changed
+/// during one transition.
 struct Out {
     effects: Vec<Effect>,
     importance: Option<Importance>,
+    /// Steps changed that no effect names (the event's own step).
+    touched: Vec<StepKey>,
+    /// Some change touched steps nobody named (cascades, resets, skips).
+    all_changed: bool,
 }
 
 impl Out {
@@ -33,6 +38,8 @@ impl Out {
         Out {
             effects: Vec::new(),
             importance: None,
+            touched: Vec::new(),
+            all_changed: false,
         }
     }
 
@@ -44,12 +51,55 @@ impl Out {
         self.effects.push(effect);
     }
 
-    fn finish(mut self) -> Vec<Effect> {
+    fn finish(mut self) -> Transition {
         if let Some(importance) = self.importance {
             self.effects.push(Effect::Report { importance });
         }
-        self.effects
+        let changed = if self.all_changed {
+            Changed::All
+        } else {
+            let mut keys: BTreeSet<StepKey> = self.touched.into_iter().collect();
+            for e in &self.effects {
+                match e {
+                    Effect::RunPreflight { key, .. }
+                    | Effect::Deploy { key, .. }
+                    | Effect::RecordAttempt { key, .. }
+                    | Effect::DriftDetected { key, .. }
+                    | Effect::ScheduleTimer {
+                        timer: Timer::Retry { key, .. },
+                        ..
+                    } => {
+                        keys.insert(key.clone());
+                    }
+                    _ => {}
+                }
+            }
+            Changed::Steps(keys.into_iter().collect())
+        };
+        Transition {
+            effects: self.effects,
+            changed,
+        }
     }
+}
+
+/// The result of one transition: what to do, and which steps to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// Carry these out, in order, after persisting the rollout.
+    pub effects: Vec<Effect>,
+    /// Steps whose stored form changed. The rollout's own fields and its
+    /// waves' fields may change on any transition; write them every time.
+    pub changed: Changed,
+}
+
+/// Which steps a transition changed, for a store that writes per step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Possibly any step (commands that reset or skip, cascades, recovery).
+    All,
+    /// Only these (possibly none).
+    Steps(Vec<StepKey>),
 }
 
 /// Delay before retry number `failed_attempts` (1 for the first retry):
@@ -85,11 +135,29 @@ fn key_str(k: &StepKey) -> String {
 // ---------------------------------------------------------------------------
 // Entry points
 
-/// Applies an event no human asked for. Never fails: an event that does not
-/// fit the current state is ignored.
+/// Applies an event no human asked for and returns the effects. Never
+/// fails: an event that does not fit the current state is ignored.
 pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
+    apply(r, event, ctx).effects
+}
+
+/// [`handle`], also saying which steps changed (for per-step storage).
+pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
     r.ensure_index();
     let mut out = Out::new();
+    match &event {
+        Event::Preflight { key, .. }
+        | Event::DeployAccepted { key, .. }
+        | Event::DeployFailed { key, .. }
+        | Event::StepTimedOut { key, .. }
+        | Event::Status { key, .. }
+        | Event::StatusUnavailable { key, .. } => out.touched.push(key.clone()),
+        Event::BakeHealth { results, .. } => {
+            out.touched.extend(results.iter().map(|(k, _)| k.clone()))
+        }
+        Event::Recover | Event::RolledBack { .. } => out.all_changed = true,
+        _ => {}
+    }
     let before = r.state;
     match event {
         Event::Start => {
@@ -197,9 +265,17 @@ pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
 
 /// Applies a human's command after checking it makes sense now.
 pub fn command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Vec<Effect>, CommandError> {
+    apply_command(r, cmd, ctx).map(|t| t.effects)
+}
+
+/// [`command`], also saying which steps changed (for per-step storage).
+pub fn apply_command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Transition, CommandError> {
     validate(r, &cmd)?;
     r.ensure_index();
     let mut out = Out::new();
+    if matches!(cmd, Command::Retry { .. } | Command::Skip { .. }) {
+        out.all_changed = true;
+    }
     let before = r.state;
     match cmd {
         Command::Approve { wave, by } => {
@@ -688,7 +764,10 @@ fn attempt_failed(
     s.recovering = false;
     s.deploy_deadline = None;
     s.verify_deadline = None;
-    if kind == FailureKind::Transient && s.run_attempts <= retries {
+    // After an abort nothing new starts, retries included.
+    let may_retry = !r.state.is_terminal();
+    let s = &mut r.waves[w].steps[i];
+    if may_retry && kind == FailureKind::Transient && s.run_attempts <= retries {
         let at = add(ctx.now, backoff_delay(backoff, s.run_attempts, ctx.jitter));
         s.state = StepState::Pending;
         s.retry_at = Some(at);
@@ -716,11 +795,16 @@ fn fail_step(r: &mut Rollout, w: usize, i: usize, error: String, ctx: &Ctx, out:
     s.finished_at = Some(ctx.now);
     let key = s.key();
     out.mark(Importance::Matters);
-    cascade_failure(r, key, ctx);
+    if cascade_failure(r, key, ctx) {
+        out.all_changed = true;
+    }
     check_budgets(r, ctx, out);
 }
 
-fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
+/// Fails the pending steps that wait (transitively) for `failed`; whether
+/// any did.
+fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
+    let mut any = false;
     let mut queue = vec![failed];
     while let Some(dep) = queue.pop() {
         for wave in &mut r.waves {
@@ -734,10 +818,12 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
                     s.blocked_by = Some(dep.clone());
                     s.finished_at = Some(ctx.now);
                     queue.push(s.key());
+                    any = true;
                 }
             }
         }
     }
+    any
 }
 
 /// Halts on the first started wave whose failures exceed its budget.
@@ -1155,6 +1241,7 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
             failed.push(s.key());
         }
         if !failed.is_empty() {
+            out.all_changed = true;
             out.mark(Importance::Matters);
             for key in failed {
                 cascade_failure(r, key, ctx);

@@ -24,8 +24,8 @@ pub mod model;
 pub mod view;
 
 pub use machine::{
-    MAX_BACKOFF, backoff_delay, bake_rounds, command, handle, rollback_targets, validate,
-    waiting_for_approval,
+    Changed, MAX_BACKOFF, MIN_POLL_INTERVAL, Transition, apply, apply_command, backoff_delay,
+    bake_rounds, command, handle, rollback_targets, validate, waiting_for_approval,
 };
 pub use model::*;
 pub use view::{RolloutView, StepView, Waiting, WaveView, view, waiting_reason};
