@@ -1,10 +1,23 @@
 //! Process-level wiring for `convoy serve`: logging, configuration, the
 //! store, the workers and the HTTP server, and how the process exits.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::drivers::Drivers;
+use crate::metrics::Metrics;
+use crate::runtime::intake::InboxWriter;
+use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
+use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
+use crate::runtime::worker::{Chain, Dispatcher, EventHandler, Worker};
+use crate::store::{self, Store};
+use crate::web::{self, AppState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -26,6 +39,163 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// What `start` builds from the configuration unless given: tests and the
+/// demo bring their own.
+#[derive(Default)]
+pub struct Services {
+    pub store: Option<Arc<dyn Store>>,
+    pub drivers: Option<Drivers>,
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    pub reporter: Option<Arc<dyn ReportSink>>,
+    /// Runs after the built-in handlers, for every handled event.
+    pub extra_handler: Option<Arc<dyn EventHandler>>,
+}
+
+impl Services {
+    pub fn with_handler(handler: Arc<dyn EventHandler>) -> Services {
+        Services {
+            extra_handler: Some(handler),
+            ..Services::default()
+        }
+    }
+}
+
+/// A running convoy: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub runtime: RolloutRuntime,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops taking requests, lets the worker finish its round, and returns
+    /// when everything has stopped.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the process is asked to stop (Ctrl-C or SIGTERM).
+    pub async fn until_signalled(&self) {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(#[from] crate::runtime::rollouts::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store, starts intake, the worker, the rollout runtime (resuming
+/// unfinished rollouts) and the HTTP server.
+pub async fn start(config: Config, services: Services) -> Result<Running, StartError> {
+    let store = match services.store.clone() {
+        Some(s) => s,
+        None => store::open(&config.database.url).await?,
+    };
+    let drivers = match services.drivers.clone() {
+        Some(d) => d,
+        None => Drivers::from_config(&config.drivers)
+            .map_err(|e| StartError::Config(format!("drivers: {e}")))?,
+    };
+    if config.github.private_key.is_none() {
+        tracing::warn!(
+            "github.private_key_path is not set: convoy takes and stores deliveries but cannot call GitHub"
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let wake = Arc::new(Notify::new());
+    let writer = InboxWriter::spawn(store.clone(), wake.clone());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let config = Arc::new(config);
+    let runtime = RolloutRuntime::new(store.clone(), drivers, services.reporter.clone());
+    let tokens = services.tokens.clone().unwrap_or_else(|| Arc::new(NoToken));
+    let mut handlers: Vec<Arc<dyn EventHandler>> = vec![Arc::new(MergeHandler::new(
+        config.clone(),
+        runtime.clone(),
+        tokens,
+    ))];
+    handlers.extend(services.extra_handler.clone());
+    let dispatcher: Arc<dyn EventHandler> = Arc::new(Dispatcher::new(
+        store.clone(),
+        Some(Arc::new(Chain(handlers))),
+    ));
+    runtime.recover().await?;
+    let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake);
+    let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        writer,
+        metrics: metrics.clone(),
+    };
+    let app = web::router(state);
+    let mut stop = shutdown_rx;
+    let server_task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    });
+    tracing::info!(%addr, "convoy is listening");
+    Ok(Running {
+        addr,
+        store,
+        metrics,
+        runtime,
+        shutdown,
+        tasks: vec![server_task, worker_task],
+    })
+}
+
 /// `convoy serve`: exit 2 on a configuration error, 1 on a runtime failure.
 pub fn serve_main(config_path: &Path, format: LogFormat) -> ExitCode {
     init_logging(format);
@@ -36,6 +206,30 @@ pub fn serve_main(config_path: &Path, format: LogFormat) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(listen = %config.server.listen, "configuration loaded");
-    ExitCode::SUCCESS
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("convoy: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let running = match start(config, Services::default()).await {
+            Ok(r) => r,
+            Err(
+                e @ (StartError::Store(store::StoreError::Unsupported(_)) | StartError::Config(_)),
+            ) => {
+                eprintln!("convoy: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("convoy: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        running.until_signalled().await;
+        tracing::info!("shutting down");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
 }

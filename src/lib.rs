@@ -13,6 +13,7 @@ pub mod duration;
 pub mod engine;
 pub mod git;
 pub mod github;
+pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod runtime;

@@ -1750,3 +1750,42 @@ fn ten_thousand_environments_times_two_services_complete() {
     // Never more than 200 environments × 2 services' worth of work queued.
     assert!(peak <= 400, "{peak}");
 }
+
+#[test]
+fn retry_after_a_halt_with_blocked_dependents_finishes() {
+    let policy = RolloutPolicy {
+        retries: 1,
+        ..RolloutPolicy::default()
+    };
+    let mut sim = Sim::new(plan_with(
+        vec![
+            wave("canary", &["e00", "e01"]),
+            wave_n("rest", "f", 8).parallel(20),
+        ],
+        &[("db", &[]), ("api", &["db"]), ("web", &["api"])],
+        &[],
+        policy,
+    ));
+    sim.polls_to_ready = 1;
+    let broken = std::rc::Rc::new(std::cell::Cell::new(true));
+    let b = broken.clone();
+    sim.deploy = Box::new(move |k, _| {
+        (k.environment.as_str() == "f05" && b.get()).then(|| (FailureKind::Permanent, "no".into()))
+    });
+    sim.start();
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Halted);
+    broken.set(false);
+    sim.cmd(Command::Retry {
+        environments: vec![],
+        by: "alice".into(),
+    })
+    .unwrap();
+    sim.run();
+    assert_eq!(
+        sim.state(),
+        RolloutState::Succeeded,
+        "{:#?}",
+        engine::view(&sim.r).waves[1].steps
+    );
+}

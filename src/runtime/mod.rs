@@ -1,1 +1,8 @@
-//! Workers and timers: the inbox worker, effect execution, crash recovery.
+//! Workers and timers: intake's group commit, the inbox worker, rollout
+//! execution with durable timers and crash recovery.
+
+pub mod intake;
+pub mod merges;
+pub mod plans;
+pub mod rollouts;
+pub mod worker;

@@ -2,3 +2,5 @@
 //! a fleet of environment agents, all on 127.0.0.1. Never used by `serve`.
 
 pub mod fleet;
+pub mod github_standin;
+pub mod openapi;

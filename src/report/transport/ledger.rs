@@ -1,0 +1,199 @@
+//! What convoy last put on GitHub, per key: the object's GitHub id and the
+//! digest of the body sent. Kept in the database so a restart neither
+//! re-creates comments and check runs nor re-sends unchanged bodies.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+
+use super::schedule::{ReportKey, ReportObject};
+use crate::domain::{InstallationId, RepoName, RolloutId};
+
+/// One key's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub object_id: Option<u64>,
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("report ledger: {0}")]
+pub struct LedgerError(pub String);
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        LedgerError(e.to_string())
+    }
+}
+
+#[async_trait]
+pub trait ReportLedger: Send + Sync {
+    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError>;
+    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Every record (read once at startup).
+    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError>;
+}
+
+/// For tests and the demo.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    map: Mutex<HashMap<ReportKey, LedgerEntry>>,
+}
+
+impl MemoryLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ReportLedger for MemoryLedger {
+    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        Ok(self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned())
+    }
+    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), entry.clone());
+        Ok(())
+    }
+    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
+        Ok(self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The ledger in SQLite, table `report_ledger` (migrations/0002_report.sql).
+#[derive(Clone, Debug)]
+pub struct SqliteLedger {
+    pool: SqlitePool,
+}
+
+impl SqliteLedger {
+    /// The pool's database must have the migrations applied.
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteLedger { pool }
+    }
+}
+
+fn object_columns(o: &ReportObject) -> (&'static str, &str, i64) {
+    match o {
+        ReportObject::CheckRun { name, generation } => ("check_run", name, i64::from(*generation)),
+        ReportObject::Comment { issue } => ("comment", "", *issue as i64),
+        ReportObject::Issue { label } => ("issue", label, 0),
+    }
+}
+
+fn object_from(kind: &str, name: String, number: i64) -> Option<ReportObject> {
+    match kind {
+        "check_run" => Some(ReportObject::CheckRun {
+            name,
+            generation: u32::try_from(number).ok()?,
+        }),
+        "comment" => Some(ReportObject::Comment {
+            issue: u64::try_from(number).ok()?,
+        }),
+        "issue" => Some(ReportObject::Issue { label: name }),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ReportLedger for SqliteLedger {
+    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        let (kind, name, number) = object_columns(&key.object);
+        let row = sqlx::query(
+            "SELECT github_id, body_hash FROM report_ledger \
+             WHERE repo = ? AND rollout_id = ? AND object_kind = ? AND object_name = ? AND object_number = ?",
+        )
+        .bind(key.repo.as_str())
+        .bind(key.rollout.as_str())
+        .bind(kind)
+        .bind(name)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let id: Option<i64> = r.try_get("github_id")?;
+            Ok(LedgerEntry {
+                object_id: id.and_then(|i| u64::try_from(i).ok()),
+                digest: r.try_get("body_hash")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        let (kind, name, number) = object_columns(&key.object);
+        sqlx::query(
+            "INSERT INTO report_ledger (rollout_id, object_kind, object_name, object_number, \
+               installation_id, repo, github_id, body_hash, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE SET \
+               github_id = excluded.github_id, body_hash = excluded.body_hash, \
+               updated_at = excluded.updated_at",
+        )
+        .bind(key.rollout.as_str())
+        .bind(kind)
+        .bind(name)
+        .bind(number)
+        .bind(key.installation.0)
+        .bind(key.repo.as_str())
+        .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
+        .bind(&entry.digest)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT rollout_id, object_kind, object_name, object_number, installation_id, repo, \
+               github_id, body_hash FROM report_ledger",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kind: String = r.try_get("object_kind")?;
+            let Some(object) = object_from(
+                &kind,
+                r.try_get("object_name")?,
+                r.try_get("object_number")?,
+            ) else {
+                tracing::warn!(kind, "report ledger row of an unknown kind ignored");
+                continue;
+            };
+            let id: Option<i64> = r.try_get("github_id")?;
+            out.push((
+                ReportKey {
+                    installation: InstallationId(r.try_get("installation_id")?),
+                    repo: RepoName::new(r.try_get::<String, _>("repo")?),
+                    rollout: RolloutId::new(r.try_get::<String, _>("rollout_id")?),
+                    object,
+                },
+                LedgerEntry {
+                    object_id: id.and_then(|i| u64::try_from(i).ok()),
+                    digest: r.try_get("body_hash")?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,322 @@
+//! The inbox worker: takes stored deliveries in order, turns each into a
+//! typed event and hands it to the handler. A failure is retried with
+//! backoff; after `MAX_ATTEMPTS` the delivery is kept as `failed` with its
+//! error. Nothing is lost: the inbox row stays either way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::domain::DeliveryId;
+use crate::metrics::Metrics;
+use crate::store::{DeliveryOutcome, InboxItem, Store};
+use crate::webhook::{Envelope, Event, events};
+
+/// Attempts before a delivery is kept as failed.
+pub const MAX_ATTEMPTS: u32 = 8;
+/// Deliveries taken per round.
+const BATCH: u32 = 64;
+/// The longest the worker sleeps without looking at the inbox, in case a
+/// wake-up was missed.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: GitHub or git unreachable, database busy.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help; kept as failed at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What acts on typed events. The worker owns retries and bookkeeping; the
+/// handler only acts.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    async fn handle(&self, delivery: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError>;
+}
+
+/// Records installations and the repositories each can act on, then passes
+/// repository events on to `next` (the rollout side, when present).
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    next: Option<Arc<dyn EventHandler>>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, next: Option<Arc<dyn EventHandler>>) -> Dispatcher {
+        Dispatcher { store, next }
+    }
+}
+
+fn transient(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+#[async_trait]
+impl EventHandler for Dispatcher {
+    async fn handle(&self, delivery: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError> {
+        let now = Utc::now();
+        let store = &self.store;
+        match (&envelope.event, envelope.installation) {
+            (Event::Ping { zen, hook_id }, _) => {
+                tracing::info!(?zen, ?hook_id, "ping from GitHub");
+            }
+            (Event::Installation(e), Some(id)) => match e.action.as_str() {
+                "deleted" => store.delete_installation(id).await.map_err(transient)?,
+                "suspend" | "unsuspend" => {
+                    store
+                        .upsert_installation(id, &e.account, now)
+                        .await
+                        .map_err(transient)?;
+                    store
+                        .set_installation_suspended(id, e.action == "suspend", now)
+                        .await
+                        .map_err(transient)?;
+                }
+                _ => {
+                    store
+                        .upsert_installation(id, &e.account, now)
+                        .await
+                        .map_err(transient)?;
+                    store
+                        .add_installation_repos(id, &e.repositories)
+                        .await
+                        .map_err(transient)?;
+                }
+            },
+            (Event::InstallationRepositories(e), Some(id)) => {
+                store
+                    .upsert_installation(id, &e.account, now)
+                    .await
+                    .map_err(transient)?;
+                store
+                    .add_installation_repos(id, &e.added)
+                    .await
+                    .map_err(transient)?;
+                store
+                    .remove_installation_repos(id, &e.removed)
+                    .await
+                    .map_err(transient)?;
+            }
+            (event, Some(id)) => {
+                // Any repository event proves the installation can act on
+                // it, which also covers installations made before convoy ran.
+                if let Some(repo) = event.repo() {
+                    store
+                        .add_installation_repos(id, std::slice::from_ref(repo))
+                        .await
+                        .map_err(transient)?;
+                }
+            }
+            (_, None) => {}
+        }
+        if let Some(next) = &self.next {
+            next.handle(delivery, envelope).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Several handlers, each given every event in order; the first error
+/// stops the chain (and the delivery is retried whole, so handlers must be
+/// idempotent — the rollout side is, by the commit's uniqueness).
+pub struct Chain(pub Vec<Arc<dyn EventHandler>>);
+
+#[async_trait]
+impl EventHandler for Chain {
+    async fn handle(&self, delivery: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError> {
+        for handler in &self.0 {
+            handler.handle(delivery, envelope).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The pure decision after a failed attempt: when to try again, or give up.
+/// `attempts` counts the attempts made before this one.
+pub fn after_failure(error: &HandlerError, attempts: u32, now: DateTime<Utc>) -> DeliveryOutcome {
+    let attempt = attempts + 1;
+    match error {
+        HandlerError::Permanent(msg) => DeliveryOutcome::Failed(msg.clone()),
+        HandlerError::Transient(msg) if attempt >= MAX_ATTEMPTS => {
+            DeliveryOutcome::Failed(format!("gave up after {attempt} attempts: {msg}"))
+        }
+        HandlerError::Transient(msg) => {
+            // 2 s, 4 s, 8 s … capped at 10 minutes.
+            let secs = (1u64 << attempt.min(20)).min(600);
+            DeliveryOutcome::Retry {
+                error: msg.clone(),
+                at: now + chrono::Duration::seconds(secs as i64),
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    handler: Arc<dyn EventHandler>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        handler: Arc<dyn EventHandler>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        Worker {
+            store,
+            handler,
+            metrics,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.round().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "reading the inbox failed; retrying"),
+            }
+            let wait = match self.store.next_delivery_due().await {
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_POLL),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Processes one batch of due deliveries; `true` when there was any.
+    pub async fn round(&self) -> Result<bool, crate::store::StoreError> {
+        let items = self.store.due_deliveries(Utc::now(), BATCH).await?;
+        if items.is_empty() {
+            return Ok(false);
+        }
+        let mut results = Vec::with_capacity(items.len());
+        for item in &items {
+            let outcome = self.process(item).await;
+            let label = match &outcome {
+                DeliveryOutcome::Done => "done",
+                DeliveryOutcome::Dropped(_) => "dropped",
+                DeliveryOutcome::Retry { .. } => "retry",
+                DeliveryOutcome::Failed(_) => "failed",
+            };
+            self.metrics.count_delivery(&item.event, label);
+            if !matches!(outcome, DeliveryOutcome::Retry { .. }) {
+                let latency = (Utc::now() - item.received_at)
+                    .num_microseconds()
+                    .unwrap_or(0);
+                self.metrics
+                    .processing_seconds
+                    .observe(latency.max(0) as f64 / 1e6);
+            }
+            results.push((item.id.clone(), outcome));
+        }
+        self.store.finish_deliveries(&results, Utc::now()).await?;
+        if let Ok(counts) = self.store.inbox_counts().await {
+            self.metrics.inbox_pending.set(counts.pending as i64);
+            self.metrics.inbox_failed.set(counts.failed as i64);
+        }
+        Ok(true)
+    }
+
+    async fn process(&self, item: &InboxItem) -> DeliveryOutcome {
+        let span = tracing::info_span!(
+            "delivery",
+            delivery = %item.id,
+            event = %item.event,
+            attempt = item.attempts + 1,
+            repo = tracing::field::Empty,
+            installation = tracing::field::Empty,
+        );
+        async {
+            let envelope = match events::parse(&item.event, item.payload.as_bytes()) {
+                Ok(Some(envelope)) => envelope,
+                Ok(None) => {
+                    tracing::debug!("event not handled by convoy; dropped");
+                    return DeliveryOutcome::Dropped(format!(
+                        "`{}` events are not handled by convoy",
+                        item.event
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery cannot be parsed; kept as failed");
+                    return DeliveryOutcome::Failed(e.to_string());
+                }
+            };
+            let span = tracing::Span::current();
+            if let Some(repo) = envelope.event.repo() {
+                span.record("repo", tracing::field::display(repo));
+            }
+            if let Some(id) = envelope.installation {
+                span.record("installation", id.0);
+            }
+            if envelope.installation.is_none() && !matches!(envelope.event, Event::Ping { .. }) {
+                tracing::info!("delivery without installation; dropped");
+                return DeliveryOutcome::Dropped("the delivery names no installation".into());
+            }
+            match self.handler.handle(&item.id, &envelope).await {
+                Ok(()) => DeliveryOutcome::Done,
+                Err(e) => {
+                    let outcome = after_failure(&e, item.attempts, Utc::now());
+                    tracing::warn!(error = %e, kept_as_failed = matches!(outcome, DeliveryOutcome::Failed(_)), "processing the delivery failed");
+                    outcome
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_back_off_then_fail() {
+        let now = Utc::now();
+        let e = HandlerError::Transient("github down".into());
+        let DeliveryOutcome::Retry { at, .. } = after_failure(&e, 0, now) else {
+            panic!("first failure should retry");
+        };
+        assert_eq!((at - now).num_seconds(), 2);
+        let DeliveryOutcome::Retry { at, .. } = after_failure(&e, 3, now) else {
+            panic!("fourth failure should retry");
+        };
+        assert_eq!((at - now).num_seconds(), 16);
+        let DeliveryOutcome::Failed(msg) = after_failure(&e, MAX_ATTEMPTS - 1, now) else {
+            panic!("last attempt should fail");
+        };
+        assert!(msg.contains("gave up after 8 attempts"), "{msg}");
+    }
+
+    #[test]
+    fn permanent_failures_fail_at_once() {
+        let e = HandlerError::Permanent("bad".into());
+        assert!(matches!(
+            after_failure(&e, 0, Utc::now()),
+            DeliveryOutcome::Failed(_)
+        ));
+    }
+}

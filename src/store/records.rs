@@ -1,0 +1,122 @@
+//! Records of the rollout side: what the runtime persists about rollouts,
+//! their timers, deploy history, baselines and step locks.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    BranchName, CommitSha, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutKind {
+    /// A merge rolled out.
+    Deploy,
+    /// `/convoy rollback` or auto_rollback: last known good versions.
+    Rollback,
+    /// `/convoy resync`: the desired version again where it drifted.
+    Resync,
+}
+
+impl RolloutKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RolloutKind::Deploy => "deploy",
+            RolloutKind::Rollback => "rollback",
+            RolloutKind::Resync => "resync",
+        }
+    }
+
+    pub fn parse(text: &str) -> RolloutKind {
+        match text {
+            "rollback" => RolloutKind::Rollback,
+            "resync" => RolloutKind::Resync,
+            _ => RolloutKind::Deploy,
+        }
+    }
+}
+
+/// A rollout as stored. `document` is the engine's state, as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutRecord {
+    pub id: RolloutId,
+    pub repo: RepoName,
+    pub branch: BranchName,
+    pub commit: CommitSha,
+    pub previous_commit: Option<CommitSha>,
+    pub pull_request: Option<u64>,
+    pub installation: Option<InstallationId>,
+    pub kind: RolloutKind,
+    pub parent: Option<RolloutId>,
+    /// One of SPEC 8's rollout states.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub document: Option<String>,
+    /// Why the rollout could not be planned (e.g. convoy.yml errors).
+    pub error: Option<String>,
+}
+
+/// The short form for lists (`GET /api/rollouts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RolloutSummary {
+    pub id: RolloutId,
+    pub repo: RepoName,
+    pub commit: CommitSha,
+    pub pull_request: Option<u64>,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Whether `create_rollout` made a new rollout or found the one for the
+/// same (repository, branch, commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existing(RolloutId),
+}
+
+/// One deploy attempt, for history, last known good and risk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub environment: EnvName,
+    pub service: ServiceName,
+    pub version: CommitSha,
+    pub attempt: u32,
+    pub succeeded: bool,
+    pub error: Option<String>,
+}
+
+/// A timer as stored: the engine's timer serialized as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTimer {
+    pub at: DateTime<Utc>,
+    pub timer: String,
+}
+
+/// Everything one engine step changes, written in one transaction before any
+/// of its effects is acted on.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutWrite {
+    pub state: String,
+    pub document: String,
+    pub timers: Vec<StoredTimer>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Baseline {
+    pub version: String,
+    /// deployed | adopted | pinned
+    pub source: String,
+    pub at: DateTime<Utc>,
+}
+
+/// First-attempt outcomes of an environment's recent deploys (SPEC 6.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstAttempts {
+    pub successes: u32,
+    pub attempts: u32,
+}

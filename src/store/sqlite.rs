@@ -1,0 +1,742 @@
+//! The SQLite store: one file, WAL journal, created when missing.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use std::collections::BTreeMap;
+
+use super::{
+    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, InboxCounts,
+    InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite,
+    Store, StoreError, StoredTimer, from_millis, to_millis,
+};
+use crate::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
+
+/// SPEC 8's terminal rollout states, as SQL.
+const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
+
+const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
+    installation_id, kind, parent_id, state, created_at, updated_at, document, error";
+
+fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: RolloutId::new(row.try_get::<String, _>("id")?),
+        repo: RepoName::new(row.try_get::<String, _>("repo")?),
+        branch: BranchName::new(row.try_get::<String, _>("branch")?),
+        commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
+        previous_commit: row
+            .try_get::<Option<String>, _>("previous_commit")?
+            .map(CommitSha::new),
+        pull_request: row
+            .try_get::<Option<i64>, _>("pull_request")?
+            .map(|n| n.max(0) as u64),
+        installation: row
+            .try_get::<Option<i64>, _>("installation_id")?
+            .map(InstallationId),
+        kind: RolloutKind::parse(&row.try_get::<String, _>("kind")?),
+        parent: row
+            .try_get::<Option<String>, _>("parent_id")?
+            .map(RolloutId::new),
+        state: row.try_get("state")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+        document: row.try_get("document")?,
+        error: row.try_get("error")?,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the file (creating it and its folder) and migrates it.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, FULL syncs the log on every commit: an acknowledged
+            // delivery survives a power loss, not only a crash. Intake groups
+            // many deliveries into one commit, so this costs little.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        super::migrations::sqlite().run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// For stores of later features that share the same file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem> {
+    Ok(InboxItem {
+        id: DeliveryId::new(row.try_get::<String, _>("delivery_id")?),
+        event: row.try_get("event")?,
+        payload: row.try_get("payload")?,
+        received_at: from_millis(row.try_get("received_at")?),
+        state: DeliveryState::parse(&row.try_get::<String, _>("state")?),
+        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = Vec::with_capacity(batch.len());
+        for d in batch {
+            let at = to_millis(d.received_at);
+            let done = sqlx::query(
+                "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(d.id.as_str())
+            .bind(&d.event)
+            .bind(&d.payload)
+            .bind(at)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            fresh.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+             FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
+             ORDER BY next_attempt_at, received_at LIMIT ?",
+        )
+        .bind(to_millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(inbox_item).collect()
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(DeliveryId, DeliveryOutcome)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        for (id, outcome) in results {
+            let (state, error, next) = match outcome {
+                DeliveryOutcome::Done => (DeliveryState::Done, None, now),
+                DeliveryOutcome::Dropped(reason) => (DeliveryState::Dropped, Some(reason), now),
+                DeliveryOutcome::Retry { error, at } => {
+                    (DeliveryState::Pending, Some(error), to_millis(*at))
+                }
+                DeliveryOutcome::Failed(error) => (DeliveryState::Failed, Some(error), now),
+            };
+            let processed = (state != DeliveryState::Pending).then_some(now);
+            sqlx::query(
+                "UPDATE inbox SET state = ?, attempts = attempts + 1, last_error = ?, \
+                 next_attempt_at = ?, processed_at = ? WHERE delivery_id = ?",
+            )
+            .bind(state.as_str())
+            .bind(error)
+            .bind(next)
+            .bind(processed)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM inbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(next.map(from_millis))
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
+        let row = sqlx::query(
+            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+             FROM inbox WHERE delivery_id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(inbox_item).transpose()
+    }
+
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+               COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) AS failed \
+             FROM inbox WHERE state IN ('pending', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(InboxCounts {
+            pending: row.try_get::<i64, _>("pending")?.max(0) as u64,
+            failed: row.try_get::<i64, _>("failed")?.max(0) as u64,
+        })
+    }
+
+    async fn upsert_installation(
+        &self,
+        id: InstallationId,
+        account: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installations (id, account, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(id.0)
+        .bind(account)
+        .bind(to_millis(now))
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_installation_suspended(
+        &self,
+        id: InstallationId,
+        suspended: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE installations SET suspended = ?, updated_at = ? WHERE id = ?")
+            .bind(suspended)
+            .bind(to_millis(now))
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_installation(&self, id: InstallationId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM installations WHERE id = ?")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for repo in repos {
+            sqlx::query(
+                "INSERT INTO installation_repositories (repo, installation_id) VALUES (?, ?) \
+                 ON CONFLICT (repo) DO UPDATE SET installation_id = excluded.installation_id",
+            )
+            .bind(repo.as_str())
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_installation_repos(
+        &self,
+        id: InstallationId,
+        repos: &[RepoName],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for repo in repos {
+            sqlx::query(
+                "DELETE FROM installation_repositories WHERE repo = ? AND installation_id = ?",
+            )
+            .bind(repo.as_str())
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn installation_for_repo(&self, repo: &RepoName) -> Result<Option<InstallationId>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT installation_id FROM installation_repositories WHERE repo = ?",
+        )
+        .bind(repo.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(InstallationId))
+    }
+
+    async fn installation_repos(&self, id: InstallationId) -> Result<Vec<RepoName>> {
+        let repos: Vec<String> = sqlx::query_scalar(
+            "SELECT repo FROM installation_repositories WHERE installation_id = ? ORDER BY repo",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(repos.into_iter().map(RepoName::new).collect())
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to_millis(entry.at))
+        .bind(&entry.actor)
+        .bind(entry.repo.as_ref().map(|r| r.as_str()))
+        .bind(entry.rollout_id.as_ref().map(|r| r.as_str()))
+        .bind(entry.location.as_deref())
+        .bind(&entry.action)
+        .bind(&entry.result)
+        .bind(entry.detail.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+             FROM audit_log WHERE rollout_id = ? ORDER BY id",
+        )
+        .bind(rollout.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: from_millis(row.try_get("at")?),
+                    actor: row.try_get("actor")?,
+                    repo: row.try_get::<Option<String>, _>("repo")?.map(RepoName::new),
+                    rollout_id: row
+                        .try_get::<Option<String>, _>("rollout_id")?
+                        .map(RolloutId::new),
+                    location: row.try_get("location")?,
+                    action: row.try_get("action")?,
+                    result: row.try_get("result")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
+        let mut tx = self.pool.begin().await?;
+        if r.kind == RolloutKind::Deploy {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM rollouts WHERE repo = ? AND branch = ? AND commit_sha = ? \
+                 AND kind = 'deploy'",
+            )
+            .bind(r.repo.as_str())
+            .bind(r.branch.as_str())
+            .bind(r.commit.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = existing {
+                return Ok(Created::Existing(RolloutId::new(id)));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
+             installation_id, kind, parent_id, state, created_at, updated_at, document, error) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.id.as_str())
+        .bind(r.repo.as_str())
+        .bind(r.branch.as_str())
+        .bind(r.commit.as_str())
+        .bind(r.previous_commit.as_ref().map(|c| c.as_str()))
+        .bind(r.pull_request.map(|n| n as i64))
+        .bind(r.installation.map(|i| i.0))
+        .bind(r.kind.as_str())
+        .bind(r.parent.as_ref().map(|p| p.as_str()))
+        .bind(&r.state)
+        .bind(to_millis(r.created_at))
+        .bind(to_millis(r.updated_at))
+        .bind(r.document.as_deref())
+        .bind(r.error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET pull_request = ? WHERE id = ?")
+            .bind(pull_request as i64)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_rollout(
+        &self,
+        id: &RolloutId,
+        write: &RolloutWrite,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now_ms = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(repo) = repo else {
+            return Err(StoreError::Unsupported(format!("no rollout {id} to save")));
+        };
+        sqlx::query("UPDATE rollouts SET state = ?, document = ?, updated_at = ? WHERE id = ?")
+            .bind(&write.state)
+            .bind(&write.document)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for t in &write.timers {
+            sqlx::query(
+                "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
+                 ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
+            )
+            .bind(id.as_str())
+            .bind(&t.timer)
+            .bind(to_millis(t.at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in &write.attempts {
+            sqlx::query(
+                "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
+                 attempt, succeeded, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&repo)
+            .bind(a.environment.as_str())
+            .bind(a.service.as_str())
+            .bind(a.version.as_str())
+            .bind(id.as_str())
+            .bind(i64::from(a.attempt))
+            .bind(a.succeeded)
+            .bind(a.error.as_deref())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if a.succeeded {
+                sqlx::query(
+                    "INSERT INTO baselines (repo, environment, service, version, source, \
+                     rollout_id, at) VALUES (?, ?, ?, ?, 'deployed', ?, ?) \
+                     ON CONFLICT (repo, environment, service) DO UPDATE SET \
+                     version = excluded.version, source = excluded.source, \
+                     rollout_id = excluded.rollout_id, at = excluded.at",
+                )
+                .bind(&repo)
+                .bind(a.environment.as_str())
+                .bind(a.service.as_str())
+                .bind(a.version.as_str())
+                .bind(id.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_record).transpose()
+    }
+
+    async fn rollout_for_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        commit: &CommitSha,
+    ) -> Result<Option<RolloutRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? \
+             AND commit_sha = ? AND kind = 'deploy'"
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .bind(commit.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_record).transpose()
+    }
+
+    async fn list_rollouts(
+        &self,
+        repo: Option<&RepoName>,
+        limit: u32,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(
+            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
+             FROM rollouts WHERE (? IS NULL OR repo = ?) \
+             ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(repo.map(|r| r.as_str()))
+        .bind(repo.map(|r| r.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RolloutSummary {
+                    id: RolloutId::new(row.try_get::<String, _>("id")?),
+                    repo: RepoName::new(row.try_get::<String, _>("repo")?),
+                    commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
+                    pull_request: row
+                        .try_get::<Option<i64>, _>("pull_request")?
+                        .map(|n| n.max(0) as u64),
+                    state: row.try_get("state")?,
+                    created_at: from_millis(row.try_get("created_at")?),
+                    updated_at: from_millis(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN {TERMINAL} \
+             ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rollout_record).collect()
+    }
+
+    async fn last_succeeded_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Option<CommitSha>> {
+        let sha: Option<String> = sqlx::query_scalar(
+            "SELECT commit_sha FROM rollouts WHERE repo = ? AND branch = ? AND kind = 'deploy' \
+             AND state = 'succeeded' ORDER BY updated_at DESC, id DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(sha.map(CommitSha::new))
+    }
+
+    async fn timers(&self, id: &RolloutId) -> Result<Vec<StoredTimer>> {
+        let rows =
+            sqlx::query("SELECT timer, at FROM rollout_timers WHERE rollout_id = ? ORDER BY at")
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredTimer {
+                    timer: row.try_get("timer")?,
+                    at: from_millis(row.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_timer(&self, id: &RolloutId, timer: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
+            .bind(id.as_str())
+            .bind(timer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn first_attempts(&self, repo: &RepoName) -> Result<BTreeMap<EnvName, FirstAttempts>> {
+        // The last 50 deploys (first attempts) of each environment.
+        let rows = sqlx::query(
+            "SELECT environment, succeeded FROM ( \
+               SELECT environment, succeeded, ROW_NUMBER() OVER \
+                 (PARTITION BY environment ORDER BY id DESC) AS n \
+               FROM deploy_history WHERE repo = ? AND attempt = 1 \
+             ) WHERE n <= 50",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<EnvName, FirstAttempts> = BTreeMap::new();
+        for row in rows {
+            let env = EnvName::new(row.try_get::<String, _>("environment")?);
+            let ok: bool = row.try_get("succeeded")?;
+            let entry = out.entry(env).or_default();
+            entry.attempts += 1;
+            entry.successes += u32::from(ok);
+        }
+        Ok(out)
+    }
+
+    async fn last_good_version(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        excluding: Option<&RolloutId>,
+    ) -> Result<Option<CommitSha>> {
+        let version: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM deploy_history WHERE repo = ? AND environment = ? \
+             AND service = ? AND succeeded = 1 AND (? IS NULL OR rollout_id <> ?) \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(excluding.map(|r| r.as_str()))
+        .bind(excluding.map(|r| r.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(version.map(CommitSha::new))
+    }
+
+    async fn baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<Baseline>> {
+        let row = sqlx::query(
+            "SELECT version, source, at FROM baselines WHERE repo = ? AND environment = ? \
+             AND service = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Baseline {
+                version: row.try_get("version")?,
+                source: row.try_get("source")?,
+                at: from_millis(row.try_get("at")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        version: &str,
+        source: &str,
+        rollout: Option<&RolloutId>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO baselines (repo, environment, service, version, source, rollout_id, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO UPDATE SET \
+             version = excluded.version, source = excluded.source, \
+             rollout_id = excluded.rollout_id, at = excluded.at",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(version)
+        .bind(source)
+        .bind(rollout.map(|r| r.as_str()))
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.as_deref() == Some(rollout.as_str()))
+    }
+
+    async fn unlock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM step_locks WHERE repo = ? AND environment = ? AND service = ? \
+             AND rollout_id = ?",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

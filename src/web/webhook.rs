@@ -1,0 +1,146 @@
+//! `POST /webhook` (SPEC 7.1). The extractor checks size, signature, headers
+//! and JSON; the handler only stores and acknowledges. No work happens while
+//! GitHub waits.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::domain::DeliveryId;
+use crate::store::NewDelivery;
+use crate::webhook::signature;
+
+/// GitHub caps payloads at 25 MB; anything larger is not from GitHub.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// A delivery whose signature, headers and JSON have been checked.
+pub struct VerifiedDelivery {
+    pub id: DeliveryId,
+    pub event: String,
+    pub body: String,
+}
+
+/// Why a request is not a delivery: always a 4xx with a one-line reason.
+pub struct Rejection(StatusCode, &'static str);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+impl FromRequest<AppState> for VerifiedDelivery {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| Rejection(StatusCode::PAYLOAD_TOO_LARGE, "payload larger than 25 MiB"))?;
+        let headers = &parts.headers;
+        let Some(sig) = header(headers, "x-hub-signature-256") else {
+            return Err(Rejection(
+                StatusCode::UNAUTHORIZED,
+                "missing X-Hub-Signature-256",
+            ));
+        };
+        if !signature::verify(&state.config.github.webhook_secrets, &bytes, sig) {
+            return Err(Rejection(
+                StatusCode::UNAUTHORIZED,
+                "signature does not match",
+            ));
+        }
+        let Some(event) = header(headers, "x-github-event") else {
+            return Err(Rejection(StatusCode::BAD_REQUEST, "missing X-GitHub-Event"));
+        };
+        let Some(id) = header(headers, "x-github-delivery") else {
+            return Err(Rejection(
+                StatusCode::BAD_REQUEST,
+                "missing X-GitHub-Delivery",
+            ));
+        };
+        if id.len() > 200 || event.len() > 100 {
+            return Err(Rejection(StatusCode::BAD_REQUEST, "header value too long"));
+        }
+        // Checked here, stored as text: the worker parses it again into the
+        // typed event. IgnoredAny validates without building a tree.
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Err(Rejection(StatusCode::BAD_REQUEST, "body is not valid JSON"));
+        }
+        let body = String::from_utf8(bytes.to_vec())
+            .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid UTF-8"))?;
+        Ok(VerifiedDelivery {
+            id: DeliveryId::new(id),
+            event: event.to_owned(),
+            body,
+        })
+    }
+}
+
+/// Stores and acknowledges: 202 when new, 200 when seen before.
+pub async fn receive(
+    State(state): State<AppState>,
+    delivery: Result<VerifiedDelivery, Rejection>,
+) -> Response {
+    let delivery = match delivery {
+        Ok(d) => d,
+        Err(rejection) => {
+            state.metrics.count_delivery("unknown", "rejected");
+            tracing::info!(
+                status = rejection.0.as_u16(),
+                reason = rejection.1,
+                "webhook rejected"
+            );
+            return rejection.into_response();
+        }
+    };
+    let span = tracing::info_span!("intake", delivery = %delivery.id, event = %delivery.event);
+    async move {
+        let event = delivery.event.clone();
+        let stored = state
+            .writer
+            .write(NewDelivery {
+                id: delivery.id,
+                event: delivery.event,
+                payload: delivery.body,
+                received_at: Utc::now(),
+            })
+            .await;
+        match stored {
+            Ok(true) => {
+                state.metrics.count_delivery(&event, "accepted");
+                tracing::debug!("delivery stored");
+                (StatusCode::ACCEPTED, "accepted").into_response()
+            }
+            Ok(false) => {
+                state.metrics.count_delivery(&event, "duplicate");
+                tracing::info!("delivery seen before; not processed again");
+                (StatusCode::OK, "already received").into_response()
+            }
+            Err(e) => {
+                // Not bad input: the database failed. GitHub shows the 503
+                // and the operator can redeliver; nothing was acknowledged.
+                tracing::error!(error = %e, "delivery could not be stored");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store the delivery now; redeliver it later",
+                )
+                    .into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,241 @@
+//! Shared harness for end-to-end tests: a real git repository in a temp
+//! dir served as `file://`, a simulated fleet on 127.0.0.1, convoy on its own
+//! SQLite file, and signed webhooks built from GitHub's own examples.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use convoy::app::{self, Running, Services};
+use convoy::config::Config;
+use convoy::domain::{BranchName, CommitSha, RepoName};
+use convoy::store::RolloutRecord;
+use convoy::webhook::signature::sign;
+use serde_json::Value;
+
+pub const SECRET: &str = "e2e-secret";
+pub const REPO: &str = "acme/app";
+pub const INSTALLATION: i64 = 4242;
+
+/// A working git repository at `<root>/acme/app`, committed to with the
+/// `git` command line.
+pub struct GitFixture {
+    pub root: PathBuf,
+    pub path: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl GitFixture {
+    pub fn new(root: &Path) -> GitFixture {
+        let path = root.join("acme").join("app");
+        std::fs::create_dir_all(&path).unwrap();
+        git(&path, &["init", "-q", "-b", "main"]);
+        GitFixture {
+            root: root.to_owned(),
+            path,
+        }
+    }
+
+    /// Writes the files and commits them; returns the commit.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> CommitSha {
+        for (name, content) in files {
+            let file = self.path.join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        git(&self.path, &["add", "-A"]);
+        git(&self.path, &["commit", "-q", "-m", message]);
+        CommitSha::new(git(&self.path, &["rev-parse", "HEAD"]))
+    }
+
+    /// `github.git_url` for this fixture.
+    pub fn url_template(&self) -> String {
+        format!("file://{}/{{owner}}/{{repo}}", self.root.display())
+    }
+}
+
+pub fn config(dir: &Path, git: &GitFixture, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+[github]
+webhook_secret = "{SECRET}"
+git_url = "{git_url}"
+[database]
+url = "sqlite://{db}"
+[drivers.agent]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+timeout = "5s"
+{extra}
+"#,
+        data = dir.join("data").display(),
+        git_url = git.url_template(),
+        db = dir.join("convoy.db").display(),
+    );
+    Config::from_toml(&text, "e2e.toml", &[]).expect("e2e config")
+}
+
+pub async fn start(config: Config) -> Running {
+    app::start(config, Services::default())
+        .await
+        .expect("convoy starts")
+}
+
+fn examples() -> Vec<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/webhook-examples.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn example(name: &str, action: Option<&str>) -> Value {
+    for group in examples() {
+        if group["name"] != name {
+            continue;
+        }
+        for e in group["examples"].as_array().unwrap() {
+            if action.is_none_or(|a| e["action"] == a) {
+                return e.clone();
+            }
+        }
+    }
+    panic!("no {name} example")
+}
+
+/// A `pull_request` closed event for a merge of PR `number` as `sha` into
+/// main, derived from GitHub's closed example.
+pub fn merged_pr(number: u64, sha: &CommitSha) -> Value {
+    let mut e = example("pull_request", Some("closed"));
+    e["number"] = number.into();
+    e["pull_request"]["number"] = number.into();
+    e["pull_request"]["merged"] = true.into();
+    e["pull_request"]["merge_commit_sha"] = sha.as_str().into();
+    e["pull_request"]["base"]["ref"] = "main".into();
+    e["repository"]["full_name"] = REPO.into();
+    e["repository"]["default_branch"] = "main".into();
+    e["installation"] = serde_json::json!({ "id": INSTALLATION });
+    e
+}
+
+/// A push of `sha` to main.
+pub fn push(before: &str, sha: &CommitSha) -> Value {
+    let mut e = example("push", None);
+    e["ref"] = "refs/heads/main".into();
+    e["before"] = before.into();
+    e["after"] = sha.as_str().into();
+    e["deleted"] = false.into();
+    e["repository"]["full_name"] = REPO.into();
+    e["repository"]["default_branch"] = "main".into();
+    e["installation"] = serde_json::json!({ "id": INSTALLATION });
+    e
+}
+
+pub async fn deliver(running: &Running, event: &str, delivery: &str, body: &Value) -> u16 {
+    let body = serde_json::to_vec(body).unwrap();
+    reqwest::Client::new()
+        .post(format!("http://{}/webhook", running.addr))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", sign(SECRET, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook delivered")
+        .status()
+        .as_u16()
+}
+
+/// Waits (bounded) for the rollout of `sha` to exist.
+pub async fn rollout_of(running: &Running, sha: &CommitSha) -> RolloutRecord {
+    for _ in 0..400 {
+        if let Some(r) = running
+            .store
+            .rollout_for_commit(&RepoName::new(REPO), &BranchName::new("main"), sha)
+            .await
+            .unwrap()
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no rollout for {sha} within 20 s");
+}
+
+/// Waits (bounded by `secs`) until the rollout's state is one of `states`.
+pub async fn wait_state(
+    running: &Running,
+    id: &convoy::domain::RolloutId,
+    states: &[&str],
+    secs: u64,
+) -> RolloutRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = running
+            .store
+            .rollout(id)
+            .await
+            .unwrap()
+            .expect("rollout exists");
+        if states.contains(&r.state.as_str()) {
+            return r;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "rollout {id} is {} after {secs} s, expected {states:?}; error: {:?}",
+                r.state, r.error
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON API's view of a rollout.
+pub async fn api_rollout(running: &Running, id: &convoy::domain::RolloutId) -> Value {
+    reqwest::get(format!("http://{}/api/rollouts/{id}", running.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A convoy.yml with three services (db ← api ← web), `n` environments on
+/// the fleet and three waves: canary (2 by label), 20 %, the rest.
+pub fn fleet_spec(envs: &[(String, String)], policy: &str, rest_wave: &str) -> String {
+    let mut s = String::from(
+        "version: 1\nservices:\n  db:\n    paths: [\"migrations/**\"]\n  api:\n    paths: [\"services/api/**\"]\n    depends_on: [db]\n  web:\n    paths: [\"services/web/**\"]\n    depends_on: [api]\nenvironments:\n",
+    );
+    for (i, (name, url)) in envs.iter().enumerate() {
+        let ring = if i < 2 { "canary" } else { "main" };
+        s.push_str(&format!(
+            "  - name: {name}\n    labels: {{ ring: {ring} }}\n    driver: agent\n    url: {url}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "waves:\n  - name: canary\n    selector: {{ ring: canary }}\n  - name: early\n    percent: 20\n    max_parallel: 5\n  - name: rest\n    percent: 100\n    max_parallel: 20\n{rest_wave}policy:\n  poll_interval: 1s\n  backoff: 1s\n{policy}"
+    ));
+    s
+}

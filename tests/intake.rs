@@ -1,0 +1,543 @@
+//! The webhook intake end to end: real payloads from GitHub's examples,
+//! signed and sent over a real socket to a real server on its own SQLite
+//! file; every bad-input class; exactly-once across restarts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use convoy::app::{self, Running};
+use convoy::config::Config;
+use convoy::domain::{DeliveryId, InstallationId, RepoName};
+use convoy::runtime::worker::{EventHandler, HandlerError};
+use convoy::store::DeliveryState;
+use convoy::webhook::signature::sign;
+use convoy::webhook::{Envelope, Event, events};
+use serde_json::Value;
+
+const SECRET: &str = "test-secret";
+
+fn config(db: &Path) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[github]\nwebhook_secret = \"other-secret,{SECRET}\"\n\
+         [database]\nurl = \"sqlite://{}\"\n",
+        db.display()
+    );
+    Config::from_toml(&text, "test.toml", &[]).expect("test config")
+}
+
+async fn start(db: &Path, handler: Option<Arc<dyn EventHandler>>) -> Running {
+    app::start(
+        config(db),
+        handler.map(app::Services::with_handler).unwrap_or_default(),
+    )
+    .await
+    .expect("convoy starts")
+}
+
+fn examples() -> Vec<(String, Value)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/github/webhook-examples.json"
+    );
+    let text = std::fs::read_to_string(path).expect("shared/github/webhook-examples.json");
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for group in list {
+        let name = group["name"].as_str().unwrap().to_owned();
+        for example in group["examples"].as_array().unwrap() {
+            out.push((name.clone(), example.clone()));
+        }
+    }
+    out
+}
+
+struct Post<'a> {
+    event: Option<&'a str>,
+    delivery: Option<&'a str>,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+impl<'a> Post<'a> {
+    fn signed(event: &'a str, delivery: &'a str, body: Vec<u8>) -> Self {
+        Post {
+            event: Some(event),
+            delivery: Some(delivery),
+            signature: Some(sign(SECRET, &body)),
+            body,
+        }
+    }
+
+    async fn send(self, running: &Running) -> u16 {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .post(format!("http://{}/webhook", running.addr))
+            .header("content-type", "application/json");
+        if let Some(e) = self.event {
+            req = req.header("X-GitHub-Event", e);
+        }
+        if let Some(d) = self.delivery {
+            req = req.header("X-GitHub-Delivery", d);
+        }
+        if let Some(s) = self.signature {
+            req = req.header("X-Hub-Signature-256", s);
+        }
+        req.body(self.body)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+}
+
+/// Waits (bounded) until the worker has taken every delivery.
+async fn drained(running: &Running) {
+    for _ in 0..200 {
+        if running.store.inbox_counts().await.unwrap().pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker did not drain the inbox within 10 s");
+}
+
+#[tokio::test]
+async fn every_github_example_is_accepted_and_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("convoy.db"), None).await;
+    let examples = examples();
+    assert!(examples.len() > 300, "expected all of GitHub's examples");
+    for (i, (name, body)) in examples.iter().enumerate() {
+        let delivery = format!("example-{i}");
+        let status = Post::signed(name, &delivery, serde_json::to_vec(body).unwrap())
+            .send(&running)
+            .await;
+        assert_eq!(status, 202, "{name} example {i}");
+    }
+    drained(&running).await;
+    for (i, (name, body)) in examples.iter().enumerate() {
+        let item = running
+            .store
+            .delivery(&DeliveryId::new(format!("example-{i}")))
+            .await
+            .unwrap()
+            .expect("stored");
+        let handled = events::HANDLED.contains(&name.as_str());
+        let has_installation = body.get("installation").is_some_and(|v| !v.is_null());
+        let expected = if handled && (has_installation || name == "ping") {
+            DeliveryState::Done
+        } else {
+            DeliveryState::Dropped
+        };
+        assert_eq!(
+            item.state, expected,
+            "{name} example {i}: {:?}",
+            item.last_error
+        );
+        if handled {
+            let parsed = events::parse(name, item.payload.as_bytes())
+                .unwrap_or_else(|e| panic!("{name} example {i}: {e}"))
+                .expect("a handled event parses to Some");
+            assert_eq!(parsed.event.name(), name.as_str());
+        }
+    }
+    let metrics = running.metrics.encode();
+    assert!(
+        metrics.contains(r#"convoy_deliveries_total{event="push",outcome="accepted"} 7"#),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+fn example(name: &str, action: Option<&str>) -> Value {
+    examples()
+        .into_iter()
+        .find(|(n, v)| n == name && action.is_none_or(|a| v["action"] == a))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {name} {action:?} example"))
+}
+
+#[test]
+fn derived_merged_pull_request_and_pr_comment_parse() {
+    let mut merged = example("pull_request", Some("closed"));
+    merged["pull_request"]["merged"] = Value::Bool(true);
+    merged["pull_request"]["merge_commit_sha"] =
+        Value::String("c4295bd74fb0f4fda3a2c1b3e08a15c1f6d3b6a1".into());
+    merged["installation"] = serde_json::json!({"id": 77});
+    let env = events::parse("pull_request", &serde_json::to_vec(&merged).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(env.installation, Some(InstallationId(77)));
+    let Event::PullRequest(pr) = env.event else {
+        panic!("not a pull request")
+    };
+    assert_eq!(
+        pr.merged_commit().map(|c| c.as_str()),
+        Some("c4295bd74fb0f4fda3a2c1b3e08a15c1f6d3b6a1")
+    );
+
+    // The closed example as GitHub sent it: not merged, yet it carries a
+    // merge_commit_sha. It must not be taken for a merge.
+    let closed = example("pull_request", Some("closed"));
+    let Event::PullRequest(pr) =
+        events::parse("pull_request", &serde_json::to_vec(&closed).unwrap())
+            .unwrap()
+            .unwrap()
+            .event
+    else {
+        panic!("not a pull request")
+    };
+    assert_eq!(pr.merged_commit(), None);
+
+    let mut comment = example("issue_comment", Some("created"));
+    comment["issue"]["pull_request"] =
+        serde_json::json!({"url": "https://api.github.com/repos/x/y/pulls/1"});
+    let Event::IssueComment(c) =
+        events::parse("issue_comment", &serde_json::to_vec(&comment).unwrap())
+            .unwrap()
+            .unwrap()
+            .event
+    else {
+        panic!("not a comment")
+    };
+    assert!(c.on_pull_request);
+    let plain = example("issue_comment", Some("created"));
+    let Event::IssueComment(c) =
+        events::parse("issue_comment", &serde_json::to_vec(&plain).unwrap())
+            .unwrap()
+            .unwrap()
+            .event
+    else {
+        panic!("not a comment")
+    };
+    assert!(!c.on_pull_request);
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_status_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("convoy.db"), None).await;
+    let body = br#"{"zen":"hi"}"#.to_vec();
+
+    let mut p = Post::signed("ping", "d-1", body.clone());
+    p.signature = None;
+    assert_eq!(p.send(&running).await, 401, "missing signature");
+
+    let mut p = Post::signed("ping", "d-2", body.clone());
+    p.signature = Some(sign("wrong", &body));
+    assert_eq!(p.send(&running).await, 401, "wrong signature");
+
+    let mut p = Post::signed("ping", "d-3", body.clone());
+    p.signature = Some("sha256=nothex".into());
+    assert_eq!(p.send(&running).await, 401, "malformed signature");
+
+    let mut p = Post::signed("ping", "d-4", body.clone());
+    p.event = None;
+    assert_eq!(p.send(&running).await, 400, "missing event");
+
+    let mut p = Post::signed("ping", "d-5", body.clone());
+    p.delivery = None;
+    assert_eq!(p.send(&running).await, 400, "missing delivery");
+
+    assert_eq!(
+        Post::signed("ping", "d-6", b"{not json".to_vec())
+            .send(&running)
+            .await,
+        400,
+        "invalid JSON"
+    );
+
+    let mut big = b"{\"pad\":\"".to_vec();
+    big.resize(25 * 1024 * 1024 + 10, b'a');
+    big.extend_from_slice(b"\"}");
+    assert_eq!(
+        Post::signed("push", "d-7", big).send(&running).await,
+        413,
+        "over 25 MiB"
+    );
+
+    // Just under the limit is fine.
+    let mut large = b"{\"pad\":\"".to_vec();
+    large.resize(24 * 1024 * 1024, b'a');
+    large.extend_from_slice(b"\"}");
+    assert_eq!(
+        Post::signed("star", "d-8", large).send(&running).await,
+        202,
+        "24 MiB is accepted"
+    );
+
+    for id in ["d-1", "d-2", "d-3", "d-4", "d-5", "d-6", "d-7"] {
+        assert!(
+            running
+                .store
+                .delivery(&DeliveryId::new(id))
+                .await
+                .unwrap()
+                .is_none(),
+            "{id} must not be stored"
+        );
+    }
+    // The server is still serving after all of that.
+    assert_eq!(
+        reqwest::get(format!("http://{}/healthz", running.addr))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    running.stop().await;
+}
+
+/// Counts what reaches the rollout side.
+struct Counting(AtomicUsize);
+
+#[async_trait]
+impl EventHandler for Counting {
+    async fn handle(&self, _: &DeliveryId, _: &Envelope) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn push_with_installation() -> Vec<u8> {
+    let mut push = example("push", None);
+    push["installation"] = serde_json::json!({"id": 5});
+    serde_json::to_vec(&push).unwrap()
+}
+
+#[tokio::test]
+async fn duplicate_delivery_is_processed_once_also_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("convoy.db");
+    let counter = Arc::new(Counting(AtomicUsize::new(0)));
+    let running = start(&db, Some(counter.clone())).await;
+    let body = push_with_installation();
+    assert_eq!(
+        Post::signed("push", "dup-1", body.clone())
+            .send(&running)
+            .await,
+        202
+    );
+    assert_eq!(
+        Post::signed("push", "dup-1", body.clone())
+            .send(&running)
+            .await,
+        200
+    );
+    drained(&running).await;
+    running.stop().await;
+
+    let running = start(&db, Some(counter.clone())).await;
+    assert_eq!(
+        Post::signed("push", "dup-1", body.clone())
+            .send(&running)
+            .await,
+        200
+    );
+    assert_eq!(
+        Post::signed("push", "dup-2", body).send(&running).await,
+        202
+    );
+    drained(&running).await;
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        2,
+        "dup-1 once, dup-2 once"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Arc::new(Counting(AtomicUsize::new(0)));
+    let running = Arc::new(start(&dir.path().join("convoy.db"), Some(counter.clone())).await);
+    let body = push_with_installation();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let running = running.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            Post::signed("push", "same", body).send(&running).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        19,
+        "{statuses:?}"
+    );
+    drained(&running).await;
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn installations_and_their_repositories_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("convoy.db"), None).await;
+    let created = example("installation", Some("created"));
+    let id = InstallationId(created["installation"]["id"].as_i64().unwrap());
+    let first_repo = RepoName::new(created["repositories"][0]["full_name"].as_str().unwrap());
+    assert_eq!(
+        Post::signed("installation", "i-1", serde_json::to_vec(&created).unwrap())
+            .send(&running)
+            .await,
+        202
+    );
+    drained(&running).await;
+    assert_eq!(
+        running
+            .store
+            .installation_for_repo(&first_repo)
+            .await
+            .unwrap(),
+        Some(id)
+    );
+
+    let mut removed = example("installation_repositories", Some("removed"));
+    removed["installation"]["id"] = serde_json::json!(id.0);
+    removed["repositories_removed"] = serde_json::json!([{"full_name": first_repo.as_str(), "id": 1, "name": "x", "node_id": "x", "private": false}]);
+    assert_eq!(
+        Post::signed(
+            "installation_repositories",
+            "i-2",
+            serde_json::to_vec(&removed).unwrap()
+        )
+        .send(&running)
+        .await,
+        202
+    );
+    drained(&running).await;
+    assert_eq!(
+        running
+            .store
+            .installation_for_repo(&first_repo)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let mut deleted = example("installation", Some("deleted"));
+    deleted["installation"]["id"] = serde_json::json!(id.0);
+    Post::signed("installation", "i-3", serde_json::to_vec(&deleted).unwrap())
+        .send(&running)
+        .await;
+    drained(&running).await;
+    assert!(
+        running
+            .store
+            .installation_repos(id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    running.stop().await;
+}
+
+/// Fails every time, transiently or for good.
+struct Failing {
+    permanent: bool,
+}
+
+#[async_trait]
+impl EventHandler for Failing {
+    async fn handle(&self, _: &DeliveryId, _: &Envelope) -> Result<(), HandlerError> {
+        if self.permanent {
+            Err(HandlerError::Permanent("config is broken".into()))
+        } else {
+            Err(HandlerError::Transient("github is down".into()))
+        }
+    }
+}
+
+#[tokio::test]
+async fn failing_deliveries_are_kept_with_their_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        &dir.path().join("convoy.db"),
+        Some(Arc::new(Failing { permanent: false })),
+    )
+    .await;
+    let body = push_with_installation();
+    assert_eq!(
+        Post::signed("push", "f-1", body.clone())
+            .send(&running)
+            .await,
+        202
+    );
+    let id = DeliveryId::new("f-1");
+    let mut item = None;
+    for _ in 0..100 {
+        let d = running.store.delivery(&id).await.unwrap().unwrap();
+        if d.attempts >= 1 {
+            item = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let item = item.expect("attempted");
+    assert_eq!(
+        item.state,
+        DeliveryState::Pending,
+        "a transient failure is retried later"
+    );
+    assert_eq!(item.last_error.as_deref(), Some("github is down"));
+    running.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        &dir.path().join("convoy.db"),
+        Some(Arc::new(Failing { permanent: true })),
+    )
+    .await;
+    assert_eq!(Post::signed("push", "f-2", body).send(&running).await, 202);
+    drained(&running).await;
+    let item = running
+        .store
+        .delivery(&DeliveryId::new("f-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.state, DeliveryState::Failed);
+    assert_eq!(item.last_error.as_deref(), Some("config is broken"));
+    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("convoy_inbox_failed 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"convoy_deliveries_total{event="push",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("nested/dir/convoy.db"), None).await;
+    for path in ["healthz", "readyz", "metrics"] {
+        let status = reqwest::get(format!("http://{}/{path}", running.addr))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200, "{path}");
+    }
+    assert!(dir.path().join("nested/dir/convoy.db").exists());
+    running.stop().await;
+}

@@ -1,0 +1,378 @@
+//! Rollouts end to end: a merged-PR webhook in, a real local fleet rolled
+//! out in waves and dependency order, halts and retries, and a crash in the
+//! middle that the next process finishes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use convoy::engine::Command;
+use convoy::testkit::fleet::{AgentKnobs, Fleet};
+
+fn env_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("cust-{i:03}")).collect()
+}
+
+async fn fleet_of(n: usize) -> (Fleet, Vec<(String, String)>) {
+    let names = env_names(n);
+    let fleet = Fleet::start(names.clone(), 7).await.unwrap();
+    let envs = names.iter().map(|n| (n.clone(), fleet.url(n))).collect();
+    (fleet, envs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_pr_rolls_out_fifty_environments_in_three_waves() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(50).await;
+    let sha = git.commit(
+        &[
+            ("convoy.yml", &fleet_spec(&envs, "", "")),
+            ("services/api/main.rs", "fn main() {}"),
+        ],
+        "first",
+    );
+    let running = start(config(dir.path(), &git, "")).await;
+    assert_eq!(
+        deliver(&running, "pull_request", "pr-1", &merged_pr(1, &sha)).await,
+        202
+    );
+    // The push of the same merge attaches to the same rollout.
+    assert_eq!(
+        deliver(
+            &running,
+            "push",
+            "push-1",
+            &push("0000000000000000000000000000000000000000", &sha)
+        )
+        .await,
+        202
+    );
+    let rollout = rollout_of(&running, &sha).await;
+    assert_eq!(rollout.pull_request, Some(1));
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        120,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded", "{:?}", done.error);
+
+    // Every environment runs every service at the merged commit.
+    for (name, _) in &envs {
+        for service in ["db", "api", "web"] {
+            assert_eq!(
+                fleet.version_of(name, service).as_deref(),
+                Some(sha.as_str()),
+                "{name}/{service}"
+            );
+        }
+    }
+    assert!(
+        fleet.overlapping_deploys().is_empty(),
+        "no deploys to one target overlap"
+    );
+    // Wave order: every deploy of a wave finished before the next wave's first.
+    let view = api_rollout(&running, &rollout.id).await;
+    let waves = view["waves"].as_array().unwrap();
+    let sizes: Vec<usize> = waves
+        .iter()
+        .map(|w| w["steps"].as_array().unwrap().len() / 3)
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![2, 8, 40],
+        "canary 2, 20 % → 8 more, the rest 40"
+    );
+    let deploys = fleet.deploys();
+    let wave_of: BTreeMap<String, usize> = waves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| {
+            w["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |s| (s["environment"].as_str().unwrap().to_owned(), i))
+        })
+        .collect();
+    for w in 1..3 {
+        let first_of_next = deploys
+            .iter()
+            .filter(|d| wave_of[&d.environment] == w)
+            .map(|d| d.received)
+            .min()
+            .unwrap();
+        let last_of_prev = deploys
+            .iter()
+            .filter(|d| wave_of[&d.environment] == w - 1)
+            .map(|d| d.completed)
+            .max()
+            .unwrap();
+        assert!(
+            last_of_prev <= first_of_next,
+            "wave {w} started before wave {} ended",
+            w - 1
+        );
+    }
+    // Dependency order inside each environment: db, then api, then web.
+    for (name, _) in &envs {
+        let at = |svc: &str| {
+            deploys
+                .iter()
+                .find(|d| &d.environment == name && d.service == svc)
+                .map(|d| d.received)
+                .unwrap()
+        };
+        assert!(at("db") <= at("api") && at("api") <= at("web"), "{name}");
+    }
+    assert_eq!(view["state"], "succeeded");
+    assert_eq!(view["pull_request"], 1);
+    assert_eq!(view["risk"]["steps"], 150);
+    let list: serde_json::Value = reqwest::get(format!(
+        "http://{}/api/rollouts?repo=acme/app",
+        running.addr
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // A second merge that only touches web deploys only web.
+    let sha2 = git.commit(&[("services/web/index.html", "<h1>hi</h1>")], "web only");
+    deliver(&running, "pull_request", "pr-2", &merged_pr(2, &sha2)).await;
+    let second = rollout_of(&running, &sha2).await;
+    let done = wait_state(
+        &running,
+        &second.id,
+        &["succeeded", "failed", "halted"],
+        120,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    let view = api_rollout(&running, &second.id).await;
+    assert_eq!(view["previous_commit"], sha.as_str());
+    assert_eq!(view["risk"]["steps"], 50, "web only");
+    assert_eq!(
+        fleet.version_of("cust-000", "api").as_deref(),
+        Some(sha.as_str())
+    );
+    assert_eq!(
+        fleet.version_of("cust-000", "web").as_deref(),
+        Some(sha2.as_str())
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_over_budget_halts_and_a_retry_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(10).await;
+    let spec = fleet_spec(&envs, "  retries: 1\n", "");
+    let sha = git.commit(&[("convoy.yml", &spec)], "first");
+    // cust-005 lands in a later wave and refuses every deploy for good.
+    fleet.set_knobs(
+        "cust-005",
+        AgentKnobs {
+            permanent_failure: true,
+            ..AgentKnobs::default()
+        },
+    );
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(7, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    let halted = wait_state(&running, &rollout.id, &["halted", "succeeded"], 60).await;
+    assert_eq!(halted.state, "halted");
+    let view = api_rollout(&running, &rollout.id).await;
+    let failed: Vec<&serde_json::Value> = view["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["steps"].as_array().unwrap())
+        .filter(|s| s["state"] == "failed")
+        .collect();
+    assert!(!failed.is_empty());
+    assert!(
+        failed.iter().all(|s| s["environment"] == "cust-005"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed[0]["attempts"], 1,
+        "a permanent failure is not retried"
+    );
+
+    // Retrying with nothing fixed is accepted; fix the agent first.
+    fleet.set_knobs("cust-005", AgentKnobs::default());
+    running
+        .runtime
+        .command(
+            &rollout.id,
+            Command::Retry {
+                environments: vec![],
+                by: "alice".into(),
+            },
+        )
+        .await
+        .expect("retry accepted");
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "halted", "failed"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(
+        fleet.version_of("cust-005", "web").as_deref(),
+        Some(sha.as_str())
+    );
+    // Nothing left to retry now: a clear error.
+    let err = running
+        .runtime
+        .command(
+            &rollout.id,
+            Command::Retry {
+                environments: vec![],
+                by: "alice".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nothing to retry") || err.to_string().contains("ended"),
+        "{err}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(6).await;
+    let sha = git.commit(
+        &[("convoy.yml", &fleet_spec(&envs, "  retries: 5\n", ""))],
+        "first",
+    );
+    for (name, _) in &envs {
+        fleet.update_knobs(name, |k| k.transient_failure_rate = 0.3);
+    }
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(3, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "halted", "failed"],
+        120,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    let retried = fleet.deploys().iter().filter(|d| d.attempt > 1).count();
+    assert!(
+        retried > 0,
+        "with a 30 % failure rate some deploys needed a second attempt"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_outside_allowed_hosts_fails_validation_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, mut envs) = fleet_of(3).await;
+    envs[1].1 = "http://evil.example.com:9000".into();
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(4, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    assert_eq!(rollout.state, "failed");
+    let error = rollout.error.unwrap_or_default();
+    assert!(
+        error.contains("convoy.yml:") && error.contains("evil.example.com"),
+        "{error}"
+    );
+    assert_eq!(fleet.request_count(), 0, "no agent was contacted");
+    running.stop().await;
+}
+
+/// The crash test runs convoy in a runtime of its own and drops that
+/// runtime mid-rollout (every task dies at once, as in a crash); the fleet
+/// lives on in another, and a second convoy on the same database finishes.
+#[test]
+fn a_crash_mid_rollout_is_resumed_without_double_deploys() {
+    let fleet_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_rt.block_on(fleet_of(12));
+    for (name, _) in &envs {
+        // Slow enough that the crash lands while steps are in flight.
+        fleet.update_knobs(name, |k| k.healthy_after = Duration::from_millis(700));
+    }
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = first.block_on(async {
+        let running = start(config(dir.path(), &git, "")).await;
+        deliver(&running, "pull_request", "pr-1", &merged_pr(5, &sha)).await;
+        let rollout = rollout_of(&running, &sha).await;
+        // Wait until some, but not all, steps are done.
+        for _ in 0..400 {
+            let view = api_rollout(&running, &rollout.id).await;
+            let done = view["counts"]["succeeded"].as_u64().unwrap_or(0);
+            if done >= 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        rollout.id
+    });
+    first.shutdown_background(); // the crash
+    let deploys_before = fleet.deploys().len();
+    assert!(deploys_before < 36, "the crash came before the end");
+
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let running = start(config(dir.path(), &git, "")).await;
+        let done = wait_state(&running, &id, &["succeeded", "failed", "halted"], 120).await;
+        assert_eq!(done.state, "succeeded", "{:?}", done.error);
+        running.stop().await;
+    });
+    for (name, _) in &envs {
+        for service in ["db", "api", "web"] {
+            assert_eq!(
+                fleet.version_of(name, service).as_deref(),
+                Some(sha.as_str()),
+                "{name}/{service}"
+            );
+        }
+    }
+    assert!(
+        fleet.overlapping_deploys().is_empty(),
+        "{:?}",
+        fleet.overlapping_deploys()
+    );
+    // A step in flight at the crash was re-verified, not blindly redeployed:
+    // at most a few repeats, never more deploys than steps plus in-flight.
+    let total = fleet.deploys().len();
+    assert!(total <= 36 + 10, "{total} deploys for 36 steps");
+    drop(fleet_rt);
+}
