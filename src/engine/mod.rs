@@ -17,6 +17,12 @@
 //! reply for the commenter). After a restart, send [`Event::Recover`] to each
 //! unfinished rollout: it re-issues what was in flight, re-verifying
 //! deploys before repeating them (SPEC 6.9).
+//!
+//! [`apply`] and [`apply_command`] are the same transitions returning a
+//! [`Transition`] that also names the steps that changed, for a store that
+//! writes per step instead of the whole rollout. The driver effects can be
+//! carried out with [`crate::drivers::exec::perform`], which answers each
+//! with the event to feed back.
 
 pub mod freeze;
 pub mod machine;
