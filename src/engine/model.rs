@@ -115,10 +115,13 @@ pub enum WavePhase {
 }
 
 /// One step of a rollout: (environment, service) and what happened to it.
+/// Stored compactly (empty fields are left out) because a rollout over
+/// thousands of environments is written often.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     pub environment: EnvName,
     pub service: ServiceName,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waits_for: Vec<StepKey>,
     pub state: StepState,
     /// Attempts over the rollout's whole life (shown to humans; also the
@@ -129,25 +132,32 @@ pub struct StepRun {
     pub run_attempts: u32,
     /// The version this step deploys.
     pub version: CommitSha,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Something worth showing that is not an error, such as a drift that
     /// was overwritten or the reason a step was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Set while a pending step waits out a retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
     /// While verifying: when the step times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_deadline: Option<DateTime<Utc>>,
     /// While deploying: when the agent must have accepted the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_deadline: Option<DateTime<Utc>>,
     /// After a restart, an in-flight step is re-verified first and only
     /// redeployed when the agent is not already at the target.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovering: bool,
     /// Set when the step failed without starting because a step it waits
     /// for failed; retrying or skipping that one brings this one back.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<StepKey>,
 }
 
