@@ -104,7 +104,7 @@ impl SqliteStore {
 
     /// The writer connection, for stores of later features that share the
     /// file (the report ledger).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn write_pool(&self) -> &SqlitePool {
         &self.writer
     }
 }
