@@ -39,7 +39,7 @@ pub async fn ledger_for(config: &Config) -> Result<Arc<dyn ReportLedger>, String
             let store = SqliteStore::open(path)
                 .await
                 .map_err(|e| format!("report ledger: {e}"))?;
-            Ok(Arc::new(SqliteLedger::new(store.pool().clone())))
+            Ok(Arc::new(SqliteLedger::new(store.write_pool().clone())))
         }
         DatabaseUrl::Postgres(_) => Ok(Arc::new(MemoryLedger::new())),
     }
