@@ -75,7 +75,11 @@ async fn a_merge_gets_a_check_run_in_progress_then_success_and_one_comment_edite
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let gh = standin().await;
-    let (_fleet, envs) = fleet_of(6).await;
+    let (fleet, envs) = fleet_of(6).await;
+    // Deploys that take a while, so the rollout is seen running.
+    for (name, _) in &envs {
+        fleet.update_knobs(name, |k| k.deploy_duration = Duration::from_millis(1500));
+    }
     let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
     gh.add_pull_request(REPO, 3, "dev", sha.as_str(), "feature", "main", true);
     let config = config_with_github(
