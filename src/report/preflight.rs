@@ -149,13 +149,8 @@ fn drifted(probes: &[Probe]) -> Vec<(&EnvName, &ServiceName, &str, &str)> {
 
 /// Distinct environments of a list, in order.
 fn envs_of<'a>(list: impl Iterator<Item = &'a EnvName>) -> Vec<&'a EnvName> {
-    let mut out: Vec<&EnvName> = Vec::new();
-    for e in list {
-        if !out.contains(&e) {
-            out.push(e);
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    list.filter(|e| seen.insert(*e)).collect()
 }
 
 fn names(envs: &[&EnvName], max: usize) -> String {

@@ -10,7 +10,7 @@
 //! shortened messages. Every failed environment stays listed with the
 //! commands that recover it, and the text says what was folded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -374,6 +374,9 @@ struct Facts<'a> {
     view: Option<&'a RolloutView>,
     opts: &'a RenderOptions,
     state: RolloutState,
+    /// Environments where a step was attempted (SPEC 6.8: the ones a
+    /// rollback may touch).
+    touched: HashSet<EnvName>,
 }
 
 fn parse_state(s: &str) -> RolloutState {
@@ -406,12 +409,16 @@ impl<'a> Facts<'a> {
         let state = rollout
             .map(|r| r.state)
             .unwrap_or_else(|| parse_state(&record.state));
+        let touched = rollout
+            .map(|r| r.touched_environments().into_iter().collect())
+            .unwrap_or_default();
         Facts {
             record,
             rollout,
             view,
             opts,
             state,
+            touched,
         }
     }
 
@@ -713,13 +720,11 @@ impl<'a> Facts<'a> {
         ];
         // Only environments a step was attempted in can be rolled back; a
         // step that failed because its dependency failed never started.
-        let touched: Vec<EnvName> = match self.rollout {
-            Some(r) => {
-                let t = r.touched_environments();
-                envs.iter().filter(|e| t.contains(e)).cloned().collect()
-            }
-            None => Vec::new(),
-        };
+        let touched: Vec<EnvName> = envs
+            .iter()
+            .filter(|e| self.touched.contains(*e))
+            .cloned()
+            .collect();
         if !touched.is_empty() {
             out.push(self.line(&Command::Rollback {
                 target: RollbackTarget::Environments(touched),
@@ -795,10 +800,11 @@ impl<'a> Facts<'a> {
             .filter_map(|w| {
                 // An environment is done when every one of its steps is.
                 let mut envs: Vec<&EnvName> = Vec::new();
-                let mut not_done: std::collections::BTreeSet<&EnvName> = Default::default();
+                let mut seen: HashSet<&EnvName> = HashSet::new();
+                let mut not_done: HashSet<&EnvName> = HashSet::new();
                 for s in &w.steps {
                     if s.state == StepState::Succeeded {
-                        if !envs.contains(&&s.environment) {
+                        if seen.insert(&s.environment) {
                             envs.push(&s.environment);
                         }
                     } else {
@@ -834,7 +840,7 @@ impl<'a> Facts<'a> {
                     }),
                     what: "retry every failed step and go on".into(),
                 });
-                if !r.touched_environments().is_empty() {
+                if !self.touched.is_empty() {
                     out.push(NextStep {
                         command: p(Command::Rollback {
                             target: RollbackTarget::All,
@@ -1007,7 +1013,7 @@ impl<'a> Facts<'a> {
                 let mut c = vec![Command::Retry {
                     target: RetryTarget::Failed,
                 }];
-                if !r.touched_environments().is_empty() {
+                if !self.touched.is_empty() {
                     c.push(Command::Rollback {
                         target: RollbackTarget::All,
                     });
