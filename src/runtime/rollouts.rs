@@ -448,20 +448,17 @@ impl RolloutRuntime {
     ) {
         while let Some(input) = rx.recv().await {
             let ctx = ctx_now();
-            let (effects, key, fired) = match input {
+            let (effects, key, fired, reply) = match input {
                 Input::Event(event) => {
                     let key = event_key(&event).cloned();
                     let fired = match &event {
                         Event::TimerFired { timer } => serde_json::to_string(timer).ok(),
                         _ => None,
                     };
-                    (engine::handle(&mut rollout, event, &ctx), key, fired)
+                    (engine::handle(&mut rollout, event, &ctx), key, fired, None)
                 }
                 Input::Command(cmd, reply) => match engine::command(&mut rollout, cmd, &ctx) {
-                    Ok(effects) => {
-                        let _ = reply.send(Ok(()));
-                        (effects, None, None)
-                    }
+                    Ok(effects) => (effects, None, None, Some(reply)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         continue;
@@ -469,6 +466,10 @@ impl RolloutRuntime {
                 },
             };
             self.persist(&meta.id, &rollout, &effects).await;
+            // Acknowledge a command only once its effect is stored.
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
             if let Some(timer) = fired {
                 let _ = self.inner.store.delete_timer(&meta.id, &timer).await;
             }
@@ -573,7 +574,7 @@ impl RolloutRuntime {
         let mut importance: Option<Importance> = None;
         for effect in effects {
             match effect {
-                Effect::RunPreflight { key, attempt } => {
+                Effect::RunPreflight { key, attempt, .. } => {
                     let job = self.step_job(meta, rollout, &key);
                     let tx = tx.clone();
                     tokio::spawn(async move {
