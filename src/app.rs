@@ -154,7 +154,13 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         .clone()
         .or_else(|| reporting.as_ref().map(|r| r.sink()));
     let runtime = RolloutRuntime::new(store.clone(), drivers.clone(), reporter);
-    let tokens = services.tokens.clone().unwrap_or_else(|| Arc::new(NoToken));
+    // Git fetches authenticate with the App's installation token when the
+    // App is configured; without it only open remotes (file://) work.
+    let tokens = services
+        .tokens
+        .clone()
+        .or_else(|| reporting.as_ref().map(|r| r.tokens.clone()))
+        .unwrap_or_else(|| Arc::new(NoToken));
     let mut handlers: Vec<Arc<dyn EventHandler>> = vec![Arc::new(MergeHandler::new(
         config.clone(),
         runtime.clone(),

@@ -28,6 +28,8 @@ use super::transport::{MemoryLedger, PacingConfig, ReportLedger, SqliteLedger};
 pub struct Reporting {
     pub reporter: Reporter,
     pub api: Arc<dyn GitHubApi>,
+    /// The same client, as the source of installation tokens for git.
+    pub tokens: Arc<dyn TokenSource>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -61,8 +63,9 @@ pub async fn from_config(
     let Some(client_config) = GitHubClientConfig::from_config(&config.github) else {
         return Ok(None);
     };
-    let client = GitHubClient::new(client_config).map_err(|e| format!("github: {e}"))?;
-    let api: Arc<dyn GitHubApi> = Arc::new(client);
+    let client = Arc::new(GitHubClient::new(client_config).map_err(|e| format!("github: {e}"))?);
+    let api: Arc<dyn GitHubApi> = client.clone();
+    let tokens: Arc<dyn TokenSource> = client;
     let ledger = ledger_for(config).await?;
     let (reporter, tasks) = Reporter::start(
         store,
@@ -76,6 +79,7 @@ pub async fn from_config(
     Ok(Some(Reporting {
         reporter,
         api,
+        tokens,
         tasks,
     }))
 }

@@ -42,6 +42,21 @@ impl TokenSource for NoToken {
     }
 }
 
+/// The GitHub App's installation token: git fetches over https as
+/// `x-access-token`.
+#[async_trait]
+impl TokenSource for crate::github::GitHubClient {
+    async fn installation_token(
+        &self,
+        installation: InstallationId,
+    ) -> Result<Option<Secret>, String> {
+        self.token(installation)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot get an installation token from GitHub: {e}"))
+    }
+}
+
 /// A merge convoy should roll out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Merge {
