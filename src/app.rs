@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::drivers::Drivers;
+use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::metrics::Metrics;
+use crate::runtime::commands::{CommandHandler, CommandHooks};
 use crate::runtime::intake::InboxWriter;
 use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
@@ -49,6 +51,11 @@ pub struct Services {
     pub reporter: Option<Arc<dyn ReportSink>>,
     /// Runs after the built-in handlers, for every handled event.
     pub extra_handler: Option<Arc<dyn EventHandler>>,
+    /// GitHub as commands see it; default: a client built from `[github]`
+    /// when a private key is configured.
+    pub github: Option<Arc<dyn GitHubApi>>,
+    /// Preflight and drift support for `/convoy plan`, `adopt`, `resync`.
+    pub command_hooks: CommandHooks,
 }
 
 impl Services {
@@ -148,6 +155,17 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         runtime.clone(),
         tokens,
     ))];
+    let github = services
+        .github
+        .clone()
+        .or_else(|| github_from_config(&config));
+    handlers.push(Arc::new(CommandHandler::new(
+        &config,
+        runtime.clone(),
+        github,
+        services.reporter.clone(),
+        services.command_hooks.clone(),
+    )));
     handlers.extend(services.extra_handler.clone());
     let dispatcher: Arc<dyn EventHandler> = Arc::new(Dispatcher::new(
         store.clone(),
@@ -194,6 +212,19 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         shutdown,
         tasks: vec![server_task, worker_task],
     })
+}
+
+/// The GitHub client for a configured private key (`None` without one, or
+/// when the key cannot be used: logged, convoy still takes deliveries).
+fn github_from_config(config: &Config) -> Option<Arc<dyn GitHubApi>> {
+    let client_config = GitHubClientConfig::from_config(&config.github)?;
+    match GitHubClient::new(client_config) {
+        Ok(client) => Some(Arc::new(client)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the GitHub client: commands get no answers");
+            None
+        }
+    }
 }
 
 /// `convoy serve`: exit 2 on a configuration error, 1 on a runtime failure.

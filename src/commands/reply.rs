@@ -23,7 +23,7 @@ const MAX_QUOTED: usize = 120;
 /// are counted, so a reply stays short whatever was typed.
 const MAX_LISTED_NAMES: usize = 20;
 
-const TEMPLATES: [(&str, &str); 6] = [
+const TEMPLATES: [(&str, &str); 7] = [
     ("help.md", include_str!("../../templates/commands/help.md")),
     (
         "unknown_command.md",
@@ -44,6 +44,10 @@ const TEMPLATES: [(&str, &str); 6] = [
     (
         "not_applicable.md",
         include_str!("../../templates/commands/not_applicable.md"),
+    ),
+    (
+        "notice.md",
+        include_str!("../../templates/commands/notice.md"),
     ),
 ];
 
@@ -143,6 +147,76 @@ pub fn render_rejection(rejection: &Rejection, input: ReplyInput<'_>) -> String 
         }
     };
     render(template, &context)
+}
+
+/// What convoy tells a commenter about a command it read: why it was not
+/// carried out (beyond a [`Rejection`]), or what a command with wide effects
+/// did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    /// The engine (or runtime) declined: the rollout's state does not allow
+    /// it, e.g. "nothing to retry: no failed steps".
+    NotDone {
+        reason: String,
+    },
+    /// Carrying it out failed (database, GitHub): worth another try.
+    Failed {
+        reason: String,
+    },
+    /// A merged pull request without a rollout.
+    NoRollout,
+    /// This convoy cannot do it (no preflight or drift support configured).
+    Unavailable {
+        reason: String,
+    },
+    /// A rollback started as its own rollout.
+    RolledBack {
+        rollout: String,
+        url: Option<String>,
+    },
+    /// `freeze` applied to `count` rollouts; `until` already formatted.
+    Frozen {
+        count: usize,
+        until: Option<String>,
+        reason: Option<String>,
+    },
+    Unfrozen {
+        count: usize,
+    },
+    /// `/convoy status` when no reporter refreshes the comment.
+    Status {
+        rollout: String,
+        state: String,
+        url: Option<String>,
+        steps: usize,
+        succeeded: usize,
+        failed: usize,
+    },
+}
+
+impl Notice {
+    /// Whether the command it answers counts as refused or failed (😕).
+    pub fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            Notice::NotDone { .. }
+                | Notice::Failed { .. }
+                | Notice::NoRollout
+                | Notice::Unavailable { .. }
+        )
+    }
+}
+
+/// The reply for a notice about `command` (the line as written, or the
+/// command a button stands for).
+pub fn render_notice(notice: &Notice, prefix: &str, command: &str) -> String {
+    let mut context = TeraContext::new();
+    context.insert("notice", notice);
+    context.insert("command", command);
+    context.insert("help_command", &format!("{prefix} help"));
+    context.insert("unfreeze_command", &format!("{prefix} unfreeze"));
+    render("notice.md", &context)
 }
 
 fn render(template: &str, context: &TeraContext) -> String {
@@ -357,7 +431,7 @@ impl RefusalView {
 
 /// GitHub logins are ASCII letters, digits and single hyphens; anything else
 /// is not mentioned (it could be markup).
-fn mention(login: &str) -> Option<String> {
+pub fn mention(login: &str) -> Option<String> {
     let plausible = !login.is_empty()
         && login.len() <= 39
         && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
