@@ -1,0 +1,621 @@
+//! Slash commands and buttons end to end: signed `issue_comment` and
+//! `check_run` webhooks in, the real GitHub client talking to the stand-in
+//! (every request checked against GitHub's API description), a real local
+//! fleet, and the rollout's audit log read back through the JSON API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use convoy::app::Services;
+use convoy::domain::RolloutId;
+use convoy::testkit::fleet::{AgentKnobs, Fleet};
+use convoy::testkit::github_standin::GitHubStandIn;
+use serde_json::Value;
+
+const PR: u64 = 7;
+/// Opens the pull request; has write.
+const AUTHOR: &str = "paula";
+/// Write permission.
+const WRITER: &str = "wanda";
+/// Read permission only.
+const READER: &str = "reggie";
+/// Write permission and a member of `@acme/sre`.
+const SRE: &str = "sam";
+const FAILING: &str = "cust-005";
+
+struct World {
+    _dir: tempfile::TempDir,
+    git: GitFixture,
+    fleet: Fleet,
+    standin: GitHubStandIn,
+    running: convoy::app::Running,
+    rollout: RolloutId,
+    sha: convoy::domain::CommitSha,
+    deliveries: std::sync::atomic::AtomicUsize,
+}
+
+async fn fleet_of(n: usize) -> (Fleet, Vec<(String, String)>) {
+    let names: Vec<String> = (0..n).map(|i| format!("cust-{i:03}")).collect();
+    let fleet = Fleet::start(names.clone(), 11).await.unwrap();
+    let envs = names.iter().map(|n| (n.clone(), fleet.url(n))).collect();
+    (fleet, envs)
+}
+
+/// Convoy with a GitHub client, a fleet of 10, and PR 7 merged. With
+/// `failing`, cust-005 refuses every deploy, so the rollout halts.
+async fn world(policy: &str, rest_wave: &str, failing: bool) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(10).await;
+    if failing {
+        fleet.set_knobs(
+            FAILING,
+            AgentKnobs {
+                permanent_failure: true,
+                ..AgentKnobs::default()
+            },
+        );
+    }
+    let spec = fleet_spec(&envs, &format!("  retries: 1\n{policy}"), rest_wave);
+    let sha = git.commit(&[("convoy.yml", &spec)], "first");
+    let (standin, github) = github_standin().await;
+    standin.add_pull_request(REPO, PR, AUTHOR, sha.as_str(), "feature", "main", true);
+    standin.set_permission(REPO, AUTHOR, "write", "write");
+    standin.set_permission(REPO, WRITER, "write", "maintain");
+    standin.set_permission(REPO, READER, "read", "triage");
+    standin.set_permission(REPO, SRE, "admin", "admin");
+    standin.add_team_member("acme", "sre", SRE, "member", "active");
+    let running = start_with(
+        config(dir.path(), &git, ""),
+        Services {
+            github: Some(github),
+            ..Services::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        deliver(&running, "pull_request", "merge-7", &merged_pr(PR, &sha)).await,
+        202
+    );
+    let rollout = rollout_of(&running, &sha).await.id;
+    World {
+        _dir: dir,
+        git,
+        fleet,
+        standin,
+        running,
+        rollout,
+        sha,
+        deliveries: std::sync::atomic::AtomicUsize::new(0),
+    }
+}
+
+impl World {
+    /// `user` writes `body` on the pull request; returns the comment id.
+    async fn say(&self, user: &str, body: &str) -> u64 {
+        let id = self.standin.add_user_comment(REPO, PR, user, body);
+        let n = self
+            .deliveries
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let status = deliver(
+            &self.running,
+            "issue_comment",
+            &format!("comment-{n}"),
+            &pr_comment(PR, id, user, AUTHOR, body),
+        )
+        .await;
+        assert_eq!(status, 202);
+        id
+    }
+
+    /// Waits (bounded) for convoy's reaction `content` on the comment.
+    async fn reaction(&self, comment: u64, content: &str) {
+        for _ in 0..400 {
+            if self.reactions(comment).iter().any(|r| r == content) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no {content} on comment {comment} within 20 s; reactions: {:?}",
+            self.reactions(comment)
+        );
+    }
+
+    fn reactions(&self, comment: u64) -> Vec<String> {
+        self.standin
+            .state()
+            .reactions
+            .iter()
+            .filter(|r| r.comment_id == comment && r.user == "convoy[bot]")
+            .map(|r| r.content.clone())
+            .collect()
+    }
+
+    /// The bodies of convoy's comments on the pull request, oldest first.
+    fn replies(&self) -> Vec<String> {
+        self.standin
+            .state()
+            .comments_on(REPO, PR)
+            .into_iter()
+            .filter(|c| c["user"]["login"] == "convoy[bot]")
+            .map(|c| c["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn audit(&self, id: &RolloutId) -> Vec<Value> {
+        api_rollout(&self.running, id).await["audit"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn state(&self) -> String {
+        api_rollout(&self.running, &self.rollout).await["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn halted(&self) {
+        let r = wait_state(&self.running, &self.rollout, &["halted", "succeeded"], 60).await;
+        assert_eq!(r.state, "halted", "the rollout should halt on {FAILING}");
+    }
+
+    async fn finish(self) {
+        self.standin.assert_no_violations();
+        self.running.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_retries_a_halted_rollout_once_even_when_the_comment_comes_twice() {
+    let w = world("", "", true).await;
+    w.halted().await;
+    w.fleet.set_knobs(FAILING, AgentKnobs::default());
+    let deploys_before = w.fleet.deploys().len();
+
+    let comment = w
+        .say(WRITER, "Fixed the agent.\n\n/convoy retry\n\nThanks!")
+        .await;
+    w.reaction(comment, "eyes").await;
+    w.reaction(comment, "rocket").await;
+    let done = wait_state(
+        &w.running,
+        &w.rollout,
+        &["succeeded", "halted", "failed"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    assert!(w.fleet.deploys().len() > deploys_before);
+    assert_eq!(
+        w.fleet.version_of(FAILING, "web").as_deref(),
+        Some(w.sha.as_str())
+    );
+
+    // The same delivery again is deduplicated at the door; the same comment
+    // under another delivery id is found in the audit log and not re-run
+    // (a second retry would now fail: "nothing to retry").
+    let body = pr_comment(PR, comment, WRITER, AUTHOR, "/convoy retry");
+    assert_eq!(
+        deliver(&w.running, "issue_comment", "comment-0", &body).await,
+        200
+    );
+    assert_eq!(
+        deliver(&w.running, "issue_comment", "redelivered", &body).await,
+        202
+    );
+    // Let the worker take it, then a marker comment proves it has.
+    let marker = w.say(WRITER, "/convoy help").await;
+    w.reaction(marker, "rocket").await;
+    assert!(!w.reactions(comment).contains(&"confused".to_owned()));
+
+    let audit = w.audit(&w.rollout).await;
+    let retries: Vec<&Value> = audit
+        .iter()
+        .filter(|a| a["action"] == "/convoy retry")
+        .collect();
+    assert_eq!(retries.len(), 1, "{audit:#?}");
+    assert_eq!(retries[0]["actor"], WRITER);
+    assert_eq!(retries[0]["result"], "accepted");
+    assert_eq!(
+        retries[0]["location"],
+        format!("pr#{PR} comment {comment}").as_str()
+    );
+    assert_eq!(retries[0]["repo"], REPO);
+    // Only `help` was answered with a comment: a done retry needs no reply.
+    let replies = w.replies();
+    assert_eq!(replies.len(), 1, "{replies:#?}");
+    assert!(replies[0].contains("convoy commands"), "{}", replies[0]);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_is_refused_and_typos_and_code_blocks_change_nothing() {
+    let w = world("", "", true).await;
+    w.halted().await;
+    let deploys_before = w.fleet.deploys().len();
+
+    // A reader may not retry.
+    let refused = w.say(READER, "/convoy retry").await;
+    w.reaction(refused, "confused").await;
+    assert!(!w.reactions(refused).contains(&"rocket".to_owned()));
+    let replies = w.replies();
+    assert_eq!(replies.len(), 1, "{replies:#?}");
+    assert!(
+        replies[0].contains("@reggie") && replies[0].contains("needs **write**"),
+        "{}",
+        replies[0]
+    );
+    assert!(replies[0].contains("**read**"), "{}", replies[0]);
+
+    // An unknown environment: the closest name is suggested.
+    let typo = w.say(WRITER, "/convoy retry cust-05").await;
+    w.reaction(typo, "confused").await;
+    let replies = w.replies();
+    assert_eq!(replies.len(), 2);
+    assert!(
+        replies[1].contains("did you mean `cust-005`?"),
+        "{}",
+        replies[1]
+    );
+
+    // Inside a code block or a quote a command is only shown, never run.
+    let quoted = w
+        .say(
+            WRITER,
+            "To stop it, one would write:\n\n```\n/convoy abort\n```\n\n> /convoy abort\n",
+        )
+        .await;
+    let marker = w.say(WRITER, "/convoy help").await;
+    w.reaction(marker, "rocket").await;
+    assert!(w.reactions(quoted).is_empty(), "{:?}", w.reactions(quoted));
+
+    // Nothing changed.
+    assert_eq!(w.state().await, "halted");
+    assert_eq!(w.fleet.deploys().len(), deploys_before);
+    let audit = w.audit(&w.rollout).await;
+    let results: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| {
+            (
+                a["actor"].as_str().unwrap_or_default(),
+                a["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        results
+            .iter()
+            .any(|(who, r)| *who == READER && r.starts_with("refused: ") && r.contains("write")),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().any(|(who, r)| *who == WRITER
+            && r.starts_with("refused: ")
+            && r.contains("cust-05")),
+        "{results:?}"
+    );
+    assert!(
+        !audit.iter().any(|a| a["action"] == "/convoy abort"),
+        "{audit:#?}"
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_runs_each_command_on_a_halted_rollout() {
+    let w = world("", "", true).await;
+    w.halted().await;
+
+    let status = w.say(WRITER, "/convoy status").await;
+    w.reaction(status, "rocket").await;
+    assert!(
+        w.replies().last().unwrap().contains("is **halted**"),
+        "{:?}",
+        w.replies()
+    );
+
+    let pause = w.say(WRITER, "/convoy pause").await;
+    w.reaction(pause, "rocket").await;
+    let resume = w.say(WRITER, "/convoy resume").await;
+    w.reaction(resume, "rocket").await;
+
+    // Several commands in one comment run in order.
+    let freeze = w
+        .say(WRITER, "/convoy freeze 2h incident 4711\n/convoy unfreeze")
+        .await;
+    w.reaction(freeze, "rocket").await;
+    let replies = w.replies();
+    let last = replies.last().unwrap();
+    assert!(
+        last.contains("froze 1 unfinished rollout") && last.contains("incident 4711"),
+        "{last}"
+    );
+    assert!(last.contains("lifted the freeze on 1 rollout"), "{last}");
+
+    // Nothing waits for approval: a clear answer, nothing done.
+    let approve = w.say(WRITER, "/convoy approve").await;
+    w.reaction(approve, "confused").await;
+    assert!(
+        w.replies()
+            .last()
+            .unwrap()
+            .contains("no wave is waiting for approval"),
+        "{:?}",
+        w.replies()
+    );
+
+    // Skipping the failed environment lets the rollout finish without it.
+    let skip = w.say(WRITER, "/convoy skip cust-005").await;
+    w.reaction(skip, "rocket").await;
+    let done = wait_state(
+        &w.running,
+        &w.rollout,
+        &["succeeded", "halted", "failed"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    let view = api_rollout(&w.running, &w.rollout).await;
+    let skipped = view["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["steps"].as_array().unwrap())
+        .filter(|s| s["state"] == "skipped")
+        .count();
+    assert!(skipped > 0);
+
+    let audit = w.audit(&w.rollout).await;
+    let accepted: Vec<&str> = audit
+        .iter()
+        .filter(|a| a["result"] == "accepted")
+        .map(|a| a["action"].as_str().unwrap_or_default())
+        .collect();
+    for action in [
+        "/convoy status",
+        "/convoy pause",
+        "/convoy resume",
+        "/convoy freeze 2h incident 4711",
+        "/convoy unfreeze",
+        "/convoy skip cust-005",
+    ] {
+        assert!(accepted.contains(&action), "{action} in {accepted:?}");
+    }
+    assert!(
+        audit.iter().any(|a| a["action"] == "/convoy approve"
+            && a["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("failed: "))),
+        "{audit:#?}"
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_then_abort_from_the_pull_request() {
+    // The first merge (PR 6) succeeds everywhere; PR 7 changes web, fails
+    // on cust-005 and halts.
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(10).await;
+    let spec = fleet_spec(&envs, "  retries: 1\n", "");
+    let first = git.commit(&[("convoy.yml", &spec)], "first");
+    let (standin, github) = github_standin().await;
+    standin.add_pull_request(REPO, PR, AUTHOR, "a".repeat(40).as_str(), "f", "main", true);
+    standin.set_permission(REPO, WRITER, "write", "write");
+    let running = start_with(
+        config(dir.path(), &git, ""),
+        Services {
+            github: Some(github),
+            ..Services::default()
+        },
+    )
+    .await;
+    deliver(&running, "pull_request", "merge-6", &merged_pr(6, &first)).await;
+    let r1 = rollout_of(&running, &first).await;
+    let done = wait_state(&running, &r1.id, &["succeeded", "halted", "failed"], 60).await;
+    assert_eq!(done.state, "succeeded");
+    fleet.set_knobs(
+        FAILING,
+        AgentKnobs {
+            permanent_failure: true,
+            ..AgentKnobs::default()
+        },
+    );
+    let second = git.commit(&[("services/web/index.html", "v2")], "web v2");
+    deliver(&running, "pull_request", "merge-7", &merged_pr(PR, &second)).await;
+    let r2 = rollout_of(&running, &second).await;
+    let w = World {
+        _dir: dir,
+        git,
+        fleet,
+        standin,
+        running,
+        rollout: r2.id.clone(),
+        sha: second.clone(),
+        deliveries: std::sync::atomic::AtomicUsize::new(0),
+    };
+    w.halted().await;
+    assert_eq!(
+        w.fleet.version_of("cust-000", "web").as_deref(),
+        Some(second.as_str())
+    );
+
+    let rollback = w.say(WRITER, "/convoy rollback cust-000").await;
+    w.reaction(rollback, "rocket").await;
+    let reply = w.replies().last().cloned().unwrap_or_default();
+    assert!(reply.contains("rolling back as rollout"), "{reply}");
+    // The rollback is a rollout of its own, linked to this one, and puts
+    // the last good version back.
+    let list: Value = reqwest::get(format!(
+        "http://{}/api/rollouts?repo={REPO}",
+        w.running.addr
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rb_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .find(|id| id != r1.id.as_str() && id != r2.id.as_str())
+        .expect("a rollback rollout");
+    let rb_id = RolloutId::new(rb_id);
+    let rb = wait_state(&w.running, &rb_id, &["succeeded", "halted", "failed"], 60).await;
+    assert_eq!(rb.state, "succeeded");
+    assert_eq!(
+        w.fleet.version_of("cust-000", "web").as_deref(),
+        Some(first.as_str())
+    );
+    let audit = w.audit(&rb_id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "/convoy rollback cust-000" && a["result"] == "accepted"),
+        "the rollback's own audit shows what started it: {audit:#?}"
+    );
+
+    let abort = w.say(WRITER, "/convoy abort").await;
+    w.reaction(abort, "rocket").await;
+    let aborted = wait_state(&w.running, &w.rollout, &["aborted"], 30).await;
+    assert_eq!(aborted.state, "aborted");
+    let _ = &w.git;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_needs_a_listed_approver_who_is_not_the_author() {
+    let w = world(
+        "  approvers: [\"@acme/sre\"]\n  forbid_self_approval: true\n",
+        "    approval: true\n",
+        false,
+    )
+    .await;
+    let waiting = wait_state(&w.running, &w.rollout, &["awaiting_approval"], 60).await;
+    assert_eq!(waiting.state, "awaiting_approval");
+
+    let own = w.say(AUTHOR, "/convoy approve").await;
+    w.reaction(own, "confused").await;
+    let reply = w.replies().last().cloned().unwrap_or_default();
+    assert!(reply.contains("you opened this pull request"), "{reply}");
+
+    let writer = w.say(WRITER, "/convoy approve").await;
+    w.reaction(writer, "confused").await;
+    let reply = w.replies().last().cloned().unwrap_or_default();
+    assert!(reply.contains("`@acme/sre`"), "{reply}");
+    assert_eq!(w.state().await, "awaiting_approval");
+
+    let sre = w.say(SRE, "/convoy approve rest").await;
+    w.reaction(sre, "rocket").await;
+    let done = wait_state(
+        &w.running,
+        &w.rollout,
+        &["succeeded", "halted", "failed"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+
+    let audit = w.audit(&w.rollout).await;
+    let approvals: Vec<(String, String)> = audit
+        .iter()
+        .filter(|a| {
+            a["action"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("/convoy approve"))
+        })
+        .map(|a| {
+            (
+                a["actor"].as_str().unwrap_or_default().to_owned(),
+                a["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    assert!(approvals[0].0 == AUTHOR && approvals[0].1.contains("may not approve"));
+    assert!(approvals[1].0 == WRITER && approvals[1].1.contains("approvers"));
+    assert_eq!(approvals[2], (SRE.to_owned(), "accepted".to_owned()));
+    // The team was asked about through the API.
+    assert!(
+        w.standin.state().count_requests(
+            &axum::http::Method::GET,
+            "/orgs/acme/teams/sre/memberships/"
+        ) >= 1
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_button_click_retries_the_failed_steps_for_a_writer_only() {
+    let w = world("", "", true).await;
+    w.halted().await;
+    w.fleet.set_knobs(FAILING, AgentKnobs::default());
+    let deploys_before = w.fleet.deploys().len();
+
+    // A reader's click is refused, with a reply on the pull request.
+    let click = check_run_click(501, &w.rollout, Some("retry-failed"), READER);
+    assert_eq!(
+        deliver(&w.running, "check_run", "click-1", &click).await,
+        202
+    );
+    for _ in 0..400 {
+        if !w.replies().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replies = w.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].contains("@reggie") && replies[0].contains("needs **write**"),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(w.state().await, "halted");
+    assert_eq!(w.fleet.deploys().len(), deploys_before);
+
+    // A writer's click retries.
+    let click = check_run_click(502, &w.rollout, Some("retry-failed"), WRITER);
+    deliver(&w.running, "check_run", "click-2", &click).await;
+    let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(
+        w.fleet.version_of(FAILING, "web").as_deref(),
+        Some(w.sha.as_str())
+    );
+
+    let audit = w.audit(&w.rollout).await;
+    let clicks: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .filter(|a| {
+            a["location"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("check_run"))
+        })
+        .map(|a| {
+            (
+                a["location"].as_str().unwrap_or_default(),
+                a["actor"].as_str().unwrap_or_default(),
+                a["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(clicks.len(), 2, "{clicks:?}");
+    assert_eq!(clicks[0].0, "check_run 501");
+    assert!(clicks[0].2.starts_with("refused: "), "{clicks:?}");
+    assert_eq!(clicks[1], ("check_run 502", WRITER, "accepted"));
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "/convoy retry failed" && a["actor"] == WRITER)
+    );
+    w.finish().await;
+}
