@@ -36,7 +36,10 @@ fn collect(dir: &Path) -> Vec<(i64, String, String)> {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    // Read at run time: `env!` would bake in the folder the build script was
+    // compiled in, which a shared target directory reuses for other checkouts.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let root = Path::new(&manifest_dir).join("migrations");
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=migrations/postgres");
     let mut out = String::new();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use convoy::app::Services;
 use convoy::domain::RolloutId;
+use convoy::runtime::commands::{CommandHooks, PreflightRequest, PreflightRunner};
 use convoy::testkit::fleet::{AgentKnobs, Fleet};
 use convoy::testkit::github_standin::GitHubStandIn;
 use serde_json::Value;
@@ -294,9 +295,9 @@ async fn a_reader_is_refused_and_typos_and_code_blocks_change_nothing() {
         "{results:?}"
     );
     assert!(
-        results.iter().any(|(who, r)| *who == WRITER
-            && r.starts_with("refused: ")
-            && r.contains("cust-05")),
+        results
+            .iter()
+            .any(|(who, r)| *who == WRITER && r.starts_with("refused: ") && r.contains("cust-05")),
         "{results:?}"
     );
     assert!(
@@ -386,6 +387,14 @@ async fn a_writer_runs_each_command_on_a_halted_rollout() {
     ] {
         assert!(accepted.contains(&action), "{action} in {accepted:?}");
     }
+    // One permission lookup served every command (cached up to 60 s).
+    assert_eq!(
+        w.standin.state().count_requests(
+            &axum::http::Method::GET,
+            &format!("/collaborators/{WRITER}/permission")
+        ),
+        1
+    );
     assert!(
         audit.iter().any(|a| a["action"] == "/convoy approve"
             && a["result"]
@@ -618,4 +627,177 @@ async fn a_button_click_retries_the_failed_steps_for_a_writer_only() {
             .any(|a| a["action"] == "/convoy retry failed" && a["actor"] == WRITER)
     );
     w.finish().await;
+}
+
+/// Records what `/convoy plan` and a preflight rerun ask for.
+#[derive(Default)]
+struct FakePreflight {
+    asked: std::sync::Mutex<Vec<PreflightRequest>>,
+}
+
+#[async_trait::async_trait]
+impl PreflightRunner for FakePreflight {
+    async fn rerun(&self, request: &PreflightRequest) -> Result<(), String> {
+        self.asked.lock().unwrap().push(request.clone());
+        Ok(())
+    }
+}
+
+/// Bot reactions on one comment.
+fn reactions_on(standin: &GitHubStandIn, comment: u64) -> Vec<String> {
+    standin
+        .state()
+        .reactions
+        .iter()
+        .filter(|r| r.comment_id == comment)
+        .map(|r| r.content.clone())
+        .collect()
+}
+
+async fn wait_reaction(standin: &GitHubStandIn, comment: u64, content: &str) {
+    for _ in 0..400 {
+        if reactions_on(standin, comment).iter().any(|r| r == content) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no {content} on comment {comment}: {:?}",
+        reactions_on(standin, comment)
+    );
+}
+
+fn bot_replies(standin: &GitHubStandIn, issue: u64) -> Vec<String> {
+    standin
+        .state()
+        .comments_on(REPO, issue)
+        .into_iter()
+        .filter(|c| c["user"]["login"] == "convoy[bot]")
+        .map(|c| c["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    git.commit(&[("README.md", "hi")], "first");
+    let (standin, github) = github_standin().await;
+    const OPEN: u64 = 9;
+    let head = "b".repeat(40);
+    standin.add_pull_request(REPO, OPEN, AUTHOR, &head, "feature", "main", false);
+    standin.set_permission(REPO, WRITER, "write", "write");
+    let issue = github
+        .create_issue(
+            convoy::domain::InstallationId(INSTALLATION),
+            &convoy::domain::RepoName::new(REPO),
+            &convoy::github::NewIssue {
+                title: "Drift".into(),
+                body: "tracking".into(),
+                labels: vec!["convoy-drift".into()],
+            },
+        )
+        .await
+        .unwrap()
+        .number;
+    let preflight = std::sync::Arc::new(FakePreflight::default());
+    let running = start_with(
+        config(dir.path(), &git, ""),
+        Services {
+            github: Some(github),
+            command_hooks: CommandHooks {
+                preflight: Some(preflight.clone()),
+                drift: None,
+            },
+            ..Services::default()
+        },
+    )
+    .await;
+    let mut n = 0;
+    let mut say = async |issue_number: u64, on_pr: bool, user: &str, body: &str, action: &str| {
+        let id = standin.add_user_comment(REPO, issue_number, user, body);
+        let mut payload = pr_comment(issue_number, id, user, AUTHOR, body);
+        payload["action"] = action.into();
+        if !on_pr {
+            if let Some(issue) = payload["issue"].as_object_mut() {
+                issue.remove("pull_request");
+            }
+            payload["issue"]["labels"] = serde_json::json!([{ "name": "convoy-drift" }]);
+        }
+        if user.ends_with("[bot]") {
+            payload["comment"]["user"]["type"] = "Bot".into();
+        }
+        n += 1;
+        assert_eq!(
+            deliver(&running, "issue_comment", &format!("c-{n}"), &payload).await,
+            202
+        );
+        id
+    };
+
+    // Anyone may rerun the preflight of an open pull request.
+    let plan = say(OPEN, true, READER, "/convoy plan", "created").await;
+    wait_reaction(&standin, plan, "rocket").await;
+    {
+        let asked = preflight.asked.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].head_sha.as_str(), head);
+        assert_eq!(asked[0].pull_request, Some(OPEN));
+        assert_eq!(asked[0].requested_by, READER);
+    }
+    // Rollout commands have nothing to act on before the merge.
+    let early = say(OPEN, true, WRITER, "/convoy retry", "created").await;
+    wait_reaction(&standin, early, "confused").await;
+    let replies = bot_replies(&standin, OPEN);
+    assert!(
+        replies.last().unwrap().contains("not merged yet"),
+        "{replies:?}"
+    );
+    // Bots (convoy itself included) and edited comments are not read.
+    let by_bot = say(OPEN, true, "convoy[bot]", "/convoy plan", "created").await;
+    let edited = say(OPEN, true, WRITER, "/convoy plan", "edited").await;
+    // Rerunning the preflight check run does the same as `/convoy plan`.
+    let mut rerun = check_run_click(600, &RolloutId::new("unused"), None, WRITER);
+    rerun["check_run"]["name"] = "convoy/preflight".into();
+    rerun["check_run"]["head_sha"] = head.as_str().into();
+    rerun["check_run"]["external_id"] = serde_json::Value::Null;
+    assert_eq!(deliver(&running, "check_run", "rerun-1", &rerun).await, 202);
+
+    // On the drift issue: drift commands answer that drift handling is not
+    // here yet; rollout commands point to the pull request; a freeze with
+    // nothing running says so.
+    let adopt = say(issue, false, WRITER, "/convoy adopt cust-000", "created").await;
+    wait_reaction(&standin, adopt, "confused").await;
+    let freeze = say(
+        issue,
+        false,
+        WRITER,
+        "/convoy retry\n/convoy freeze 1h",
+        "created",
+    )
+    .await;
+    wait_reaction(&standin, freeze, "confused").await;
+    let replies = bot_replies(&standin, issue);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        replies[0].contains("is not available") && replies[0].contains("drift"),
+        "{}",
+        replies[0]
+    );
+    assert!(
+        replies[1].contains("merged pull request") && replies[1].contains("nothing to freeze"),
+        "{}",
+        replies[1]
+    );
+    assert!(reactions_on(&standin, by_bot).is_empty());
+    assert!(reactions_on(&standin, edited).is_empty());
+    assert_eq!(
+        preflight.asked.lock().unwrap().len(),
+        2,
+        "plan, then the rerun"
+    );
+    let audit = running.store.list_rollouts(None, 10).await.unwrap();
+    assert!(audit.is_empty(), "no rollout was created");
+    standin.assert_no_violations();
+    running.stop().await;
 }

@@ -126,6 +126,8 @@ struct Asker<'a> {
     user: &'a str,
     /// The line as written, or the command a button stands for.
     line: String,
+    /// The pull request it came from, when known.
+    pull_request: Option<u64>,
 }
 
 pub struct CommandHandler {
@@ -255,10 +257,28 @@ impl CommandHandler {
                 repo: &e.repo,
                 user: &e.author,
                 line: line.text.clone(),
+                pull_request: e.on_pull_request.then_some(e.issue_number),
             };
             let handled = match &line.result {
                 Err(error) => Handled::Rejected(error.clone().into()),
-                Ok(command) => self.run(&asker, command, &target).await?,
+                Ok(command) => match self.run(&asker, command, &target).await {
+                    Ok(handled) => handled,
+                    Err(error) => {
+                        // This line is retried with the delivery; what the
+                        // lines before it did is answered now, as they will
+                        // not run (nor answer) again.
+                        if !replies.is_empty() {
+                            self.reply(
+                                installation,
+                                &e.repo,
+                                e.issue_number,
+                                &replies.join("\n\n"),
+                            )
+                            .await;
+                        }
+                        return Err(error);
+                    }
+                },
             };
             let verb = line.result.as_ref().ok().map(commands::Command::verb);
             let (reply, carried_out) = self.settle(&asker, &target, &location, verb, handled).await;
@@ -408,6 +428,7 @@ impl CommandHandler {
             repo: &e.repo,
             user: &e.sender,
             line,
+            pull_request,
         };
         let command = match command {
             Ok(c) => c,
@@ -475,6 +496,7 @@ impl CommandHandler {
             repo: &e.repo,
             user: &e.sender,
             line: format!("{} plan", self.prefix),
+            pull_request: None,
         };
         let outcome = match &self.hooks.preflight {
             None => {
@@ -518,6 +540,13 @@ impl CommandHandler {
         if drift && self.hooks.drift.is_none() {
             return Ok(Handled::Problem(Notice::Unavailable {
                 reason: "drift handling (`adopt`, `resync`) is not part of this convoy yet".into(),
+            }));
+        }
+        if verb == Verb::Status && target.venue == Venue::DriftIssue {
+            return Ok(Handled::Problem(Notice::Unavailable {
+                reason: "the drift issue is refreshed by drift detection, which is not part of \
+                         this convoy yet"
+                    .into(),
             }));
         }
         let needs_rollout = !repo_wide && !drift && verb != Verb::Plan;
@@ -683,7 +712,7 @@ impl CommandHandler {
                     installation: asker.installation,
                     repo: asker.repo.clone(),
                     head_sha,
-                    pull_request: None,
+                    pull_request: asker.pull_request,
                     requested_by: asker.user.to_owned(),
                 };
                 match runner.rerun(&request).await {
