@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::*;
 use convoy::app::Services;
 use convoy::domain::RolloutId;
+use convoy::engine::Importance;
 use convoy::runtime::commands::{CommandHooks, PreflightRequest, PreflightRunner};
+use convoy::runtime::rollouts::ReportSink;
 use convoy::testkit::fleet::{AgentKnobs, Fleet};
 use convoy::testkit::github_standin::GitHubStandIn;
 use serde_json::Value;
@@ -47,6 +49,28 @@ async fn fleet_of(n: usize) -> (Fleet, Vec<(String, String)>) {
 /// Convoy with a GitHub client, a fleet of 10, and PR 7 merged. With
 /// `failing`, cust-005 refuses every deploy, so the rollout halts.
 async fn world(policy: &str, rest_wave: &str, failing: bool) -> World {
+    world_with(policy, rest_wave, failing, None).await
+}
+
+/// Records every "rollout changed" the reporter is told about.
+#[derive(Default)]
+struct FakeReporter {
+    told: std::sync::Mutex<Vec<(RolloutId, Importance)>>,
+}
+
+#[async_trait::async_trait]
+impl ReportSink for FakeReporter {
+    async fn rollout_changed(&self, id: &RolloutId, importance: Importance) {
+        self.told.lock().unwrap().push((id.clone(), importance));
+    }
+}
+
+async fn world_with(
+    policy: &str,
+    rest_wave: &str,
+    failing: bool,
+    reporter: Option<std::sync::Arc<dyn ReportSink>>,
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let (fleet, envs) = fleet_of(10).await;
@@ -72,6 +96,7 @@ async fn world(policy: &str, rest_wave: &str, failing: bool) -> World {
         config(dir.path(), &git, ""),
         Services {
             github: Some(github),
+            reporter,
             ..Services::default()
         },
     )
@@ -236,9 +261,33 @@ async fn a_writer_retries_a_halted_rollout_once_even_when_the_comment_comes_twic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_is_refused_and_typos_and_code_blocks_change_nothing() {
-    let w = world("", "", true).await;
+    let reporter = std::sync::Arc::new(FakeReporter::default());
+    let w = world_with("", "", true, Some(reporter.clone())).await;
     w.halted().await;
     let deploys_before = w.fleet.deploys().len();
+
+    // Anyone may ask for a fresh report: the reporter is told, no reply.
+    // (First let the steps in flight at the halt finish reporting.)
+    let mut told_before = usize::MAX;
+    for _ in 0..100 {
+        let now = reporter.told.lock().unwrap().len();
+        if now == told_before {
+            break;
+        }
+        told_before = now;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let status = w.say(READER, "/convoy status").await;
+    w.reaction(status, "rocket").await;
+    {
+        let told = reporter.told.lock().unwrap();
+        assert_eq!(told.len(), told_before + 1, "{told:?}");
+        assert_eq!(
+            told.last().unwrap(),
+            &(w.rollout.clone(), Importance::Matters)
+        );
+    }
+    assert!(w.replies().is_empty());
 
     // A reader may not retry.
     let refused = w.say(READER, "/convoy retry").await;
@@ -304,6 +353,13 @@ async fn a_reader_is_refused_and_typos_and_code_blocks_change_nothing() {
         !audit.iter().any(|a| a["action"] == "/convoy abort"),
         "{audit:#?}"
     );
+
+    // Re-running the rollout check run retries the failed steps.
+    w.fleet.set_knobs(FAILING, AgentKnobs::default());
+    let rerun = check_run_click(700, &w.rollout, None, WRITER);
+    deliver(&w.running, "check_run", "rerun", &rerun).await;
+    let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
+    assert_eq!(done.state, "succeeded");
     w.finish().await;
 }
 

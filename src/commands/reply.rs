@@ -493,6 +493,96 @@ mod tests {
         assert_eq!(mention(""), None);
     }
 
+    /// Golden replies for every notice (review with `cargo insta review`).
+    #[test]
+    fn notices() {
+        let cases = [
+            (
+                "not_done",
+                Notice::NotDone {
+                    reason: "nothing to retry: no failed steps".into(),
+                },
+                "/convoy retry",
+            ),
+            (
+                "failed",
+                Notice::Failed {
+                    reason: "database error: disk full".into(),
+                },
+                "/convoy pause",
+            ),
+            ("no_rollout", Notice::NoRollout, "/convoy abort"),
+            (
+                "unavailable",
+                Notice::Unavailable {
+                    reason: "preflight checks are not set up in this convoy".into(),
+                },
+                "/convoy plan",
+            ),
+            (
+                "rolled_back",
+                Notice::RolledBack {
+                    rollout: "20261126-abc".into(),
+                    url: Some("https://convoy.example.com/rollouts/20261126-abc".into()),
+                },
+                "/convoy rollback acme-eu",
+            ),
+            (
+                "frozen_until",
+                Notice::Frozen {
+                    count: 2,
+                    until: Some("2026-11-26 10:00 UTC".into()),
+                    reason: Some("incident `4711` @here".into()),
+                },
+                "/convoy freeze 2h incident `4711` @here",
+            ),
+            (
+                "frozen_open_ended",
+                Notice::Frozen {
+                    count: 1,
+                    until: None,
+                    reason: None,
+                },
+                "/convoy freeze",
+            ),
+            (
+                "unfrozen",
+                Notice::Unfrozen { count: 1 },
+                "/convoy unfreeze",
+            ),
+            (
+                "status",
+                Notice::Status {
+                    rollout: "20261126-abc".into(),
+                    state: "halted".into(),
+                    url: None,
+                    steps: 30,
+                    succeeded: 27,
+                    failed: 3,
+                },
+                "/convoy status",
+            ),
+        ];
+        for (name, notice, line) in cases {
+            insta::assert_snapshot!(
+                format!("notice_{name}"),
+                render_notice(&notice, "/convoy", line)
+            );
+        }
+    }
+
+    #[test]
+    fn problems_are_the_notices_that_refuse_or_fail() {
+        assert!(Notice::NoRollout.is_problem());
+        assert!(
+            Notice::NotDone {
+                reason: String::new()
+            }
+            .is_problem()
+        );
+        assert!(!Notice::Unfrozen { count: 1 }.is_problem());
+    }
+
     #[test]
     fn tidy_collapses_blank_runs() {
         assert_eq!(tidy("\n a  \n\n\n\nb\n\n"), "a\n\nb\n");
