@@ -857,3 +857,93 @@ async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
     standin.assert_no_violations();
     running.stop().await;
 }
+
+/// The handler on its own, with a clock the test moves: a permission is
+/// looked up once, trusted for under 60 s, and looked up again after; a
+/// revoked permission stops working within the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_are_cached_for_at_most_sixty_seconds() {
+    use convoy::domain::{DeliveryId, InstallationId, RepoName};
+    use convoy::github::ManualClock;
+    use convoy::runtime::commands::CommandHandler;
+    use convoy::runtime::worker::EventHandler;
+
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let config = config(dir.path(), &git, "");
+    let store: std::sync::Arc<dyn convoy::store::Store> = std::sync::Arc::new(
+        convoy::store::SqliteStore::open(&dir.path().join("handler.db"))
+            .await
+            .unwrap(),
+    );
+    let drivers = convoy::drivers::Drivers::from_config(&config.drivers).unwrap();
+    let runtime = convoy::runtime::rollouts::RolloutRuntime::new(store.clone(), drivers, None);
+    let (standin, github) = github_standin().await;
+    standin.set_permission(REPO, WRITER, "write", "write");
+    let issue = github
+        .create_issue(
+            InstallationId(INSTALLATION),
+            &RepoName::new(REPO),
+            &convoy::github::NewIssue {
+                title: "Drift".into(),
+                body: String::new(),
+                labels: vec!["convoy-drift".into()],
+            },
+        )
+        .await
+        .unwrap()
+        .number;
+    let clock = std::sync::Arc::new(ManualClock::new(chrono::Utc::now()));
+    let handler = CommandHandler::new(
+        &config,
+        runtime,
+        Some(github),
+        None,
+        CommandHooks::default(),
+    )
+    .with_clock(clock.clone());
+
+    // `/convoy unfreeze` needs write; with nothing frozen it is answered
+    // "not done" when allowed, and refused otherwise.
+    let mut n = 0;
+    let mut ask = async || {
+        n += 1;
+        let id = standin.add_user_comment(REPO, issue, WRITER, "/convoy unfreeze");
+        let mut payload = pr_comment(issue, id, WRITER, AUTHOR, "/convoy unfreeze");
+        if let Some(i) = payload["issue"].as_object_mut() {
+            i.remove("pull_request");
+        }
+        payload["issue"]["labels"] = serde_json::json!([{ "name": "convoy-drift" }]);
+        let body = serde_json::to_vec(&payload).unwrap();
+        let envelope = convoy::webhook::events::parse("issue_comment", &body)
+            .unwrap()
+            .unwrap();
+        handler
+            .handle(&DeliveryId::new(format!("d-{n}")), &envelope)
+            .await
+            .unwrap();
+        bot_replies(&standin, issue)
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let lookups = || {
+        standin.state().count_requests(
+            &axum::http::Method::GET,
+            &format!("/collaborators/{WRITER}/permission"),
+        )
+    };
+
+    assert!(ask().await.contains("nothing to unfreeze"));
+    assert_eq!(lookups(), 1);
+    clock.advance(Duration::from_secs(59));
+    assert!(ask().await.contains("nothing to unfreeze"));
+    assert_eq!(lookups(), 1, "still fresh at 59 s");
+
+    standin.set_permission(REPO, WRITER, "read", "read");
+    clock.advance(Duration::from_secs(1));
+    let reply = ask().await;
+    assert_eq!(lookups(), 2, "looked up again at 60 s");
+    assert!(reply.contains("needs **write**"), "{reply}");
+    standin.assert_no_violations();
+}

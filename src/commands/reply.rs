@@ -196,6 +196,24 @@ pub enum Notice {
 }
 
 impl Notice {
+    /// What the audit log says of the command it answers: the state of
+    /// the rollout or an error failed it; a missing rollout or capability
+    /// refused it; the rest were carried out.
+    pub fn outcome(&self) -> super::dispatch::Outcome {
+        use super::dispatch::Outcome;
+        match self {
+            Notice::NotDone { reason } | Notice::Failed { reason } => {
+                Outcome::Failed(reason.clone())
+            }
+            Notice::Unavailable { reason } => Outcome::Refused(reason.clone()),
+            Notice::NoRollout => Outcome::Refused("this pull request has no rollout".into()),
+            Notice::RolledBack { .. }
+            | Notice::Frozen { .. }
+            | Notice::Unfrozen { .. }
+            | Notice::Status { .. } => Outcome::Accepted,
+        }
+    }
+
     /// Whether the command it answers counts as refused or failed (😕).
     pub fn is_problem(&self) -> bool {
         matches!(
@@ -581,6 +599,13 @@ mod tests {
             .is_problem()
         );
         assert!(!Notice::Unfrozen { count: 1 }.is_problem());
+        for notice in [
+            Notice::NoRollout,
+            Notice::Failed { reason: "x".into() },
+            Notice::Unfrozen { count: 2 },
+        ] {
+            assert_eq!(notice.is_problem(), !notice.outcome().is_accepted());
+        }
     }
 
     #[test]

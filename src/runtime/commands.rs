@@ -893,16 +893,7 @@ impl CommandHandler {
                 )
             }
             Handled::Problem(notice) => {
-                let outcome = match &notice {
-                    Notice::Failed { reason } | Notice::NotDone { reason } => {
-                        Outcome::Failed(reason.clone())
-                    }
-                    Notice::Unavailable { reason } => Outcome::Refused(reason.clone()),
-                    Notice::NoRollout => {
-                        Outcome::Refused("this pull request has no rollout".into())
-                    }
-                    _ => Outcome::Failed("unexpected".into()),
-                };
+                let outcome = notice.outcome();
                 self.audit(asker, target_id, location, &outcome, verb_detail(verb))
                     .await;
                 (
