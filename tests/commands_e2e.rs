@@ -208,13 +208,7 @@ async fn a_writer_retries_a_halted_rollout_once_even_when_the_comment_comes_twic
         .await;
     w.reaction(comment, "eyes").await;
     w.reaction(comment, "rocket").await;
-    let done = wait_state(
-        &w.running,
-        &w.rollout,
-        &["succeeded", "halted", "failed"],
-        60,
-    )
-    .await;
+    let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
     assert_eq!(done.state, "succeeded");
     assert!(w.fleet.deploys().len() > deploys_before);
     assert_eq!(
@@ -409,13 +403,7 @@ async fn a_writer_runs_each_command_on_a_halted_rollout() {
     // Skipping the failed environment lets the rollout finish without it.
     let skip = w.say(WRITER, "/convoy skip cust-005").await;
     w.reaction(skip, "rocket").await;
-    let done = wait_state(
-        &w.running,
-        &w.rollout,
-        &["succeeded", "halted", "failed"],
-        60,
-    )
-    .await;
+    let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
     assert_eq!(done.state, "succeeded");
     let view = api_rollout(&w.running, &w.rollout).await;
     let skipped = view["waves"]
