@@ -628,7 +628,8 @@ async fn a_button_click_retries_the_failed_steps_for_a_writer_only() {
     let replies = w.replies();
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert!(
-        replies[0].contains("@reggie") && replies[0].contains("needs **write**"),
+        replies[0].starts_with("@reggie, `/convoy retry` needs **write**")
+            && replies[0].contains("(a button on the `convoy/rollout` check run)"),
         "{}",
         replies[0]
     );

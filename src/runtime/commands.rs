@@ -457,11 +457,16 @@ impl CommandHandler {
         // Only problems are answered: success shows in the check run and
         // the comment, which the runtime refreshes.
         if let (Some((text, true)), Some(pr)) = (reply, pull_request) {
+            // Refusals already address the clicker; other answers say who.
             let who = commands::reply::mention(&e.sender)
-                .map(|m| format!("{m} clicked a button on `{ROLLOUT_CHECK}`: "))
+                .filter(|m| !text.starts_with(m.as_str()))
+                .map(|m| format!(" by {m}"))
                 .unwrap_or_default();
-            self.reply(installation, &e.repo, pr, &format!("{who}{text}"))
-                .await;
+            let body = format!(
+                "{}\n\n_(a button on the `{ROLLOUT_CHECK}` check run{who})_\n",
+                text.trim_end()
+            );
+            self.reply(installation, &e.repo, pr, &body).await;
         }
         Ok(())
     }
