@@ -117,10 +117,12 @@ fn script(dir: &std::path::Path, body: &[u8], run: &str) -> std::path::PathBuf {
     let sig = signature::sign(SECRET, body);
     let lua = format!(
         r#"
-local tid = 0
+-- Each wrk thread has its own Lua state; setup() runs in the main one and
+-- hands every thread its own number, so delivery ids never repeat.
+local next_thread = 0
 function setup(thread)
-  thread:set("tid", tid)
-  tid = tid + 1
+  thread:set("thread_id", next_thread)
+  next_thread = next_thread + 1
 end
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
@@ -132,7 +134,7 @@ wrk.headers["X-Hub-Signature-256"] = "{sig}"
 local counter = 0
 request = function()
   counter = counter + 1
-  wrk.headers["X-GitHub-Delivery"] = "{run}-" .. tostring(tid) .. "-" .. counter
+  wrk.headers["X-GitHub-Delivery"] = "{run}-" .. tostring(thread_id) .. "-" .. counter
   return wrk.format(nil, "/webhook")
 end
 "#,

@@ -298,9 +298,9 @@ async fn a_thousand_environments_on_one_listener() {
     let fleet = Fleet::start(envs.clone(), 7).await.unwrap();
     let a = std::sync::Arc::new(agent());
     let mut tasks = Vec::new();
-    for env in envs.iter().cloned() {
+    for env in &envs {
         let a = a.clone();
-        let req = request(&fleet, &env, 1);
+        let req = request(&fleet, env, 1);
         tasks.push(tokio::spawn(async move { a.deploy(&req).await }));
     }
     for t in tasks {

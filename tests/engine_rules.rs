@@ -215,7 +215,7 @@ impl Sim {
         for e in effects {
             self.log.push((self.now, e.clone()));
             match e {
-                Effect::RunPreflight { key, attempt } => {
+                Effect::RunPreflight { key, attempt, .. } => {
                     let result = PreflightResult::Passed {
                         running: self.running.get(&key).cloned(),
                         baseline: self.baseline.get(&key).cloned(),
@@ -1222,6 +1222,52 @@ fn abort_stops_everything_and_later_commands_say_so() {
 }
 
 #[test]
+fn after_an_abort_a_failing_in_flight_step_is_not_retried() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
+    sim.deploy = Box::new(|_, _| Some((FailureKind::Transient, "503".into())));
+    sim.start();
+    sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
+    sim.run();
+    let a = sim.step("a", "api");
+    assert_eq!((a.state, a.attempts), (StepState::Failed, 1));
+    assert_eq!(sim.state(), RolloutState::Aborted);
+}
+
+#[test]
+fn transitions_name_the_steps_they_change() {
+    let mut r = Rollout::new(simple_plan(vec![wave("w", &["a", "b"])]));
+    let ctx = Ctx::at(t("2026-11-26T10:00:00Z"));
+    let tr = engine::apply(&mut r, Event::Start, &ctx);
+    assert_eq!(
+        tr.changed,
+        Changed::Steps(vec![key("a", "api"), key("b", "api")])
+    );
+    let tr = engine::apply(
+        &mut r,
+        Event::DeployAccepted {
+            key: key("a", "api"),
+            attempt: 1,
+        },
+        &ctx,
+    );
+    // Not deploying yet (still in preflight): nothing changed.
+    assert_eq!(tr.changed, Changed::Steps(vec![key("a", "api")]));
+    assert_eq!(
+        r.step(&key("a", "api")).unwrap().state,
+        StepState::Preflight
+    );
+    let tr = engine::apply_command(
+        &mut r,
+        Command::Skip {
+            environments: vec![EnvName::new("b")],
+            by: "x".into(),
+        },
+        &ctx,
+    );
+    assert!(tr.is_err(), "b is in flight");
+}
+
+#[test]
 fn pause_and_resume() {
     let mut sim = Sim::new(simple_plan(vec![wave_n("w", "e", 3).parallel(1)]));
     sim.start();
@@ -1460,6 +1506,14 @@ fn a_rollout_round_trips_through_json_mid_flight() {
     let json = serde_json::to_string(&sim.r).unwrap();
     let back: Rollout = serde_json::from_str(&json).unwrap();
     assert_eq!(back, sim.r);
+    // Empty step fields are left out of the stored form, and a document
+    // that spells them out as null reads the same.
+    assert!(!json.contains("\"retry_at\":null"), "{json}");
+    let mut verbose = serde_json::to_value(&sim.r).unwrap();
+    verbose["waves"][0]["steps"][4]["retry_at"] = serde_json::Value::Null;
+    verbose["waves"][0]["steps"][4]["blocked_by"] = serde_json::Value::Null;
+    let back: Rollout = serde_json::from_value(verbose).unwrap();
+    assert_eq!(back, sim.r);
 }
 
 // ---------------------------------------------------------------------------
@@ -1607,11 +1661,27 @@ proptest! {
         for s in steps {
             now += chrono::Duration::seconds(s.4 as i64);
             let ctx = Ctx { now, jitter: (s.4 % 10) as f64 / 10.0 };
-            match make_event(&r, &e, s) {
-                Ok(ev) => { engine::handle(&mut r, ev, &ctx); }
+            let before = r.clone();
+            let transition = match make_event(&r, &e, s) {
+                Ok(ev) => Some(engine::apply(&mut r, ev, &ctx)),
                 Err(cmd) => {
                     let valid = engine::validate(&r, &cmd).is_ok();
-                    prop_assert_eq!(engine::command(&mut r, cmd, &ctx).is_ok(), valid);
+                    let t = engine::apply_command(&mut r, cmd, &ctx);
+                    prop_assert_eq!(t.is_ok(), valid);
+                    if !valid {
+                        prop_assert_eq!(&r, &before, "a refused command changes nothing");
+                    }
+                    t.ok()
+                }
+            };
+            // Every step that changed is reported as changed.
+            if let Some(Transition { changed: Changed::Steps(keys), .. }) = &transition {
+                for (bw, aw) in before.waves.iter().zip(&r.waves) {
+                    for (bs, as_) in bw.steps.iter().zip(&aw.steps) {
+                        if bs != as_ {
+                            prop_assert!(keys.contains(&as_.key()), "{:?} changed unreported", as_.key());
+                        }
+                    }
                 }
             }
             for wave in &r.waves {
@@ -1627,4 +1697,103 @@ proptest! {
             let _ = engine::view(&r);
         }
     }
+}
+
+/// A big fleet completes, and every environment gets each service once.
+/// (Speed is measured in the benchmark, not here.)
+#[test]
+fn ten_thousand_environments_times_two_services_complete() {
+    let n = 10_000;
+    let all = envs("e", n);
+    let split =
+        |a: usize, b: usize| -> Vec<&str> { all[a..b].iter().map(|s| s.as_str()).collect() };
+    let mut w1 = wave("canary", &split(0, 10));
+    w1.max_parallel = 200;
+    let mut w2 = wave("early", &split(10, 1000));
+    w2.max_parallel = 200;
+    let mut w3 = wave("rest", &split(1000, n));
+    w3.max_parallel = 200;
+    let plan = plan_with(
+        vec![w1, w2, w3],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        RolloutPolicy::default(),
+    );
+    let mut r = Rollout::new(plan);
+    let ctx = Ctx::at(t("2026-11-26T10:00:00Z"));
+    let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
+    let mut deploys = 0usize;
+    let mut peak = 0usize;
+    while let Some(ev) = queue.pop_front() {
+        for e in engine::handle(&mut r, ev, &ctx) {
+            match e {
+                Effect::RunPreflight { key, attempt, .. } => queue.push_back(Event::Preflight {
+                    key,
+                    attempt,
+                    result: PreflightResult::Passed {
+                        running: None,
+                        baseline: None,
+                    },
+                }),
+                Effect::Deploy { key, attempt, .. } => {
+                    deploys += 1;
+                    queue.push_back(Event::DeployAccepted { key, attempt })
+                }
+                Effect::PollStatus { key, attempt } => queue.push_back(Event::Status {
+                    key,
+                    attempt,
+                    report: HealthReport {
+                        version: Some(SHA.into()),
+                        healthy: true,
+                        message: None,
+                    },
+                }),
+                _ => {}
+            }
+        }
+        peak = peak.max(queue.len());
+    }
+    assert_eq!(r.state, RolloutState::Succeeded);
+    assert_eq!(deploys, 2 * n);
+    // Never more than 200 environments × 2 services' worth of work queued.
+    assert!(peak <= 400, "{peak}");
+}
+
+#[test]
+fn retry_after_a_halt_with_blocked_dependents_finishes() {
+    let policy = RolloutPolicy {
+        retries: 1,
+        ..RolloutPolicy::default()
+    };
+    let mut sim = Sim::new(plan_with(
+        vec![
+            wave("canary", &["e00", "e01"]),
+            wave_n("rest", "f", 8).parallel(20),
+        ],
+        &[("db", &[]), ("api", &["db"]), ("web", &["api"])],
+        &[],
+        policy,
+    ));
+    sim.polls_to_ready = 1;
+    let broken = std::rc::Rc::new(std::cell::Cell::new(true));
+    let b = broken.clone();
+    sim.deploy = Box::new(move |k, _| {
+        (k.environment.as_str() == "f05" && b.get()).then(|| (FailureKind::Permanent, "no".into()))
+    });
+    sim.start();
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Halted);
+    broken.set(false);
+    sim.cmd(Command::Retry {
+        environments: vec![],
+        by: "alice".into(),
+    })
+    .unwrap();
+    sim.run();
+    assert_eq!(
+        sim.state(),
+        RolloutState::Succeeded,
+        "{:#?}",
+        engine::view(&sim.r).waves[1].steps
+    );
 }

@@ -470,7 +470,7 @@ async fn sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
     convoy::store::sqlite::SqliteStore::open(path)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .pool()
+        .write_pool()
         .clone()
 }
 

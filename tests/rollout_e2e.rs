@@ -376,3 +376,51 @@ fn a_crash_mid_rollout_is_resumed_without_double_deploys() {
     assert!(total <= 36 + 10, "{total} deploys for 36 steps");
     drop(fleet_rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_freeze_holds_new_rollouts_until_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(4).await;
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    let repo = convoy::domain::RepoName::new(REPO);
+    running
+        .runtime
+        .freeze(Some(&repo), None, Some("incident 42".into()), "alice")
+        .await
+        .unwrap();
+    deliver(&running, "pull_request", "pr-1", &merged_pr(9, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    let frozen = wait_state(&running, &rollout.id, &["frozen"], 30).await;
+    assert_eq!(frozen.state, "frozen");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fleet.deploys().is_empty(), "nothing deploys while frozen");
+    let view = api_rollout(&running, &rollout.id).await;
+    assert_eq!(view["emergency_freeze"]["reason"], "incident 42");
+
+    assert!(
+        running
+            .runtime
+            .unfreeze(Some(&repo), "alice")
+            .await
+            .unwrap()
+    );
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    assert!(
+        !running
+            .runtime
+            .unfreeze(Some(&repo), "alice")
+            .await
+            .unwrap(),
+        "nothing left to lift"
+    );
+    running.stop().await;
+}

@@ -118,6 +118,10 @@ fn empty_and_wrong_shapes() {
 fn version() {
     insta::assert_snapshot!(check(&BASE.replace("version: 1", "version: 2")));
     insta::assert_snapshot!("version_missing", check(&BASE.replace("version: 1\n", "")));
+    insta::assert_snapshot!(
+        "version_string",
+        check(&BASE.replace("version: 1", "version: \"1\""))
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! for the rollout (retry, fail, halt) is the engine's decision.
 
 pub mod command;
+pub mod exec;
 pub mod http_agent;
 
 use std::collections::BTreeMap;

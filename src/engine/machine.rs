@@ -5,7 +5,7 @@
 //! events (an old attempt's answer, a timer for a state long gone) are
 //! ignored, so the runtime may deliver events late or twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,10 +18,19 @@ use crate::plan::model::{OnDrift, StepKey};
 /// Retry backoff never exceeds this (SPEC 2: "capped at 5m").
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Accumulates effects and the most important change of one transition.
+/// Status polls are never closer together than this, whatever
+/// `poll_interval` says.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Accumulates effects, the most important change and which steps changed
+/// during one transition.
 struct Out {
     effects: Vec<Effect>,
     importance: Option<Importance>,
+    /// Steps changed that no effect names (the event's own step).
+    touched: Vec<StepKey>,
+    /// Some change touched steps nobody named (cascades, resets, skips).
+    all_changed: bool,
 }
 
 impl Out {
@@ -29,6 +38,8 @@ impl Out {
         Out {
             effects: Vec::new(),
             importance: None,
+            touched: Vec::new(),
+            all_changed: false,
         }
     }
 
@@ -40,12 +51,55 @@ impl Out {
         self.effects.push(effect);
     }
 
-    fn finish(mut self) -> Vec<Effect> {
+    fn finish(mut self) -> Transition {
         if let Some(importance) = self.importance {
             self.effects.push(Effect::Report { importance });
         }
-        self.effects
+        let changed = if self.all_changed {
+            Changed::All
+        } else {
+            let mut keys: BTreeSet<StepKey> = self.touched.into_iter().collect();
+            for e in &self.effects {
+                match e {
+                    Effect::RunPreflight { key, .. }
+                    | Effect::Deploy { key, .. }
+                    | Effect::RecordAttempt { key, .. }
+                    | Effect::DriftDetected { key, .. }
+                    | Effect::ScheduleTimer {
+                        timer: Timer::Retry { key, .. },
+                        ..
+                    } => {
+                        keys.insert(key.clone());
+                    }
+                    _ => {}
+                }
+            }
+            Changed::Steps(keys.into_iter().collect())
+        };
+        Transition {
+            effects: self.effects,
+            changed,
+        }
     }
+}
+
+/// The result of one transition: what to do, and which steps to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// Carry these out, in order, after persisting the rollout.
+    pub effects: Vec<Effect>,
+    /// Steps whose stored form changed. The rollout's own fields and its
+    /// waves' fields may change on any transition; write them every time.
+    pub changed: Changed,
+}
+
+/// Which steps a transition changed, for a store that writes per step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Possibly any step (commands that reset or skip, cascades, recovery).
+    All,
+    /// Only these (possibly none).
+    Steps(Vec<StepKey>),
 }
 
 /// Delay before retry number `failed_attempts` (1 for the first retry):
@@ -81,10 +135,29 @@ fn key_str(k: &StepKey) -> String {
 // ---------------------------------------------------------------------------
 // Entry points
 
-/// Applies an event no human asked for. Never fails: an event that does not
-/// fit the current state is ignored.
+/// Applies an event no human asked for and returns the effects. Never
+/// fails: an event that does not fit the current state is ignored.
 pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
+    apply(r, event, ctx).effects
+}
+
+/// [`handle`], also saying which steps changed (for per-step storage).
+pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
+    r.ensure_index();
     let mut out = Out::new();
+    match &event {
+        Event::Preflight { key, .. }
+        | Event::DeployAccepted { key, .. }
+        | Event::DeployFailed { key, .. }
+        | Event::StepTimedOut { key, .. }
+        | Event::Status { key, .. }
+        | Event::StatusUnavailable { key, .. } => out.touched.push(key.clone()),
+        Event::BakeHealth { results, .. } => {
+            out.touched.extend(results.iter().map(|(k, _)| k.clone()))
+        }
+        Event::Recover | Event::RolledBack { .. } => out.all_changed = true,
+        _ => {}
+    }
     let before = r.state;
     match event {
         Event::Start => {
@@ -192,8 +265,17 @@ pub fn handle(r: &mut Rollout, event: Event, ctx: &Ctx) -> Vec<Effect> {
 
 /// Applies a human's command after checking it makes sense now.
 pub fn command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Vec<Effect>, CommandError> {
+    apply_command(r, cmd, ctx).map(|t| t.effects)
+}
+
+/// [`command`], also saying which steps changed (for per-step storage).
+pub fn apply_command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Transition, CommandError> {
     validate(r, &cmd)?;
+    r.ensure_index();
     let mut out = Out::new();
+    if matches!(cmd, Command::Retry { .. } | Command::Skip { .. }) {
+        out.all_changed = true;
+    }
     let before = r.state;
     match cmd {
         Command::Approve { wave, by } => {
@@ -587,7 +669,8 @@ fn on_status(
     ctx: &Ctx,
     out: &mut Out,
 ) {
-    let poll_interval = r.policy.poll_interval;
+    // A zero interval would poll the agent in a tight loop.
+    let poll_interval = r.policy.poll_interval.max(MIN_POLL_INTERVAL);
     let verify_timeout = r.policy.verify_timeout;
     let s = &r.waves[w].steps[i];
     let at_target = match &report {
@@ -681,7 +764,10 @@ fn attempt_failed(
     s.recovering = false;
     s.deploy_deadline = None;
     s.verify_deadline = None;
-    if kind == FailureKind::Transient && s.run_attempts <= retries {
+    // After an abort nothing new starts, retries included.
+    let may_retry = !r.state.is_terminal();
+    let s = &mut r.waves[w].steps[i];
+    if may_retry && kind == FailureKind::Transient && s.run_attempts <= retries {
         let at = add(ctx.now, backoff_delay(backoff, s.run_attempts, ctx.jitter));
         s.state = StepState::Pending;
         s.retry_at = Some(at);
@@ -709,11 +795,16 @@ fn fail_step(r: &mut Rollout, w: usize, i: usize, error: String, ctx: &Ctx, out:
     s.finished_at = Some(ctx.now);
     let key = s.key();
     out.mark(Importance::Matters);
-    cascade_failure(r, key, ctx);
+    if cascade_failure(r, key, ctx) {
+        out.all_changed = true;
+    }
     check_budgets(r, ctx, out);
 }
 
-fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
+/// Fails the pending steps that wait (transitively) for `failed`; whether
+/// any did.
+fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
+    let mut any = false;
     let mut queue = vec![failed];
     while let Some(dep) = queue.pop() {
         for wave in &mut r.waves {
@@ -727,10 +818,12 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) {
                     s.blocked_by = Some(dep.clone());
                     s.finished_at = Some(ctx.now);
                     queue.push(s.key());
+                    any = true;
                 }
             }
         }
     }
+    any
 }
 
 /// Halts on the first started wave whose failures exceed its budget.
@@ -757,6 +850,7 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
     if keys.is_empty() {
         return;
     }
+    r.invalidate_index();
     for (w, wave) in r.waves.iter_mut().enumerate() {
         let mut touched = false;
         for s in &mut wave.steps {
@@ -952,6 +1046,7 @@ fn recover(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 StepState::Preflight => out.push(Effect::RunPreflight {
                     key: s.key(),
                     attempt: s.attempts,
+                    version: s.version.clone(),
                 }),
                 StepState::Deploying | StepState::Verifying => {
                     if s.state == StepState::Deploying {
@@ -1086,8 +1181,8 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 if !steps_held(r) {
                     start_steps(r, cur, ctx, out);
                 }
-                let wave = &mut r.waves[cur];
-                if wave.steps.iter().all(|s| s.state.is_terminal()) && !wave.over_budget() {
+                if wave_all_terminal(r, cur) && !r.waves[cur].over_budget() {
+                    let wave = &mut r.waves[cur];
                     if wave.bake.is_zero() || bake_keys(wave).is_empty() {
                         wave.phase = WavePhase::Done;
                         wave.finished_at = Some(ctx.now);
@@ -1118,59 +1213,24 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
 
 /// Starts the current wave's steps that may start: dependencies done, and
 /// their environment already in progress or a `max_parallel` slot free.
+/// Environments are taken in wave order; the work done is proportional to
+/// the environments in progress, not to the wave's size.
 fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
-    let done: HashMap<StepKey, StepState> = r
-        .waves
-        .iter()
-        .flat_map(|wave| wave.steps.iter())
-        .filter(|s| s.state.is_terminal())
-        .map(|s| (s.key(), s.state))
-        .collect();
-    let known: HashSet<StepKey> = r.steps().map(|s| s.key()).collect();
-    let wave = &mut r.waves[w];
-    let max = wave.max_parallel.max(1) as usize;
-    let mut active: HashSet<EnvName> = wave
-        .steps
-        .iter()
-        .filter(|s| s.is_active())
-        .map(|s| s.environment.clone())
-        .collect();
-    for s in wave.steps.iter_mut() {
-        if s.state != StepState::Pending {
-            continue;
-        }
-        if let Some(at) = s.retry_at {
-            if at <= ctx.now {
-                start_attempt(s, ctx, out);
-            }
-            continue;
-        }
-        // A dependency outside the plan cannot be waited for; the planner
-        // never emits one, and stored data must not wedge the rollout.
-        let ready = s
-            .waits_for
-            .iter()
-            .all(|k| !known.contains(k) || done.get(k).is_some_and(|st| st.satisfies_dependents()));
-        if !ready {
-            continue;
-        }
-        if !active.contains(&s.environment) {
-            if active.len() >= max {
-                continue;
-            }
-            active.insert(s.environment.clone());
-        }
-        start_attempt(s, ctx, out);
+    r.ensure_index();
+    let mut idx = std::mem::take(&mut r.index);
+    let (starts, active) = plan_starts(r, &mut idx, w, ctx.now);
+    let stuck = starts.is_empty() && active == 0 && idx.cursor[w] < idx.groups[w].len();
+    r.index = idx;
+    for i in starts {
+        start_attempt(&mut r.waves[w].steps[i], ctx, out);
     }
     // Nothing active and nothing startable, yet steps remain: they wait for
-    // each other (a cycle the planner should have refused). Fail them
-    // rather than wait forever.
-    let wave = &mut r.waves[w];
-    if !wave.steps.iter().any(|s| s.is_active())
-        && wave.steps.iter().any(|s| s.state == StepState::Pending)
-    {
+    // each other or for steps that will never finish (a cycle the planner
+    // should have refused, a rolled-back dependency). Fail them rather than
+    // wait forever.
+    if stuck {
         let mut failed = Vec::new();
-        for s in wave
+        for s in r.waves[w]
             .steps
             .iter_mut()
             .filter(|s| s.state == StepState::Pending)
@@ -1180,12 +1240,97 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
             s.finished_at = Some(ctx.now);
             failed.push(s.key());
         }
-        out.mark(Importance::Matters);
-        for key in failed {
-            cascade_failure(r, key, ctx);
+        if !failed.is_empty() {
+            out.all_changed = true;
+            out.mark(Importance::Matters);
+            for key in failed {
+                cascade_failure(r, key, ctx);
+            }
+            check_budgets(r, ctx, out);
         }
-        check_budgets(r, ctx, out);
     }
+}
+
+/// Which steps of wave `w` to start now, and how many environments are in
+/// progress afterwards.
+fn plan_starts(r: &Rollout, idx: &mut Index, w: usize, now: DateTime<Utc>) -> (Vec<usize>, usize) {
+    let wave = &r.waves[w];
+    let groups = &idx.groups[w];
+    let max = wave.max_parallel.max(1) as usize;
+    let mut c = idx.cursor[w];
+    while c < groups.len() && groups[c].iter().all(|&i| wave.steps[i].state.is_terminal()) {
+        c += 1;
+    }
+    idx.cursor[w] = c;
+    let frontier = idx.frontier[w];
+    let group_active = |g: &Vec<usize>| g.iter().any(|&i| wave.steps[i].is_active());
+    let mut active = groups
+        .iter()
+        .enumerate()
+        .take(frontier + 1)
+        .skip(c)
+        .filter(|(_, g)| group_active(g))
+        .count();
+    let deps_ready = |s: &StepRun| {
+        // A dependency outside the plan cannot be waited for; the planner
+        // never emits one, and stored data must not wedge the rollout.
+        s.waits_for.iter().all(|k| match idx.pos.get(k) {
+            None => true,
+            Some(&(dw, di)) => r.waves[dw].steps[di].state.satisfies_dependents(),
+        })
+    };
+    let mut starts = Vec::new();
+    let mut new_frontier = frontier;
+    for (g, steps) in groups.iter().enumerate().skip(c) {
+        let was_active = group_active(steps);
+        if !was_active && active >= max && g > frontier {
+            break; // only never-started environments remain, and no slot
+        }
+        let mut took_slot = false;
+        for &i in steps {
+            let s = &wave.steps[i];
+            if s.state != StepState::Pending {
+                continue;
+            }
+            if let Some(at) = s.retry_at {
+                if at <= now {
+                    starts.push(i);
+                }
+                continue;
+            }
+            let needs_slot = !was_active && !took_slot;
+            if needs_slot && active >= max {
+                continue;
+            }
+            if !deps_ready(s) {
+                continue;
+            }
+            if needs_slot {
+                active += 1;
+                took_slot = true;
+            }
+            starts.push(i);
+        }
+        if took_slot {
+            new_frontier = new_frontier.max(g);
+        }
+    }
+    idx.frontier[w] = new_frontier;
+    (starts, active)
+}
+
+/// Whether every step of wave `w` has ended.
+fn wave_all_terminal(r: &mut Rollout, w: usize) -> bool {
+    r.ensure_index();
+    let wave = &r.waves[w];
+    let groups = &r.index.groups[w];
+    let mut c = r.index.cursor[w];
+    while c < groups.len() && groups[c].iter().all(|&i| wave.steps[i].state.is_terminal()) {
+        c += 1;
+    }
+    let done = c == groups.len();
+    r.index.cursor[w] = c;
+    done
 }
 
 fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
@@ -1200,6 +1345,7 @@ fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
     out.push(Effect::RunPreflight {
         key: s.key(),
         attempt: s.attempts,
+        version: s.version.clone(),
     });
     out.mark(Importance::CountsOnly);
 }

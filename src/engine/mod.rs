@@ -17,6 +17,12 @@
 //! reply for the commenter). After a restart, send [`Event::Recover`] to each
 //! unfinished rollout: it re-issues what was in flight, re-verifying
 //! deploys before repeating them (SPEC 6.9).
+//!
+//! [`apply`] and [`apply_command`] are the same transitions returning a
+//! [`Transition`] that also names the steps that changed, for a store that
+//! writes per step instead of the whole rollout. The driver effects can be
+//! carried out with [`crate::drivers::exec::perform`], which answers each
+//! with the event to feed back.
 
 pub mod freeze;
 pub mod machine;
@@ -24,8 +30,8 @@ pub mod model;
 pub mod view;
 
 pub use machine::{
-    MAX_BACKOFF, backoff_delay, bake_rounds, command, handle, rollback_targets, validate,
-    waiting_for_approval,
+    Changed, MAX_BACKOFF, MIN_POLL_INTERVAL, Transition, apply, apply_command, backoff_delay,
+    bake_rounds, command, handle, rollback_targets, validate, waiting_for_approval,
 };
 pub use model::*;
 pub use view::{RolloutView, StepView, Waiting, WaveView, view, waiting_reason};

@@ -2,7 +2,7 @@
 //! runtime), the events it reacts to, the commands humans give and the
 //! effects it asks the runtime to carry out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -115,10 +115,13 @@ pub enum WavePhase {
 }
 
 /// One step of a rollout: (environment, service) and what happened to it.
+/// Stored compactly (empty fields are left out) because a rollout over
+/// thousands of environments is written often.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     pub environment: EnvName,
     pub service: ServiceName,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waits_for: Vec<StepKey>,
     pub state: StepState,
     /// Attempts over the rollout's whole life (shown to humans; also the
@@ -129,25 +132,32 @@ pub struct StepRun {
     pub run_attempts: u32,
     /// The version this step deploys.
     pub version: CommitSha,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Something worth showing that is not an error, such as a drift that
     /// was overwritten or the reason a step was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Set while a pending step waits out a retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
     /// While verifying: when the step times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_deadline: Option<DateTime<Utc>>,
     /// While deploying: when the agent must have accepted the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_deadline: Option<DateTime<Utc>>,
     /// After a restart, an in-flight step is re-verified first and only
     /// redeployed when the agent is not already at the target.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovering: bool,
     /// Set when the step failed without starting because a step it waits
     /// for failed; retrying or skipping that one brings this one back.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<StepKey>,
 }
 
@@ -262,9 +272,102 @@ pub struct Rollout {
     pub auto_rollback_done: bool,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Lookup tables derived from `waves` (never stored; rebuilt on demand).
+    #[serde(skip)]
+    pub(crate) index: Index,
+}
+
+/// Derived lookups that keep one event's work proportional to what is in
+/// progress rather than to the size of the fleet: step positions by key,
+/// each wave's steps grouped by environment (in wave order), and how far
+/// each wave has got. Never serialized; [`Index::default`] means "not
+/// built", and any change to which steps are pending throws it away.
+#[derive(Clone, Default)]
+pub(crate) struct Index {
+    pub(crate) built: bool,
+    pub(crate) pos: HashMap<StepKey, (usize, usize)>,
+    /// Per wave: groups of step indices, one group per environment.
+    pub(crate) groups: Vec<Vec<Vec<usize>>>,
+    /// Per wave: groups before this one have only terminal steps.
+    pub(crate) cursor: Vec<usize>,
+    /// Per wave: groups after this one were never started.
+    pub(crate) frontier: Vec<usize>,
+}
+
+impl Index {
+    pub(crate) fn build(waves: &[WaveRun]) -> Index {
+        let mut pos = HashMap::new();
+        let mut groups = Vec::with_capacity(waves.len());
+        let mut frontier = Vec::with_capacity(waves.len());
+        for (w, wave) in waves.iter().enumerate() {
+            let mut order: HashMap<&EnvName, usize> = HashMap::new();
+            let mut g: Vec<Vec<usize>> = Vec::new();
+            for env in &wave.environments {
+                if !order.contains_key(env) {
+                    order.insert(env, g.len());
+                    g.push(Vec::new());
+                }
+            }
+            for (i, s) in wave.steps.iter().enumerate() {
+                pos.entry(s.key()).or_insert((w, i));
+                let n = *order.entry(&s.environment).or_insert_with(|| {
+                    g.push(Vec::new());
+                    g.len() - 1
+                });
+                g[n].push(i);
+            }
+            g.retain(|steps| !steps.is_empty());
+            let front = g
+                .iter()
+                .rposition(|steps| {
+                    steps.iter().any(|&i| {
+                        wave.steps[i].attempts > 0 || wave.steps[i].state != StepState::Pending
+                    })
+                })
+                .unwrap_or(0);
+            frontier.push(front);
+            groups.push(g);
+        }
+        Index {
+            built: true,
+            pos,
+            cursor: vec![0; waves.len()],
+            groups,
+            frontier,
+        }
+    }
+}
+
+impl PartialEq for Index {
+    /// Derived data: two rollouts are equal whatever their caches hold.
+    fn eq(&self, _: &Index) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.built {
+            "Index(built)"
+        } else {
+            "Index(empty)"
+        })
+    }
 }
 
 impl Rollout {
+    /// Builds the lookup tables if they are missing.
+    pub(crate) fn ensure_index(&mut self) {
+        if !self.index.built {
+            self.index = Index::build(&self.waves);
+        }
+    }
+
+    /// Throws the lookup tables away (after steps went back to pending).
+    pub(crate) fn invalidate_index(&mut self) {
+        self.index = Index::default();
+    }
+
     /// A queued rollout for `plan`; send [`Event::Start`] to run it.
     pub fn new(plan: Plan) -> Rollout {
         let version = plan.commit.clone();
@@ -328,6 +431,7 @@ impl Rollout {
             auto_rollback_done: false,
             started_at: None,
             finished_at: None,
+            index: Index::default(),
         }
     }
 
@@ -337,6 +441,9 @@ impl Rollout {
 
     /// Finds a step by key: (wave index, step index).
     pub fn find(&self, key: &StepKey) -> Option<(usize, usize)> {
+        if self.index.built {
+            return self.index.pos.get(key).copied();
+        }
         self.waves.iter().enumerate().find_map(|(w, wave)| {
             wave.steps
                 .iter()
@@ -579,6 +686,7 @@ pub enum Effect {
     RunPreflight {
         key: StepKey,
         attempt: u32,
+        version: CommitSha,
     },
     /// Deploy `version`; answer with `DeployAccepted`/`DeployFailed`/
     /// `StepTimedOut` (the runtime bounds the call by `deadline`).

@@ -5,8 +5,9 @@
 //! [`run_blocking`], which moves them onto tokio's blocking pool; the types
 //! are `Send` so they can travel there.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use git2::{
@@ -76,6 +77,15 @@ fn set_network_timeouts() {
     });
 }
 
+fn repo_lock(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
 /// A bare clone per repository under a cache directory (the caller passes
 /// `<data_dir>/git`).
 #[derive(Clone, Debug)]
@@ -126,6 +136,10 @@ impl RepoCache {
         wanted: &[CommitSha],
     ) -> Result<GitRepo, GitError> {
         let path = self.path_for(owner, repo);
+        // Two workers fetching into one clone would fight over its ref
+        // locks: one at a time per repository (within this process).
+        let lock = repo_lock(&path);
+        let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let repository = match Repository::open_bare(&path) {
             Ok(r) => r,
             Err(_) => {
@@ -215,15 +229,15 @@ impl GitRepo {
             .map_err(|_| GitError::UnknownRevision(sha.to_string()))
     }
 
-    /// The content of `path` at `commit`; `None` if there is no such file.
-    /// Reads at most `max_bytes + 1` bytes' worth of decision: a larger blob
-    /// is returned whole only up to that, enough to report it as too big.
+    /// The content of `path` at `commit`, with the file's full size; `None`
+    /// if there is no such file. At most `max_bytes + 1` bytes are copied,
+    /// enough to tell that a file is too big.
     pub fn read_file(
         &self,
         commit: &CommitSha,
         path: &str,
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>, GitError> {
+    ) -> Result<Option<(Vec<u8>, usize)>, GitError> {
         let tree = self.commit(commit)?.tree()?;
         let entry = match tree.get_path(Path::new(path)) {
             Ok(e) => e,
@@ -235,7 +249,8 @@ impl GitRepo {
         }
         let blob = self.repo.find_blob(entry.id())?;
         let content = blob.content();
-        Ok(Some(content[..content.len().min(max_bytes + 1)].to_vec()))
+        let copied = content[..content.len().min(max_bytes.saturating_add(1))].to_vec();
+        Ok(Some((copied, content.len())))
     }
 
     /// Reads and validates `convoy.yml` at `commit`.
@@ -244,13 +259,23 @@ impl GitRepo {
         commit: &CommitSha,
         ctx: &CheckContext,
     ) -> Result<ConvoySpec, SpecLoadError> {
-        let bytes = self
+        let (bytes, size) = self
             .read_file(commit, crate::plan::impact::SPEC_FILE, ctx.limits.max_bytes)?
             .ok_or_else(|| SpecLoadError::Missing(commit.clone()))?;
-        parse_spec_bytes(&bytes, ctx).map_err(|errors| SpecLoadError::Invalid {
+        let invalid = |errors| SpecLoadError::Invalid {
             commit: commit.clone(),
             errors,
-        })
+        };
+        if size > ctx.limits.max_bytes {
+            return Err(invalid(vec![SpecError {
+                pos: crate::spec::Pos::START,
+                message: format!(
+                    "file is {size} bytes; at most {} bytes are allowed",
+                    ctx.limits.max_bytes
+                ),
+            }]));
+        }
+        parse_spec_bytes(&bytes, ctx).map_err(invalid)
     }
 
     /// Paths changed from `from` to `to`, sorted, without repeats; a rename
@@ -305,6 +330,12 @@ impl GitRepo {
             // the caller reports.
             refspecs = missing;
             let _ = self.fetch_once(&mut remote, url, token, &refspecs);
+        }
+        if wanted.iter().any(|c| !self.has_commit(c)) {
+            // A server that does not serve commits by id still advertises
+            // pull request heads (GitHub and GitHub Enterprise do).
+            let pulls = vec!["+refs/pull/*/head:refs/remotes/origin/pull/*".to_string()];
+            let _ = self.fetch_once(&mut remote, url, token, &pulls);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! [`Plan`]: steps, waves, what each step waits for, and the risk.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::domain::{CommitSha, ServiceName, WaveName};
 use crate::spec::model::ConvoySpec;
@@ -15,7 +15,12 @@ use super::waves::{self, REST};
 /// plan, whatever the order of environments in the file.
 ///
 /// `affected` are the services to deploy (see [`super::impact`]); names
-/// that are not services of `spec` are ignored.
+/// that are not services of `spec` are ignored. The plan lists them in
+/// dependency order. Waves are assigned over the whole fleet (so cohorts do
+/// not move between releases); then environments without a step, and waves
+/// left without environments, are dropped. Within a wave, steps are in a
+/// valid dependency order: an environment after those of the same wave it
+/// depends on, services in dependency order.
 pub fn build_plan(
     spec: &ConvoySpec,
     commit: CommitSha,
@@ -23,7 +28,8 @@ pub fn build_plan(
     affected: &[ServiceName],
     history: &History,
 ) -> Plan {
-    let assignment = waves::assign(spec);
+    let stable = waves::stable_order(&spec.environments);
+    let assignment = waves::assign_in_order(&spec.environments, &spec.waves, &stable);
     let service_order = service_topo_order(spec);
     let affected_set: BTreeSet<&str> = affected.iter().map(ServiceName::as_str).collect();
     let affected_services: Vec<ServiceName> = service_order
@@ -88,8 +94,18 @@ pub fn build_plan(
                 .collect()
         })
         .collect();
-    let env_waits = env_wait_sets(&env_deps, &env_steps);
+    let mut env_waits = env_wait_sets(&env_deps, &env_steps);
+    // List what an environment waits for in the stable order, not in file
+    // order, so the plan does not depend on how the file is sorted.
+    let mut rank = vec![0usize; spec.environments.len()];
+    for (r, &e) in stable.iter().enumerate() {
+        rank[e] = r;
+    }
+    for waits in &mut env_waits {
+        waits.sort_by_key(|&e| rank[e]);
+    }
 
+    let mut service_waits_cache: HashMap<Vec<usize>, Vec<Vec<usize>>> = HashMap::new();
     let rest_name = rest_wave_name(spec);
     let policy = &spec.policy;
     let mut planned_waves = Vec::new();
@@ -121,9 +137,19 @@ pub fn build_plan(
         let mut steps = Vec::new();
         for e in wave_env_order(&with_steps, &env_waits, &assignment.wave_of, w) {
             let env = &spec.environments[e];
-            for &s in &env_steps[e] {
-                let mut waits_for = Vec::new();
-                for d in nearest_planned_services(s, &service_deps, &env_steps[e]) {
+            // Environments hosting the same services share the answer.
+            let service_waits = service_waits_cache
+                .entry(env_steps[e].clone())
+                .or_insert_with(|| {
+                    env_steps[e]
+                        .iter()
+                        .map(|&s| nearest_planned_services(s, &service_deps, &env_steps[e]))
+                        .collect::<Vec<_>>()
+                });
+            let env_wait_steps: usize = env_waits[e].iter().map(|&d| env_steps[d].len()).sum();
+            for (k, &s) in env_steps[e].iter().enumerate() {
+                let mut waits_for = Vec::with_capacity(service_waits[k].len() + env_wait_steps);
+                for &d in &service_waits[k] {
                     waits_for.push(StepKey {
                         environment: env.name.clone(),
                         service: spec.services[d].name.clone(),
@@ -268,16 +294,18 @@ fn wave_env_order(
     wave_of: &[usize],
     wave: usize,
 ) -> Vec<usize> {
-    let local: BTreeMap<usize, usize> = members.iter().enumerate().map(|(k, &e)| (e, k)).collect();
+    let mut local = vec![usize::MAX; env_deps.len()];
+    for (k, &e) in members.iter().enumerate() {
+        local[e] = k;
+    }
     let n = members.len();
     let mut indegree = vec![0usize; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut any = false;
     for (k, &e) in members.iter().enumerate() {
         for d in &env_deps[e] {
-            if wave_of[*d] == wave
-                && let Some(&dk) = local.get(d)
-            {
+            let dk = local[*d];
+            if wave_of[*d] == wave && dk != usize::MAX {
                 indegree[k] += 1;
                 dependents[dk].push(k);
                 any = true;

@@ -5,7 +5,7 @@
 //! with no history. P(some step fails on first attempt) = 1 − Πp; with
 //! retries r, P(a human is needed) = 1 − Π(1 − (1 − p)^(r+1)).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,33 +48,46 @@ pub fn estimate<'a>(
     retries: u32,
     assumed_success: f64,
 ) -> Risk {
-    let mut per_env: BTreeMap<&EnvName, f64> = BTreeMap::new();
+    let mut per_env: HashMap<&EnvName, f64> = HashMap::new();
+    // Steps of one environment usually come together: look p up once.
+    let mut last: Option<(&EnvName, f64)> = None;
     let mut steps = 0usize;
     // Sums of logarithms: products of 10,000s of factors close to 1 keep
     // their precision, and tiny results (0.01%) come out through expm1.
     let mut log_all_first = 0.0f64;
     let mut log_none_human = 0.0f64;
     for env in step_envs {
-        let p = *per_env
-            .entry(env)
-            .or_insert_with(|| success_probability(history.get(env), assumed_success));
+        let p = match last {
+            Some((l, p)) if l == env => p,
+            _ => {
+                let p = *per_env
+                    .entry(env)
+                    .or_insert_with(|| success_probability(history.get(env), assumed_success));
+                last = Some((env, p));
+                p
+            }
+        };
         steps += 1;
         log_all_first += p.ln();
         let fail_all = (1.0 - p).powi(retries.saturating_add(1).min(i32::MAX as u32) as i32);
         log_none_human += (-fail_all).ln_1p();
     }
-    let mut riskiest: Vec<EnvRisk> = per_env
-        .iter()
+    // The lowest few by (p, name): select them, then sort just those.
+    let mut all: Vec<(&EnvName, f64)> = per_env.into_iter().collect();
+    let cmp =
+        |a: &(&EnvName, f64), b: &(&EnvName, f64)| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0));
+    if all.len() > RISKIEST {
+        all.select_nth_unstable_by(RISKIEST, cmp);
+        all.truncate(RISKIEST);
+    }
+    all.sort_by(cmp);
+    let riskiest = all
+        .into_iter()
         .map(|(env, p)| EnvRisk {
-            environment: (*env).clone(),
-            p: *p,
+            environment: env.clone(),
+            p,
         })
         .collect();
-    riskiest.sort_by(|a, b| {
-        a.p.total_cmp(&b.p)
-            .then_with(|| a.environment.cmp(&b.environment))
-    });
-    riskiest.truncate(RISKIEST);
     Risk {
         steps,
         first_attempt_failure: probability(-log_all_first.exp_m1()),

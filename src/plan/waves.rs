@@ -56,8 +56,13 @@ pub fn assign(spec: &ConvoySpec) -> Assignment {
 
 /// [`assign`] on the parts, for validation of a partly valid file.
 pub fn assign_parts(envs: &[EnvSpec], waves: &[WaveSpec]) -> Assignment {
+    assign_in_order(envs, waves, &stable_order(envs))
+}
+
+/// [`assign_parts`] with the stable order already computed (`order` must
+/// be [`stable_order`] of `envs`).
+pub fn assign_in_order(envs: &[EnvSpec], waves: &[WaveSpec], order: &[usize]) -> Assignment {
     let fleet = envs.len();
-    let order = stable_order(envs);
     let rest = waves.len();
     let mut wave_of = vec![usize::MAX; fleet];
     let mut out: Vec<Vec<usize>> = vec![Vec::new(); waves.len() + 1];
@@ -69,7 +74,7 @@ pub fn assign_parts(envs: &[EnvSpec], waves: &[WaveSpec]) -> Assignment {
             let p = p.min(100) as usize;
             (p * fleet).div_ceil(100)
         });
-        for &i in &order {
+        for &i in order {
             if let Some(limit) = limit
                 && assigned >= limit
             {
@@ -82,7 +87,7 @@ pub fn assign_parts(envs: &[EnvSpec], waves: &[WaveSpec]) -> Assignment {
             }
         }
     }
-    for &i in &order {
+    for &i in order {
         if wave_of[i] == usize::MAX {
             wave_of[i] = rest;
             out[rest].push(i);

@@ -21,7 +21,7 @@ use crate::engine::{
 };
 use crate::plan::model::StepKey;
 use crate::store::{
-    AttemptRecord, Created, RolloutKind, RolloutRecord, RolloutWrite, Store, StoreError,
+    AttemptRecord, Created, Freeze, RolloutKind, RolloutRecord, RolloutWrite, Store, StoreError,
     StoredTimer,
 };
 
@@ -65,7 +65,7 @@ struct Inner {
     store: Arc<dyn Store>,
     drivers: Drivers,
     reporter: Option<Arc<dyn ReportSink>>,
-    actors: Mutex<HashMap<RolloutId, mpsc::UnboundedSender<Input>>>,
+    actors: Mutex<HashMap<RolloutId, (RepoName, mpsc::UnboundedSender<Input>)>>,
     /// Admission decisions (which rollout of a branch runs) one at a time.
     admission: tokio::sync::Mutex<()>,
 }
@@ -214,8 +214,7 @@ impl RolloutRuntime {
         if record.kind != RolloutKind::Deploy {
             // Rollbacks and resyncs do not wait for the branch: the step
             // locks keep them apart from any deploy of the same target.
-            let tx = self.spawn_actor(Meta::of(&record), rollout);
-            let _ = tx.send(Input::Event(Event::Start));
+            self.start_rollout(Meta::of(&record), rollout).await;
             return Ok(created);
         }
         let others = self.branch_rollouts(&record.repo, &record.branch).await?;
@@ -224,10 +223,7 @@ impl RolloutRuntime {
             .iter()
             .any(|r| r.state != RolloutState::Queued.as_str());
         match engine::admission(active || !others.is_empty(), rollout.policy.concurrency) {
-            engine::Admission::Start => {
-                let tx = self.spawn_actor(Meta::of(&record), rollout);
-                let _ = tx.send(Input::Event(Event::Start));
-            }
+            engine::Admission::Start => self.start_rollout(Meta::of(&record), rollout).await,
             engine::Admission::Queue => {
                 tracing::info!(rollout = %record.id, "queued behind the branch's active rollout");
                 self.report(&record.id, Importance::Waiting).await;
@@ -247,7 +243,7 @@ impl RolloutRuntime {
 
     async fn supersede(&self, other: &RolloutRecord, by: &RolloutId) -> Result<(), RuntimeError> {
         let event = Event::Superseded { by: by.to_string() };
-        if let Some(tx) = lock(&self.inner.actors).get(&other.id).cloned() {
+        if let Some(tx) = lock(&self.inner.actors).get(&other.id).map(|a| a.1.clone()) {
             let _ = tx.send(Input::Event(event));
             return Ok(());
         }
@@ -261,7 +257,7 @@ impl RolloutRuntime {
 
     /// Sends a human command to a rollout and waits for the engine's verdict.
     pub async fn command(&self, id: &RolloutId, cmd: Command) -> Result<(), RuntimeError> {
-        let live = lock(&self.inner.actors).get(id).cloned();
+        let live = lock(&self.inner.actors).get(id).map(|a| a.1.clone());
         if let Some(tx) = live {
             let (reply, answer) = oneshot::channel();
             if tx.send(Input::Command(cmd.clone(), reply)).is_ok()
@@ -331,8 +327,7 @@ impl RolloutRuntime {
         }
         if let Some(next) = rollouts.first() {
             let rollout = decode(next)?;
-            let tx = self.spawn_actor(Meta::of(next), rollout);
-            let _ = tx.send(Input::Event(Event::Start));
+            self.start_rollout(Meta::of(next), rollout).await;
         }
         Ok(())
     }
@@ -343,9 +338,100 @@ impl RolloutRuntime {
         }
     }
 
+    /// Starts a rollout that was not running: an active emergency freeze of
+    /// its repository (or of all) is applied first, so no step starts.
+    async fn start_rollout(&self, meta: Meta, rollout: Rollout) {
+        let freezes = self
+            .inner
+            .store
+            .freezes_for(&meta.repo)
+            .await
+            .unwrap_or_default();
+        let tx = self.spawn_actor(meta, rollout);
+        let now = Utc::now();
+        if let Some(f) = freezes.iter().find(|f| f.active(now)) {
+            let (reply, _) = oneshot::channel();
+            let _ = tx.send(Input::Command(
+                Command::Freeze {
+                    until: f.until,
+                    reason: f.reason.clone(),
+                    by: f.by.clone(),
+                },
+                reply,
+            ));
+        }
+        let _ = tx.send(Input::Event(Event::Start));
+    }
+
+    /// The emergency stop (SPEC 7.4 `/convoy freeze`, `convoy freeze
+    /// --all`): recorded, applied to every running rollout in scope, and to
+    /// every rollout that starts while it lasts. `repo` `None`: all.
+    pub async fn freeze(
+        &self,
+        repo: Option<&RepoName>,
+        until: Option<chrono::DateTime<Utc>>,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<usize, RuntimeError> {
+        let scope = repo.map_or(Freeze::ALL.to_owned(), |r| r.to_string());
+        self.inner
+            .store
+            .set_freeze(&Freeze {
+                scope,
+                until,
+                reason: reason.clone(),
+                by: by.to_owned(),
+                at: Utc::now(),
+            })
+            .await?;
+        let mut applied = 0;
+        for (id, tx) in self.live_in(repo) {
+            let (reply, answer) = oneshot::channel();
+            let cmd = Command::Freeze {
+                until,
+                reason: reason.clone(),
+                by: by.to_owned(),
+            };
+            if tx.send(Input::Command(cmd, reply)).is_ok() && matches!(answer.await, Ok(Ok(()))) {
+                applied += 1;
+            } else {
+                tracing::debug!(rollout = %id, "freeze not applied (rollout ending)");
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Lifts the emergency freeze of `repo` (or of all); running rollouts in
+    /// scope go on. `false` when there was none.
+    pub async fn unfreeze(&self, repo: Option<&RepoName>, by: &str) -> Result<bool, RuntimeError> {
+        let scope = repo.map_or(Freeze::ALL.to_owned(), |r| r.to_string());
+        let existed = self.inner.store.clear_freeze(&scope).await?;
+        for (_, tx) in self.live_in(repo) {
+            let (reply, answer) = oneshot::channel();
+            if tx
+                .send(Input::Command(
+                    Command::Unfreeze { by: by.to_owned() },
+                    reply,
+                ))
+                .is_ok()
+            {
+                let _ = answer.await;
+            }
+        }
+        Ok(existed)
+    }
+
+    fn live_in(&self, repo: Option<&RepoName>) -> Vec<(RolloutId, mpsc::UnboundedSender<Input>)> {
+        lock(&self.inner.actors)
+            .iter()
+            .filter(|(_, (r, _))| repo.is_none_or(|want| want == r))
+            .map(|(id, (_, tx))| (id.clone(), tx.clone()))
+            .collect()
+    }
+
     fn spawn_actor(&self, meta: Meta, rollout: Rollout) -> mpsc::UnboundedSender<Input> {
         let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.inner.actors).insert(meta.id.clone(), tx.clone());
+        lock(&self.inner.actors).insert(meta.id.clone(), (meta.repo.clone(), tx.clone()));
         let runtime = self.clone();
         let own = tx.clone();
         let span = tracing::info_span!("rollout", rollout = %meta.id, repo = %meta.repo);
@@ -362,20 +448,17 @@ impl RolloutRuntime {
     ) {
         while let Some(input) = rx.recv().await {
             let ctx = ctx_now();
-            let (effects, key, fired) = match input {
+            let (effects, key, fired, reply) = match input {
                 Input::Event(event) => {
                     let key = event_key(&event).cloned();
                     let fired = match &event {
                         Event::TimerFired { timer } => serde_json::to_string(timer).ok(),
                         _ => None,
                     };
-                    (engine::handle(&mut rollout, event, &ctx), key, fired)
+                    (engine::handle(&mut rollout, event, &ctx), key, fired, None)
                 }
                 Input::Command(cmd, reply) => match engine::command(&mut rollout, cmd, &ctx) {
-                    Ok(effects) => {
-                        let _ = reply.send(Ok(()));
-                        (effects, None, None)
-                    }
+                    Ok(effects) => (effects, None, None, Some(reply)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         continue;
@@ -383,6 +466,10 @@ impl RolloutRuntime {
                 },
             };
             self.persist(&meta.id, &rollout, &effects).await;
+            // Acknowledge a command only once its effect is stored.
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
             if let Some(timer) = fired {
                 let _ = self.inner.store.delete_timer(&meta.id, &timer).await;
             }
@@ -487,7 +574,7 @@ impl RolloutRuntime {
         let mut importance: Option<Importance> = None;
         for effect in effects {
             match effect {
-                Effect::RunPreflight { key, attempt } => {
+                Effect::RunPreflight { key, attempt, .. } => {
                     let job = self.step_job(meta, rollout, &key);
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -700,7 +787,7 @@ impl RolloutRuntime {
         let event = Event::RolledBack {
             environments: targets.clone(),
         };
-        if let Some(tx) = lock(&self.inner.actors).get(id).cloned() {
+        if let Some(tx) = lock(&self.inner.actors).get(id).map(|a| a.1.clone()) {
             let _ = tx.send(Input::Event(event));
         } else {
             let mut original = original;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, InstallationId};
 use crate::metrics::Metrics;
 use crate::store::{DeliveryOutcome, InboxItem, Store};
 use crate::webhook::{Envelope, Event, events};
@@ -46,11 +46,22 @@ pub trait EventHandler: Send + Sync + 'static {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     next: Option<Arc<dyn EventHandler>>,
+    /// Repositories known to belong to an installation, so a busy
+    /// repository's events do not each cost a database write.
+    known: std::sync::Mutex<std::collections::HashMap<crate::domain::RepoName, InstallationId>>,
 }
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, next: Option<Arc<dyn EventHandler>>) -> Dispatcher {
-        Dispatcher { store, next }
+        Dispatcher {
+            store,
+            next,
+            known: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn forget(&self) {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -63,6 +74,13 @@ impl EventHandler for Dispatcher {
     async fn handle(&self, delivery: &DeliveryId, envelope: &Envelope) -> Result<(), HandlerError> {
         let now = Utc::now();
         let store = &self.store;
+        if matches!(
+            envelope.event,
+            Event::Installation(_) | Event::InstallationRepositories(_)
+        ) {
+            // Repositories may move or go: learn them again from the store.
+            self.forget();
+        }
         match (&envelope.event, envelope.installation) {
             (Event::Ping { zen, hook_id }, _) => {
                 tracing::info!(?zen, ?hook_id, "ping from GitHub");
@@ -108,10 +126,22 @@ impl EventHandler for Dispatcher {
                 // Any repository event proves the installation can act on
                 // it, which also covers installations made before convoy ran.
                 if let Some(repo) = event.repo() {
-                    store
-                        .add_installation_repos(id, std::slice::from_ref(repo))
-                        .await
-                        .map_err(transient)?;
+                    let known = self
+                        .known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(repo)
+                        == Some(&id);
+                    if !known {
+                        store
+                            .add_installation_repos(id, std::slice::from_ref(repo))
+                            .await
+                            .map_err(transient)?;
+                        self.known
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(repo.clone(), id);
+                    }
                 }
             }
             (_, None) => {}

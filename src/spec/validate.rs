@@ -444,6 +444,12 @@ impl Validator<'_> {
             None => self.err(tree.pos, "missing `version: 1`"),
             Some((_, y)) => match &y.value {
                 Value::Int(1) => {}
+                Value::Str(text) => self.err(
+                    y.pos,
+                    format!(
+                        "version must be the number 1, not the string `{text}`: write `version: 1`"
+                    ),
+                ),
                 _ => {
                     let found = y.scalar_text().unwrap_or_else(|| y.kind().to_string());
                     self.err(

@@ -297,6 +297,15 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
+    /// Records an emergency freeze (replacing one of the same scope).
+    async fn set_freeze(&self, freeze: &Freeze) -> Result<()>;
+
+    /// Lifts the freeze of the scope; `false` when there was none.
+    async fn clear_freeze(&self, scope: &str) -> Result<bool>;
+
+    /// Freezes of `repo` and of everything (`*`), active or expired.
+    async fn freezes_for(&self, repo: &RepoName) -> Result<Vec<Freeze>>;
+
     async fn unlock_step(
         &self,
         repo: &RepoName,

@@ -120,3 +120,22 @@ pub struct FirstAttempts {
     pub successes: u32,
     pub attempts: u32,
 }
+
+/// An emergency freeze of one repository or (scope `*`) of all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Freeze {
+    pub scope: String,
+    pub until: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Freeze {
+    /// The scope that freezes every repository.
+    pub const ALL: &'static str = "*";
+
+    pub fn active(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+}

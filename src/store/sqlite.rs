@@ -12,9 +12,9 @@ use sqlx::{Row, SqlitePool};
 use std::collections::BTreeMap;
 
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, InboxCounts,
-    InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite,
-    Store, StoreError, StoredTimer, from_millis, to_millis,
+    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
+    InboxCounts, InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
+    RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -55,7 +55,12 @@ fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Readers: several connections, WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writer. SQLite allows one write transaction at a time; a
+    /// second connection that tries waits in SQLite's busy handler, which
+    /// sleeps in coarse steps. One connection queues writers in order instead.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -70,24 +75,37 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
+            // Webhook bodies are tens of KB: larger pages mean shorter
+            // overflow chains. Takes effect when the file is created.
+            .page_size(16384)
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, FULL syncs the log on every commit: an acknowledged
             // delivery survives a power loss, not only a crash. Intake groups
             // many deliveries into one commit, so this costs little.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Checkpoint the log every 64 MB (4096 pages of 16 KB) rather
+            // than every 1000 pages: with 25 KB webhook bodies the default
+            // checkpoints every few hundred deliveries, each a sync of the
+            // main file.
+            .pragma("wal_autocheckpoint", "4096")
             .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        super::migrations::sqlite().run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await?;
-        super::migrations::sqlite().run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 
-    /// For stores of later features that share the same file.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The writer connection, for stores of later features that share the
+    /// file (the report ledger).
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.writer
     }
 }
 
@@ -111,25 +129,42 @@ impl Store for SqliteStore {
     }
 
     async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
-        let mut fresh = Vec::with_capacity(batch.len());
-        for d in batch {
-            let at = to_millis(d.received_at);
-            let done = sqlx::query(
-                "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
-            )
-            .bind(d.id.as_str())
-            .bind(&d.event)
-            .bind(&d.payload)
-            .bind(at)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            fresh.push(done.rows_affected() == 1);
+        // Many rows per statement: each statement is a round trip to
+        // SQLite's thread, and intake commits hundreds of rows at a time.
+        const ROWS_PER_STATEMENT: usize = 100;
+        let mut tx = self.writer.begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?)"
+                });
+            }
+            sql.push_str(" ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id");
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                let at = to_millis(d.received_at);
+                query = query
+                    .bind(d.id.as_str())
+                    .bind(&d.event)
+                    .bind(&d.payload)
+                    .bind(at)
+                    .bind(at);
+            }
+            inserted.extend(query.fetch_all(&mut *tx).await?);
         }
         tx.commit().await?;
-        Ok(fresh)
+        // The first occurrence of an inserted id is new; a repeat within the
+        // batch, like one seen before, is a duplicate.
+        Ok(batch
+            .iter()
+            .map(|d| inserted.remove(d.id.as_str()))
+            .collect())
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
@@ -151,7 +186,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = to_millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (id, outcome) in results {
             let (state, error, next) = match outcome {
                 DeliveryOutcome::Done => (DeliveryState::Done, None, now),
@@ -227,7 +262,7 @@ impl Store for SqliteStore {
         .bind(account)
         .bind(to_millis(now))
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -242,13 +277,13 @@ impl Store for SqliteStore {
             .bind(suspended)
             .bind(to_millis(now))
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn delete_installation(&self, id: InstallationId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
             .bind(id.0)
             .execute(&mut *tx)
@@ -262,7 +297,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for repo in repos {
             sqlx::query(
                 "INSERT INTO installation_repositories (repo, installation_id) VALUES (?, ?) \
@@ -282,7 +317,7 @@ impl Store for SqliteStore {
         id: InstallationId,
         repos: &[RepoName],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for repo in repos {
             sqlx::query(
                 "DELETE FROM installation_repositories WHERE repo = ? AND installation_id = ?",
@@ -329,7 +364,7 @@ impl Store for SqliteStore {
         .bind(&entry.action)
         .bind(&entry.result)
         .bind(entry.detail.as_deref())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -361,7 +396,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if r.kind == RolloutKind::Deploy {
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM rollouts WHERE repo = ? AND branch = ? AND commit_sha = ? \
@@ -405,7 +440,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE rollouts SET pull_request = ? WHERE id = ?")
             .bind(pull_request as i64)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -417,7 +452,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now_ms = to_millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -603,7 +638,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
             .bind(id.as_str())
             .bind(timer)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -701,7 +736,7 @@ impl Store for SqliteStore {
         .bind(source)
         .bind(rollout.map(|r| r.as_str()))
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -723,7 +758,7 @@ impl Store for SqliteStore {
         .bind(service.as_str())
         .bind(rollout.as_str())
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let holder: Option<String> = sqlx::query_scalar(
             "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
@@ -731,9 +766,54 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .bind(environment.as_str())
         .bind(service.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(holder.as_deref() == Some(rollout.as_str()))
+    }
+
+    async fn set_freeze(&self, f: &Freeze) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO freezes (scope, until, reason, frozen_by, at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (scope) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
+             frozen_by = excluded.frozen_by, at = excluded.at",
+        )
+        .bind(&f.scope)
+        .bind(f.until.map(to_millis))
+        .bind(f.reason.as_deref())
+        .bind(&f.by)
+        .bind(to_millis(f.at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_freeze(&self, scope: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM freezes WHERE scope = ?")
+            .bind(scope)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn freezes_for(&self, repo: &RepoName) -> Result<Vec<Freeze>> {
+        let rows = sqlx::query(
+            "SELECT scope, until, reason, frozen_by, at FROM freezes WHERE scope IN (?, '*') \
+             ORDER BY scope",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Freeze {
+                    scope: row.try_get("scope")?,
+                    until: row.try_get::<Option<i64>, _>("until")?.map(from_millis),
+                    reason: row.try_get("reason")?,
+                    by: row.try_get("frozen_by")?,
+                    at: from_millis(row.try_get("at")?),
+                })
+            })
+            .collect()
     }
 
     async fn unlock_step(
@@ -751,7 +831,7 @@ impl Store for SqliteStore {
         .bind(environment.as_str())
         .bind(service.as_str())
         .bind(rollout.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
