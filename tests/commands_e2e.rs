@@ -936,3 +936,53 @@ async fn permissions_are_cached_for_at_most_sixty_seconds() {
     assert!(reply.contains("needs **write**"), "{reply}");
     standin.assert_no_violations();
 }
+
+/// Which rollout a command on a pull request acts on: the newest deploy
+/// rollout of that pull request in that repository, never a rollback.
+#[tokio::test]
+async fn the_newest_deploy_rollout_of_a_pull_request_is_found() {
+    use convoy::domain::{BranchName, CommitSha, RepoName};
+    use convoy::store::{RolloutKind, RolloutRecord, SqliteStore, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    let t0 = chrono::Utc::now();
+    let record =
+        |id: &str, repo: &str, pr: Option<u64>, kind: RolloutKind, secs: i64| RolloutRecord {
+            id: RolloutId::new(id),
+            repo: RepoName::new(repo),
+            branch: BranchName::new("main"),
+            commit: CommitSha::new(format!("{id:0>40}")),
+            previous_commit: None,
+            pull_request: pr,
+            installation: None,
+            kind,
+            parent: None,
+            state: "running".into(),
+            created_at: t0 + chrono::Duration::seconds(secs),
+            updated_at: t0 + chrono::Duration::seconds(secs),
+            document: None,
+            error: None,
+        };
+    for r in [
+        record("a1", REPO, Some(PR), RolloutKind::Deploy, 0),
+        record("a2", REPO, Some(PR), RolloutKind::Deploy, 10),
+        record("a3", REPO, Some(PR), RolloutKind::Rollback, 20),
+        record("a4", REPO, Some(8), RolloutKind::Deploy, 30),
+        record("a5", "acme/other", Some(PR), RolloutKind::Deploy, 40),
+        record("a6", REPO, None, RolloutKind::Deploy, 50),
+    ] {
+        store.create_rollout(&r).await.unwrap();
+    }
+    let repo = RepoName::new(REPO);
+    let found = store
+        .latest_rollout_for_pull_request(&repo, PR)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|r| r.id), Some(RolloutId::new("a2")));
+    let none = store
+        .latest_rollout_for_pull_request(&repo, 99)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+}
