@@ -30,7 +30,7 @@ const FAILING: &str = "cust-005";
 
 struct World {
     _dir: tempfile::TempDir,
-    git: GitFixture,
+    _git: GitFixture,
     fleet: Fleet,
     standin: GitHubStandIn,
     running: convoy::app::Running,
@@ -108,7 +108,7 @@ async fn world_with(
     let rollout = rollout_of(&running, &sha).await.id;
     World {
         _dir: dir,
-        git,
+        _git: git,
         fleet,
         standin,
         running,
@@ -485,7 +485,7 @@ async fn rollback_then_abort_from_the_pull_request() {
     let r2 = rollout_of(&running, &second).await;
     let w = World {
         _dir: dir,
-        git,
+        _git: git,
         fleet,
         standin,
         running,
@@ -540,7 +540,6 @@ async fn rollback_then_abort_from_the_pull_request() {
     w.reaction(abort, "rocket").await;
     let aborted = wait_state(&w.running, &w.rollout, &["aborted"], 30).await;
     assert_eq!(aborted.state, "aborted");
-    let _ = &w.git;
     w.finish().await;
 }
 
