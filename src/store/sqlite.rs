@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use super::{
     AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
     InboxCounts, InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
-    RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
+    RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -24,7 +24,7 @@ use crate::domain::{
 const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
 const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
-    installation_id, kind, parent_id, state, created_at, updated_at, document, error";
+    installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets";
 
 fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
@@ -51,6 +51,53 @@ fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
         document: row.try_get("document")?,
         error: row.try_get("error")?,
     })
+}
+
+/// The record of a row read with [`ROLLOUT_COLUMNS`], its document made
+/// whole again from header, targets and steps (read in the same
+/// transaction, so from the same snapshot).
+async fn complete(
+    tx: &mut sqlx::SqliteConnection,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<RolloutRecord> {
+    let mut record = rollout_record(row)?;
+    let targets: Option<String> = row.try_get("targets")?;
+    if let (Some(header), Some(targets)) = (record.document.as_deref(), targets) {
+        let steps: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT wave, step FROM rollout_steps WHERE rollout_id = ? ORDER BY wave, idx",
+        )
+        .bind(record.id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let whole =
+            document::assemble(header, &targets, steps).map_err(|message| StoreError::Corrupt {
+                id: record.id.to_string(),
+                message,
+            })?;
+        record.document = Some(whole);
+    }
+    Ok(record)
+}
+
+/// Writes steps at their places, replacing what was there.
+async fn write_steps(
+    tx: &mut sqlx::SqliteConnection,
+    id: &RolloutId,
+    steps: &[StoredStep],
+) -> Result<()> {
+    for s in steps {
+        sqlx::query(
+            "INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(s.wave))
+        .bind(i64::from(s.idx))
+        .bind(&s.step)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -396,6 +443,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
+        // Split before taking the writer: parsing a large document should
+        // not hold up other writes.
+        let split = r.document.as_deref().and_then(document::split);
         let mut tx = self.writer.begin().await?;
         if r.kind == RolloutKind::Deploy {
             let existing: Option<String> = sqlx::query_scalar(
@@ -413,8 +463,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
-             installation_id, kind, parent_id, state, created_at, updated_at, document, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             installation_id, kind, parent_id, state, created_at, updated_at, document, error, \
+             targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.id.as_str())
         .bind(r.repo.as_str())
@@ -428,10 +478,18 @@ impl Store for SqliteStore {
         .bind(&r.state)
         .bind(to_millis(r.created_at))
         .bind(to_millis(r.updated_at))
-        .bind(r.document.as_deref())
+        .bind(
+            split
+                .as_ref()
+                .map_or(r.document.as_deref(), |s| Some(&s.header)),
+        )
         .bind(r.error.as_deref())
+        .bind(split.as_ref().map(|s| &s.targets))
         .execute(&mut *tx)
         .await?;
+        if let Some(split) = &split {
+            write_steps(&mut tx, &r.id, &split.steps).await?;
+        }
         tx.commit().await?;
         Ok(Created::New)
     }
@@ -467,6 +525,7 @@ impl Store for SqliteStore {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        write_steps(&mut tx, id, &write.steps).await?;
         for t in &write.timers {
             sqlx::query(
                 "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
@@ -517,13 +576,18 @@ impl Store for SqliteStore {
     }
 
     async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
+        // One read transaction: header and steps from the same snapshot.
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
         )))
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(rollout_record).transpose()
+        match row {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn rollout_for_commit(
@@ -532,6 +596,7 @@ impl Store for SqliteStore {
         branch: &BranchName,
         commit: &CommitSha,
     ) -> Result<Option<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? \
              AND commit_sha = ? AND kind = 'deploy'"
@@ -539,9 +604,12 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .bind(branch.as_str())
         .bind(commit.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(rollout_record).transpose()
+        match row {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn list_rollouts(
@@ -577,13 +645,18 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN {TERMINAL} \
              ORDER BY created_at, id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter().map(rollout_record).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(complete(&mut tx, row).await?);
+        }
+        Ok(out)
     }
 
     async fn last_succeeded_commit(
