@@ -152,7 +152,7 @@ impl Store for Counting {
         id: &RolloutId,
         write: &RolloutWrite,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<bool>> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.saves.fetch_add(1, Ordering::Relaxed);
         let bytes = write.document.len() + write.steps.iter().map(|s| s.step.len()).sum::<usize>();

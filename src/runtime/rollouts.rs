@@ -299,7 +299,8 @@ impl RolloutRuntime {
             // e.g. a retry after the rollout failed: it runs again.
             let meta = Meta::of(&record);
             let tx = self.spawn_actor(meta.clone(), rollout.clone());
-            self.execute_with(&tx, &meta, &rollout, effects).await;
+            self.execute_with(&tx, &meta, &rollout, effects, &HashSet::new())
+                .await;
         } else {
             self.report(id, Importance::Matters).await;
         }
@@ -483,32 +484,52 @@ impl RolloutRuntime {
                 continue;
             }
             let changed = batch.changed.take().unwrap_or(Changed::Steps(Vec::new()));
-            self.persist(&meta.id, &mut rollout, &changed, &batch.effects)
-                .await;
+            let mut write = rollout_write(&mut rollout, &changed, &batch.effects);
+            // Fired timers, released locks (steps no longer deploying or
+            // verifying) and the locks of the deploys about to start go in
+            // the same transaction: one write for the whole batch.
+            write.fired = std::mem::take(&mut batch.fired);
+            write.unlock = batch
+                .keys
+                .iter()
+                .filter(|key| {
+                    !rollout.step(key).is_some_and(|s| {
+                        matches!(s.state, StepState::Deploying | StepState::Verifying)
+                    })
+                })
+                .map(|k| (k.environment.clone(), k.service.clone()))
+                .collect();
+            write.lock = batch
+                .effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Deploy { key, .. } => {
+                        Some((key.environment.clone(), key.service.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let locked = self.save(&meta.id, &write).await;
+            let held: HashSet<StepKey> = write
+                .lock
+                .into_iter()
+                .zip(locked)
+                .filter(|(_, got)| *got)
+                .map(|((environment, service), _)| StepKey {
+                    environment,
+                    service,
+                })
+                .collect();
             // Acknowledge commands only once their effect is stored.
             for reply in batch.replies {
                 let _ = reply.send(Ok(()));
-            }
-            for timer in &batch.fired {
-                let _ = self.inner.store.delete_timer(&meta.id, timer).await;
-            }
-            for key in &batch.keys {
-                if !rollout
-                    .step(key)
-                    .is_some_and(|s| matches!(s.state, StepState::Deploying | StepState::Verifying))
-                {
-                    let _ = self
-                        .inner
-                        .store
-                        .unlock_step(&meta.repo, &key.environment, &key.service, &meta.id)
-                        .await;
-                }
             }
             let finished = batch
                 .effects
                 .iter()
                 .any(|e| matches!(e, Effect::Finished { .. }));
-            self.execute_with(&tx, &meta, &rollout, batch.effects).await;
+            self.execute_with(&tx, &meta, &rollout, batch.effects, &held)
+                .await;
             if finished || rollout.state.is_terminal() {
                 break;
             }
@@ -547,10 +568,16 @@ impl RolloutRuntime {
         effects: &[Effect],
     ) {
         let write = rollout_write(rollout, changed, effects);
+        self.save(id, &write).await;
+    }
+
+    /// Saves, retrying until the database answers; which of `write.lock`
+    /// this rollout holds now.
+    async fn save(&self, id: &RolloutId, write: &RolloutWrite) -> Vec<bool> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.inner.store.save_rollout(id, &write, Utc::now()).await {
-                Ok(()) => return,
+            match self.inner.store.save_rollout(id, write, Utc::now()).await {
+                Ok(locked) => return locked,
                 Err(e) => {
                     tracing::error!(rollout = %id, error = %e, "saving rollout state failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -566,6 +593,7 @@ impl RolloutRuntime {
         meta: &Meta,
         rollout: &Rollout,
         effects: Vec<Effect>,
+        held: &HashSet<StepKey>,
     ) {
         let mut importance: Option<Importance> = None;
         for effect in effects {
@@ -573,7 +601,8 @@ impl RolloutRuntime {
                 Effect::RunPreflight { ref key, .. }
                 | Effect::Deploy { ref key, .. }
                 | Effect::PollStatus { ref key, .. } => {
-                    let job = self.step_job(meta, rollout, std::slice::from_ref(key));
+                    let mut job = self.step_job(meta, rollout, std::slice::from_ref(key));
+                    job.locked = held.contains(key);
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         if let Some(event) = job.run(effect).await {
@@ -656,6 +685,7 @@ impl RolloutRuntime {
             rollout: meta.id.clone(),
             repo: meta.repo.clone(),
             targets,
+            locked: false,
         }
     }
 
@@ -871,6 +901,7 @@ pub fn rollout_write(rollout: &mut Rollout, changed: &Changed, effects: &[Effect
                 _ => None,
             })
             .collect(),
+        ..RolloutWrite::default()
     }
 }
 
@@ -933,6 +964,8 @@ struct StepJob {
     rollout: RolloutId,
     repo: RepoName,
     targets: BTreeMap<EnvName, EnvTarget>,
+    /// The step's lock was taken with the persist that started the deploy.
+    locked: bool,
 }
 
 impl StepJob {
@@ -971,7 +1004,7 @@ impl StepJob {
             } => {
                 // The wait for the lock counts against the deadline too.
                 let budget = (*deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                if tokio::time::timeout(budget, self.lock(key)).await.is_err() {
+                if !self.locked && tokio::time::timeout(budget, self.lock(key)).await.is_err() {
                     return Some(Event::StepTimedOut {
                         key: key.clone(),
                         attempt: *attempt,

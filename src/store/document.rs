@@ -4,9 +4,16 @@
 //! `targets` object and a `waves` array whose items each have a `steps`
 //! array.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 
 use super::StoredStep;
+
+/// A JSON object whose members are kept as their original text: nothing is
+/// re-parsed or re-printed (numbers keep their exact digits), and it is much
+/// cheaper than a full `Value` tree.
+type RawObject = BTreeMap<String, Box<RawValue>>;
 
 /// A document split for storage.
 pub(crate) struct Split {
@@ -15,29 +22,34 @@ pub(crate) struct Split {
     pub steps: Vec<StoredStep>,
 }
 
+fn raw(text: String) -> Option<Box<RawValue>> {
+    RawValue::from_string(text).ok()
+}
+
 /// Splits a complete rollout document; `None` when it does not have the
 /// rollout's shape (it is then stored whole, as before per-step storage).
 pub(crate) fn split(document: &str) -> Option<Split> {
-    let mut value: Value = serde_json::from_str(document).ok()?;
-    let obj = value.as_object_mut()?;
-    let targets = std::mem::replace(obj.get_mut("targets")?, Value::Object(Default::default()));
+    let mut obj: RawObject = serde_json::from_str(document).ok()?;
+    let targets = obj.insert("targets".into(), raw("{}".into())?)?;
+    let waves: Vec<RawObject> = serde_json::from_str(obj.get("waves")?.get()).ok()?;
     let mut steps = Vec::new();
-    for (w, wave) in obj.get_mut("waves")?.as_array_mut()?.iter_mut().enumerate() {
-        let list = std::mem::replace(wave.get_mut("steps")?, Value::Array(Vec::new()));
-        let Value::Array(list) = list else {
-            return None;
-        };
+    let mut emptied = Vec::with_capacity(waves.len());
+    for (w, mut wave) in waves.into_iter().enumerate() {
+        let list = wave.insert("steps".into(), raw("[]".into())?)?;
+        let list: Vec<Box<RawValue>> = serde_json::from_str(list.get()).ok()?;
         for (i, step) in list.into_iter().enumerate() {
             steps.push(StoredStep {
                 wave: u32::try_from(w).ok()?,
                 idx: u32::try_from(i).ok()?,
-                step: step.to_string(),
+                step: step.get().to_owned(),
             });
         }
+        emptied.push(wave);
     }
+    obj.insert("waves".into(), raw(serde_json::to_string(&emptied).ok()?)?);
     Some(Split {
-        header: value.to_string(),
-        targets: targets.to_string(),
+        header: serde_json::to_string(&obj).ok()?,
+        targets: targets.get().to_owned(),
         steps,
     })
 }
@@ -49,34 +61,44 @@ pub(crate) fn assemble(
     targets: &str,
     steps: impl IntoIterator<Item = (i64, String)>,
 ) -> Result<String, String> {
-    let mut value: Value =
+    let mut obj: RawObject =
         serde_json::from_str(header).map_err(|e| format!("rollout header: {e}"))?;
-    let targets: Value =
-        serde_json::from_str(targets).map_err(|e| format!("rollout targets: {e}"))?;
-    let obj = value
-        .as_object_mut()
-        .ok_or("rollout header: not an object")?;
-    obj.insert("targets".into(), targets);
-    let waves = obj
-        .get_mut("waves")
-        .and_then(Value::as_array_mut)
-        .ok_or("rollout header: no waves")?;
+    let waves = obj.get("waves").ok_or("rollout header: no waves")?;
+    let mut waves: Vec<RawObject> =
+        serde_json::from_str(waves.get()).map_err(|e| format!("rollout header waves: {e}"))?;
+    // Each wave's steps as the text of a JSON array, built by appending.
+    let mut lists: Vec<String> = vec![String::from("["); waves.len()];
     for (wave, step) in steps {
-        let step: Value = serde_json::from_str(&step).map_err(|e| format!("rollout step: {e}"))?;
         let list = usize::try_from(wave)
             .ok()
-            .and_then(|w| waves.get_mut(w))
-            .and_then(|w| w.get_mut("steps"))
-            .and_then(Value::as_array_mut)
+            .and_then(|w| lists.get_mut(w))
             .ok_or_else(|| format!("rollout step of wave {wave}, which the header lacks"))?;
-        list.push(step);
+        if list.len() > 1 {
+            list.push(',');
+        }
+        list.push_str(&step);
     }
-    Ok(value.to_string())
+    for (wave, mut list) in waves.iter_mut().zip(lists) {
+        list.push(']');
+        let list = RawValue::from_string(list).map_err(|e| format!("rollout steps: {e}"))?;
+        wave.insert("steps".into(), list);
+    }
+    let waves = serde_json::to_string(&waves).map_err(|e| e.to_string())?;
+    obj.insert(
+        "waves".into(),
+        RawValue::from_string(waves).map_err(|e| e.to_string())?,
+    );
+    obj.insert(
+        "targets".into(),
+        RawValue::from_string(targets.to_owned()).map_err(|e| format!("rollout targets: {e}"))?,
+    );
+    serde_json::to_string(&obj).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn split_then_assemble_is_the_identity() {
@@ -105,6 +127,20 @@ mod tests {
         assert!(split("[1,2]").is_none());
         assert!(split(r#"{"targets":{}}"#).is_none());
         assert!(split("not json").is_none());
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_text() {
+        let doc = r#"{"risk":0.30000000000000004,"targets":{},"waves":[{"steps":[{"x":1e-7}]}]}"#;
+        let s = split(doc).expect("splits");
+        let back = assemble(
+            &s.header,
+            &s.targets,
+            s.steps.into_iter().map(|x| (i64::from(x.wave), x.step)),
+        )
+        .expect("assembles");
+        assert!(back.contains("0.30000000000000004"), "{back}");
+        assert!(back.contains("1e-7"), "{back}");
     }
 
     #[test]

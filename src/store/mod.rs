@@ -207,15 +207,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()>;
 
-    /// Persists one engine step: state, header, the changed steps, new
-    /// timers and attempt history, atomically. Timers of the same kind
-    /// replace older ones.
+    /// Persists one engine step (or a batch of them): state, header, the
+    /// changed steps, new timers, fired timers deleted, attempt history,
+    /// step locks released and taken, atomically. Timers of the same kind
+    /// replace older ones. Answers, for each of `write.lock` in order,
+    /// whether the lock is now this rollout's.
     async fn save_rollout(
         &self,
         id: &RolloutId,
         write: &RolloutWrite,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<Vec<bool>>;
 
     /// The rollout with its complete document (header, targets and steps
     /// put back together).

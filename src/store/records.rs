@@ -112,6 +112,16 @@ pub struct RolloutWrite {
     pub steps: Vec<StoredStep>,
     pub timers: Vec<StoredTimer>,
     pub attempts: Vec<AttemptRecord>,
+    /// Timers that fired and were handled (their JSON), deleted.
+    pub fired: Vec<String>,
+    /// (environment, service) locks to release: their steps are no longer
+    /// deploying or verifying. Released before `lock` is taken.
+    pub unlock: Vec<(EnvName, ServiceName)>,
+    /// (environment, service) locks to take for deploys this write starts;
+    /// `save_rollout` answers, in this order, which it got (another
+    /// rollout may hold one). Taking them here rather than one transaction
+    /// each is what keeps writes per step near zero.
+    pub lock: Vec<(EnvName, ServiceName)>,
 }
 
 /// One step of a rollout as stored: its place (wave index, index in the

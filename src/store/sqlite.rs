@@ -79,6 +79,38 @@ async fn complete(
     Ok(record)
 }
 
+/// Takes the lock of (environment, service) for `rollout` unless another
+/// rollout holds it; whether `rollout` holds it now.
+async fn lock_step(
+    tx: &mut sqlx::SqliteConnection,
+    repo: &str,
+    environment: &EnvName,
+    service: &ServiceName,
+    rollout: &RolloutId,
+    now_ms: i64,
+) -> Result<bool> {
+    sqlx::query(
+        "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+    )
+    .bind(repo)
+    .bind(environment.as_str())
+    .bind(service.as_str())
+    .bind(rollout.as_str())
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
+    )
+    .bind(repo)
+    .bind(environment.as_str())
+    .bind(service.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(holder.as_deref() == Some(rollout.as_str()))
+}
+
 /// Writes steps at their places, replacing what was there.
 async fn write_steps(
     tx: &mut sqlx::SqliteConnection,
@@ -508,7 +540,7 @@ impl Store for SqliteStore {
         id: &RolloutId,
         write: &RolloutWrite,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<bool>> {
         let now_ms = to_millis(now);
         let mut tx = self.writer.begin().await?;
         let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
@@ -526,6 +558,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         write_steps(&mut tx, id, &write.steps).await?;
+        for timer in &write.fired {
+            sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
+                .bind(id.as_str())
+                .bind(timer)
+                .execute(&mut *tx)
+                .await?;
+        }
         for t in &write.timers {
             sqlx::query(
                 "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
@@ -571,8 +610,24 @@ impl Store for SqliteStore {
                 .await?;
             }
         }
+        for (environment, service) in &write.unlock {
+            sqlx::query(
+                "DELETE FROM step_locks WHERE repo = ? AND environment = ? AND service = ? \
+                 AND rollout_id = ?",
+            )
+            .bind(&repo)
+            .bind(environment.as_str())
+            .bind(service.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut locked = Vec::with_capacity(write.lock.len());
+        for (environment, service) in &write.lock {
+            locked.push(lock_step(&mut tx, &repo, environment, service, id, now_ms).await?);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(locked)
     }
 
     async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
@@ -806,26 +861,18 @@ impl Store for SqliteStore {
         rollout: &RolloutId,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        sqlx::query(
-            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+        let mut tx = self.writer.begin().await?;
+        let locked = lock_step(
+            &mut tx,
+            repo.as_str(),
+            environment,
+            service,
+            rollout,
+            to_millis(now),
         )
-        .bind(repo.as_str())
-        .bind(environment.as_str())
-        .bind(service.as_str())
-        .bind(rollout.as_str())
-        .bind(to_millis(now))
-        .execute(&self.writer)
         .await?;
-        let holder: Option<String> = sqlx::query_scalar(
-            "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
-        )
-        .bind(repo.as_str())
-        .bind(environment.as_str())
-        .bind(service.as_str())
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(holder.as_deref() == Some(rollout.as_str()))
+        tx.commit().await?;
+        Ok(locked)
     }
 
     async fn set_freeze(&self, f: &Freeze) -> Result<()> {
