@@ -1,12 +1,14 @@
 -- Per-step storage of rollouts. A 10,000-environment rollout is megabytes of
 -- JSON; rewriting all of it on every event made persistence cost grow with
--- the fleet. Now `rollouts.document` holds the rollout without its steps and
--- targets (the header, rewritten on every event, small), `targets` the
--- environments' driver and URL (written once), and `rollout_steps` one row
--- per step (rewritten only when that step changes). Reading puts them back
--- together.
+-- the fleet. Now `rollouts.document` holds the rollout without its steps,
+-- targets and waves' environment lists (the header, rewritten on every
+-- event, small), `targets` the environments' driver and URL and
+-- `wave_environments` each wave's environments (both written once: they
+-- never change), and `rollout_steps` one row per step (rewritten only when
+-- that step changes). Reading puts them back together.
 
 ALTER TABLE rollouts ADD COLUMN targets TEXT;
+ALTER TABLE rollouts ADD COLUMN wave_environments TEXT;
 
 CREATE TABLE rollout_steps (
     rollout_id TEXT NOT NULL,
@@ -25,11 +27,16 @@ WHERE r.document IS NOT NULL AND json_valid(r.document);
 
 UPDATE rollouts
 SET targets = json_extract(document, '$.targets'),
+    wave_environments = (
+        SELECT json_group_array(json_extract(w.value, '$.environments'))
+        FROM (SELECT value FROM json_each(rollouts.document, '$.waves') ORDER BY key) w
+    ),
     document = json_set(
         document,
         '$.targets', json('{}'),
         '$.waves', (
-            SELECT json_group_array(json_set(w.value, '$.steps', json('[]')))
+            SELECT json_group_array(
+                json_set(w.value, '$.steps', json('[]'), '$.environments', json('[]')))
             FROM (SELECT value FROM json_each(rollouts.document, '$.waves') ORDER BY key) w
         )
     )

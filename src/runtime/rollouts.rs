@@ -905,20 +905,26 @@ pub fn rollout_write(rollout: &mut Rollout, changed: &Changed, effects: &[Effect
     }
 }
 
-/// The rollout as JSON without its targets and steps (they are stored
-/// apart). They are moved out and back rather than copied: at 10,000
+/// The rollout as JSON without its targets, steps and waves' environment
+/// lists (they are stored apart; targets and environments never change). They are moved out and back rather than copied: at 10,000
 /// environments a copy per event would be most of the work.
 fn header_json(rollout: &mut Rollout) -> String {
     let targets = std::mem::take(&mut rollout.targets);
-    let steps: Vec<_> = rollout
+    let parts: Vec<_> = rollout
         .waves
         .iter_mut()
-        .map(|w| std::mem::take(&mut w.steps))
+        .map(|w| {
+            (
+                std::mem::take(&mut w.steps),
+                std::mem::take(&mut w.environments),
+            )
+        })
         .collect();
     let json = serde_json::to_string(&*rollout).unwrap_or_default();
     rollout.targets = targets;
-    for (wave, steps) in rollout.waves.iter_mut().zip(steps) {
+    for (wave, (steps, environments)) in rollout.waves.iter_mut().zip(parts) {
         wave.steps = steps;
+        wave.environments = environments;
     }
     json
 }

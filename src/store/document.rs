@@ -1,8 +1,8 @@
-//! Splitting a rollout document into header, targets and steps, and putting
-//! them back together. Works on JSON values, so the store needs no knowledge
-//! of the engine beyond the two field names: a rollout is an object with a
-//! `targets` object and a `waves` array whose items each have a `steps`
-//! array.
+//! Splitting a rollout document into header, targets, waves' environments
+//! and steps, and putting them back together. Works on JSON text, so the
+//! store needs no knowledge of the engine beyond a few field names: a
+//! rollout is an object with a `targets` object and a `waves` array whose
+//! items each have `environments` and `steps` arrays.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +19,8 @@ type RawObject = BTreeMap<String, Box<RawValue>>;
 pub(crate) struct Split {
     pub header: String,
     pub targets: String,
+    /// Each wave's `environments`, as a JSON array of arrays.
+    pub environments: String,
     pub steps: Vec<StoredStep>,
 }
 
@@ -34,7 +36,9 @@ pub(crate) fn split(document: &str) -> Option<Split> {
     let waves: Vec<RawObject> = serde_json::from_str(obj.get("waves")?.get()).ok()?;
     let mut steps = Vec::new();
     let mut emptied = Vec::with_capacity(waves.len());
+    let mut environments = Vec::with_capacity(waves.len());
     for (w, mut wave) in waves.into_iter().enumerate() {
+        environments.push(wave.insert("environments".into(), raw("[]".into())?)?);
         let list = wave.insert("steps".into(), raw("[]".into())?)?;
         let list: Vec<Box<RawValue>> = serde_json::from_str(list.get()).ok()?;
         for (i, step) in list.into_iter().enumerate() {
@@ -50,6 +54,7 @@ pub(crate) fn split(document: &str) -> Option<Split> {
     Some(Split {
         header: serde_json::to_string(&obj).ok()?,
         targets: targets.get().to_owned(),
+        environments: serde_json::to_string(&environments).ok()?,
         steps,
     })
 }
@@ -59,6 +64,7 @@ pub(crate) fn split(document: &str) -> Option<Split> {
 pub(crate) fn assemble(
     header: &str,
     targets: &str,
+    environments: &str,
     steps: impl IntoIterator<Item = (i64, String)>,
 ) -> Result<String, String> {
     let mut obj: RawObject =
@@ -66,6 +72,18 @@ pub(crate) fn assemble(
     let waves = obj.get("waves").ok_or("rollout header: no waves")?;
     let mut waves: Vec<RawObject> =
         serde_json::from_str(waves.get()).map_err(|e| format!("rollout header waves: {e}"))?;
+    let environments: Vec<Box<RawValue>> = serde_json::from_str(environments)
+        .map_err(|e| format!("rollout wave environments: {e}"))?;
+    if environments.len() != waves.len() {
+        return Err(format!(
+            "rollout has {} waves but environments for {}",
+            waves.len(),
+            environments.len()
+        ));
+    }
+    for (wave, envs) in waves.iter_mut().zip(environments) {
+        wave.insert("environments".into(), envs);
+    }
     // Each wave's steps as the text of a JSON array, built by appending.
     let mut lists: Vec<String> = vec![String::from("["); waves.len()];
     for (wave, step) in steps {
@@ -102,18 +120,20 @@ mod tests {
 
     #[test]
     fn split_then_assemble_is_the_identity() {
-        let doc = r#"{"a":1,"targets":{"e1":{"driver":"x"}},"waves":[{"n":"w0","steps":[{"s":1},{"s":2}]},{"n":"w1","steps":[]},{"n":"w2","steps":[{"s":3}]}]}"#;
+        let doc = r#"{"a":1,"targets":{"e1":{"driver":"x"}},"waves":[{"environments":["e1"],"n":"w0","steps":[{"s":1},{"s":2}]},{"environments":[],"n":"w1","steps":[]},{"environments":["e1","e2"],"n":"w2","steps":[{"s":3}]}]}"#;
         let s = split(doc).expect("splits");
         assert_eq!(
             s.header,
-            r#"{"a":1,"targets":{},"waves":[{"n":"w0","steps":[]},{"n":"w1","steps":[]},{"n":"w2","steps":[]}]}"#
+            r#"{"a":1,"targets":{},"waves":[{"environments":[],"n":"w0","steps":[]},{"environments":[],"n":"w1","steps":[]},{"environments":[],"n":"w2","steps":[]}]}"#
         );
         assert_eq!(s.targets, r#"{"e1":{"driver":"x"}}"#);
+        assert_eq!(s.environments, r#"[["e1"],[],["e1","e2"]]"#);
         let places: Vec<(u32, u32)> = s.steps.iter().map(|x| (x.wave, x.idx)).collect();
         assert_eq!(places, vec![(0, 0), (0, 1), (2, 0)]);
         let back = assemble(
             &s.header,
             &s.targets,
+            &s.environments,
             s.steps.into_iter().map(|x| (i64::from(x.wave), x.step)),
         )
         .expect("assembles");
@@ -131,11 +151,12 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_text() {
-        let doc = r#"{"risk":0.30000000000000004,"targets":{},"waves":[{"steps":[{"x":1e-7}]}]}"#;
+        let doc = r#"{"risk":0.30000000000000004,"targets":{},"waves":[{"environments":[],"steps":[{"x":1e-7}]}]}"#;
         let s = split(doc).expect("splits");
         let back = assemble(
             &s.header,
             &s.targets,
+            &s.environments,
             s.steps.into_iter().map(|x| (i64::from(x.wave), x.step)),
         )
         .expect("assembles");
@@ -145,7 +166,12 @@ mod tests {
 
     #[test]
     fn a_step_of_a_missing_wave_is_an_error() {
-        let err = assemble(r#"{"targets":{},"waves":[]}"#, "{}", [(3, "{}".to_owned())]);
+        let err = assemble(
+            r#"{"targets":{},"waves":[]}"#,
+            "{}",
+            "[]",
+            [(3, "{}".to_owned())],
+        );
         assert!(err.is_err());
     }
 }

@@ -104,9 +104,10 @@ pub struct StoredTimer {
 pub struct RolloutWrite {
     pub state: String,
     /// The rollout's header: the engine's `Rollout` as JSON with `targets`
-    /// empty and every wave's `steps` empty. Those live apart (targets
-    /// written once at creation, steps one row each), so an event costs what
-    /// it changed, not the size of the fleet.
+    /// empty and every wave's `steps` and `environments` empty. Those live
+    /// apart (targets and environments written once at creation, steps one
+    /// row each), so an event costs what it changed, not the size of the
+    /// fleet.
     pub document: String,
     /// The steps that changed, each replacing the stored one at its place.
     pub steps: Vec<StoredStep>,

@@ -24,7 +24,7 @@ use crate::domain::{
 const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
 const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
-    installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets";
+    installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets, wave_environments";
 
 fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
@@ -62,7 +62,10 @@ async fn complete(
 ) -> Result<RolloutRecord> {
     let mut record = rollout_record(row)?;
     let targets: Option<String> = row.try_get("targets")?;
-    if let (Some(header), Some(targets)) = (record.document.as_deref(), targets) {
+    let environments: Option<String> = row.try_get("wave_environments")?;
+    if let (Some(header), Some(targets), Some(environments)) =
+        (record.document.as_deref(), targets, environments)
+    {
         let steps: Vec<(i64, String)> = sqlx::query_as(
             "SELECT wave, step FROM rollout_steps WHERE rollout_id = ? ORDER BY wave, idx",
         )
@@ -70,9 +73,11 @@ async fn complete(
         .fetch_all(&mut *tx)
         .await?;
         let whole =
-            document::assemble(header, &targets, steps).map_err(|message| StoreError::Corrupt {
-                id: record.id.to_string(),
-                message,
+            document::assemble(header, &targets, &environments, steps).map_err(|message| {
+                StoreError::Corrupt {
+                    id: record.id.to_string(),
+                    message,
+                }
             })?;
         record.document = Some(whole);
     }
@@ -496,7 +501,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
              installation_id, kind, parent_id, state, created_at, updated_at, document, error, \
-             targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             targets, wave_environments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.id.as_str())
         .bind(r.repo.as_str())
@@ -517,6 +522,7 @@ impl Store for SqliteStore {
         )
         .bind(r.error.as_deref())
         .bind(split.as_ref().map(|s| &s.targets))
+        .bind(split.as_ref().map(|s| &s.environments))
         .execute(&mut *tx)
         .await?;
         if let Some(split) = &split {
