@@ -285,6 +285,18 @@ fn vm_hwm_kib() -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) of a process so far, from /proc/PID/stat, in
+/// clock ticks of 10 ms. On a shared machine wall time includes waiting for
+/// a core; CPU time does not.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 fn env_name(i: usize) -> String {
     format!("e{i:05}")
 }
@@ -456,6 +468,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(ENVIRONMENTS);
     let (mut fleet, addr) = start_fleet(n);
+    let fleet_pid = fleet.id().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -495,7 +508,9 @@ fn main() {
             store.step_rows.load(Ordering::Relaxed),
         );
         let big = convoy_yml(n, &addr, WAVES);
+        let cpu_before = (cpu_time("self"), cpu_time(&fleet_pid));
         let o = roll_out(&runtime, &store, &big, "b").await;
+        let cpu_after = (cpu_time("self"), cpu_time(&fleet_pid));
         let writes = store.writes.load(Ordering::Relaxed) - before.0;
         let saves = store.saves.load(Ordering::Relaxed) - before.1;
         let bytes = store.bytes.load(Ordering::Relaxed) - before.2;
@@ -535,6 +550,13 @@ fn main() {
             "whole rollout document: {:.1} MiB (what every save wrote before per-step storage)",
             o.document_bytes as f64 / (1024.0 * 1024.0)
         );
+        if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu_before, cpu_after) {
+            println!(
+                "CPU during the big rollout: convoy {:?}, the fleet (agents) {:?}",
+                c.saturating_sub(a),
+                d.saturating_sub(b)
+            );
+        }
         if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
             println!("load average after: {}", load.trim());
         }

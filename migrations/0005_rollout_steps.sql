@@ -34,10 +34,12 @@ SET targets = json_extract(document, '$.targets'),
     document = json_set(
         document,
         '$.targets', json('{}'),
-        '$.waves', (
+        -- json(): a subquery's result is plain text; this makes it JSON
+        -- again so it is set as an array, not a string.
+        '$.waves', json((
             SELECT json_group_array(
                 json_set(w.value, '$.steps', json('[]'), '$.environments', json('[]')))
             FROM (SELECT value FROM json_each(rollouts.document, '$.waves') ORDER BY key) w
-        )
+        ))
     )
 WHERE document IS NOT NULL AND json_valid(document);

@@ -308,3 +308,65 @@ async fn reading_back_after_only_some_steps_changed_keeps_the_others() {
     assert_eq!(back, rollout);
     assert_eq!(back.step_count(), 8);
 }
+
+#[tokio::test]
+async fn a_rollout_stored_whole_by_an_earlier_version_is_split_by_the_migration() {
+    // A row as migrations 0001-0004 left it: the whole rollout in
+    // `document`, no targets, no step rows. The data part of migration 0005
+    // (everything after its CREATE TABLE) is run on it again here.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("convoy.db"))
+        .await
+        .unwrap();
+    let spec = parse_spec(YAML, &CheckContext::default()).expect("valid");
+    let affected: Vec<ServiceName> = affected_services(&spec, Change::FirstRollout);
+    let plan = build_plan(
+        &spec,
+        CommitSha::new("e".repeat(40)),
+        None,
+        &affected,
+        &History::new(),
+    );
+    let mut rollout = Rollout::new(plan);
+    let ctx = Ctx {
+        now: t0(),
+        jitter: 0.5,
+    };
+    engine::apply(&mut rollout, Event::Start, &ctx);
+    let whole = serde_json::to_string(&rollout).unwrap();
+    sqlx::query(
+        "INSERT INTO rollouts (id, repo, branch, commit_sha, kind, state, created_at, \
+         updated_at, document) VALUES ('r-old', 'acme/app', 'main', ?, 'deploy', 'running', 0, 0, ?)",
+    )
+    .bind("e".repeat(40))
+    .bind(&whole)
+    .execute(store.write_pool())
+    .await
+    .unwrap();
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0005_rollout_steps.sql"
+    ))
+    .unwrap();
+    let data = &sql[sql.find("INSERT INTO rollout_steps").expect("data part")..];
+    sqlx::raw_sql(sqlx::AssertSqlSafe(data.to_owned()))
+        .execute(store.write_pool())
+        .await
+        .unwrap();
+    let (header, steps): (String, i64) = sqlx::query_as(
+        "SELECT document, (SELECT count(*) FROM rollout_steps WHERE rollout_id = 'r-old') \
+         FROM rollouts WHERE id = 'r-old'",
+    )
+    .fetch_one(store.write_pool())
+    .await
+    .unwrap();
+    assert_eq!(steps, 8);
+    assert!(header.len() < whole.len() / 2, "the header lost its steps");
+    let record = store
+        .rollout(&RolloutId::new("r-old"))
+        .await
+        .unwrap()
+        .unwrap();
+    let back: Rollout = serde_json::from_str(record.document.as_deref().unwrap()).unwrap();
+    assert_eq!(back, rollout);
+}
