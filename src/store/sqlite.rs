@@ -116,23 +116,38 @@ async fn lock_step(
     Ok(holder.as_deref() == Some(rollout.as_str()))
 }
 
+/// Step rows per INSERT: each statement is a round trip to SQLite's worker
+/// thread, so a batch of thousands of steps (a start, a recovery) goes in
+/// a few statements rather than one per row. 4 parameters a row stays far
+/// below SQLite's limit of 32,766.
+const STEPS_PER_INSERT: usize = 250;
+
 /// Writes steps at their places, replacing what was there.
 async fn write_steps(
     tx: &mut sqlx::SqliteConnection,
     id: &RolloutId,
     steps: &[StoredStep],
 ) -> Result<()> {
-    for s in steps {
-        sqlx::query(
-            "INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step",
-        )
-        .bind(id.as_str())
-        .bind(i64::from(s.wave))
-        .bind(i64::from(s.idx))
-        .bind(&s.step)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in steps.chunks(STEPS_PER_INSERT) {
+        let mut sql =
+            String::from("INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES ");
+        for n in 0..chunk.len() {
+            sql.push_str(if n == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(" ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            query = query
+                .bind(id.as_str())
+                .bind(i64::from(s.wave))
+                .bind(i64::from(s.idx))
+                .bind(&s.step);
+        }
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }
