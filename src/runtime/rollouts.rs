@@ -4,7 +4,7 @@
 //! in memory, so a restart loses none; after a restart every unfinished
 //! rollout gets [`Event::Recover`] (SPEC 6.9).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,16 +13,17 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::domain::{BranchName, CommitSha, EnvName, RepoName, RolloutId};
-use crate::drivers::{Drivers, Endpoint, PreflightOutcome, StepRequest};
+use crate::domain::{BranchName, EnvName, RepoName, RolloutId};
+use crate::drivers::Drivers;
+use crate::drivers::exec::{self, ExecContext};
 use crate::engine::{
-    self, Command, CommandError, Ctx, Effect, Event, FailureKind, HealthReport, Importance,
+    self, Changed, Command, CommandError, Ctx, Effect, Event, FailureKind, Importance,
     PreflightResult, Rollout, RolloutState, StepState, Timer,
 };
-use crate::plan::model::StepKey;
+use crate::plan::model::{EnvTarget, StepKey};
 use crate::store::{
     AttemptRecord, Created, Freeze, RolloutKind, RolloutRecord, RolloutWrite, Store, StoreError,
-    StoredTimer,
+    StoredStep, StoredTimer,
 };
 
 /// Told when a rollout's state changed, so the comment and check run can
@@ -35,6 +36,20 @@ pub trait ReportSink: Send + Sync + 'static {
 /// How long a deploy waits between tries for the lock of its (environment,
 /// service) while another rollout holds it.
 const LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// At most this many queued inputs are applied before one persist: bounds
+/// how long the first of them waits for its effects.
+const MAX_BATCH: usize = 512;
+
+/// Adds what another transition changed to `into` (the union a batch of
+/// transitions writes in one persist).
+fn merge_changed(into: &mut Changed, more: Changed) {
+    match (into, more) {
+        (Changed::All, _) => {}
+        (me, Changed::All) => *me = Changed::All,
+        (Changed::Steps(keys), Changed::Steps(more)) => keys.extend(more),
+    }
+}
 
 enum Input {
     Event(Event),
@@ -249,8 +264,9 @@ impl RolloutRuntime {
         }
         // A queued rollout has no task: end it here.
         let mut rollout = decode(other)?;
-        let effects = engine::handle(&mut rollout, event, &ctx_now());
-        self.persist(&other.id, &rollout, &effects).await;
+        let t = engine::apply(&mut rollout, event, &ctx_now());
+        self.persist(&other.id, &mut rollout, &t.changed, &t.effects)
+            .await;
         self.report(&other.id, Importance::Terminal).await;
         Ok(())
     }
@@ -276,13 +292,15 @@ impl RolloutRuntime {
             .ok_or_else(|| CommandError(format!("there is no rollout {id}")))?;
         let mut rollout = decode(&record)?;
         let was_terminal = rollout.state.is_terminal();
-        let effects = engine::command(&mut rollout, cmd, &ctx_now())?;
-        self.persist(id, &rollout, &effects).await;
+        let t = engine::apply_command(&mut rollout, cmd, &ctx_now())?;
+        let effects = t.effects;
+        self.persist(id, &mut rollout, &t.changed, &effects).await;
         if was_terminal && !rollout.state.is_terminal() {
             // e.g. a retry after the rollout failed: it runs again.
             let meta = Meta::of(&record);
             let tx = self.spawn_actor(meta.clone(), rollout.clone());
-            self.execute_with(&tx, &meta, &rollout, effects).await;
+            self.execute_with(&tx, &meta, &rollout, effects, &HashSet::new())
+                .await;
         } else {
             self.report(id, Importance::Matters).await;
         }
@@ -446,46 +464,72 @@ impl RolloutRuntime {
         tx: mpsc::UnboundedSender<Input>,
         mut rx: mpsc::UnboundedReceiver<Input>,
     ) {
-        while let Some(input) = rx.recv().await {
-            let ctx = ctx_now();
-            let (effects, key, fired, reply) = match input {
-                Input::Event(event) => {
-                    let key = event_key(&event).cloned();
-                    let fired = match &event {
-                        Event::TimerFired { timer } => serde_json::to_string(timer).ok(),
-                        _ => None,
-                    };
-                    (engine::handle(&mut rollout, event, &ctx), key, fired, None)
+        while let Some(first) = rx.recv().await {
+            // Everything already queued is applied before one persist: under
+            // load many driver answers arrive together, and one transaction
+            // for all of them is what keeps the database off the critical
+            // path.
+            let mut batch = Batch::default();
+            let mut next = Some(first);
+            while let Some(input) = next.take() {
+                batch.apply(&mut rollout, input);
+                if rollout.state.is_terminal() || batch.inputs >= MAX_BATCH {
+                    // Whatever follows a terminal state is for the stored
+                    // rollout (e.g. a retry that revives it), not this task.
+                    break;
                 }
-                Input::Command(cmd, reply) => match engine::command(&mut rollout, cmd, &ctx) {
-                    Ok(effects) => (effects, None, None, Some(reply)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        continue;
+                next = rx.try_recv().ok();
+            }
+            if batch.inputs == batch.refused {
+                continue;
+            }
+            let changed = batch.changed.take().unwrap_or(Changed::Steps(Vec::new()));
+            let mut write = rollout_write(&mut rollout, &changed, &batch.effects);
+            // Fired timers, released locks (steps no longer deploying or
+            // verifying) and the locks of the deploys about to start go in
+            // the same transaction: one write for the whole batch.
+            write.fired = std::mem::take(&mut batch.fired);
+            write.unlock = batch
+                .keys
+                .iter()
+                .filter(|key| {
+                    !rollout.step(key).is_some_and(|s| {
+                        matches!(s.state, StepState::Deploying | StepState::Verifying)
+                    })
+                })
+                .map(|k| (k.environment.clone(), k.service.clone()))
+                .collect();
+            write.lock = batch
+                .effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Deploy { key, .. } => {
+                        Some((key.environment.clone(), key.service.clone()))
                     }
-                },
-            };
-            self.persist(&meta.id, &rollout, &effects).await;
-            // Acknowledge a command only once its effect is stored.
-            if let Some(reply) = reply {
+                    _ => None,
+                })
+                .collect();
+            let locked = self.save(&meta.id, &write).await;
+            let held: HashSet<StepKey> = write
+                .lock
+                .into_iter()
+                .zip(locked)
+                .filter(|(_, got)| *got)
+                .map(|((environment, service), _)| StepKey {
+                    environment,
+                    service,
+                })
+                .collect();
+            // Acknowledge commands only once their effect is stored.
+            for reply in batch.replies {
                 let _ = reply.send(Ok(()));
             }
-            if let Some(timer) = fired {
-                let _ = self.inner.store.delete_timer(&meta.id, &timer).await;
-            }
-            if let Some(key) = key
-                && !rollout
-                    .step(&key)
-                    .is_some_and(|s| matches!(s.state, StepState::Deploying | StepState::Verifying))
-            {
-                let _ = self
-                    .inner
-                    .store
-                    .unlock_step(&meta.repo, &key.environment, &key.service, &meta.id)
-                    .await;
-            }
-            let finished = effects.iter().any(|e| matches!(e, Effect::Finished { .. }));
-            self.execute_with(&tx, &meta, &rollout, effects).await;
+            let finished = batch
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::Finished { .. }));
+            self.execute_with(&tx, &meta, &rollout, batch.effects, &held)
+                .await;
             if finished || rollout.state.is_terminal() {
                 break;
             }
@@ -516,45 +560,24 @@ impl RolloutRuntime {
     /// Writes the new state (with its timers and attempt history) before
     /// anything is acted on. A database that fails is retried until it
     /// answers: acting on unsaved state could deploy twice after a crash.
-    async fn persist(&self, id: &RolloutId, rollout: &Rollout, effects: &[Effect]) {
-        let write = RolloutWrite {
-            state: rollout.state.as_str().to_owned(),
-            document: serde_json::to_string(rollout).unwrap_or_default(),
-            timers: effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::ScheduleTimer { at, timer } => Some(StoredTimer {
-                        at: *at,
-                        timer: serde_json::to_string(timer).ok()?,
-                    }),
-                    _ => None,
-                })
-                .collect(),
-            attempts: effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::RecordAttempt {
-                        key,
-                        version,
-                        attempt,
-                        succeeded,
-                        error,
-                    } => Some(AttemptRecord {
-                        environment: key.environment.clone(),
-                        service: key.service.clone(),
-                        version: version.clone(),
-                        attempt: *attempt,
-                        succeeded: *succeeded,
-                        error: error.clone(),
-                    }),
-                    _ => None,
-                })
-                .collect(),
-        };
+    async fn persist(
+        &self,
+        id: &RolloutId,
+        rollout: &mut Rollout,
+        changed: &Changed,
+        effects: &[Effect],
+    ) {
+        let write = rollout_write(rollout, changed, effects);
+        self.save(id, &write).await;
+    }
+
+    /// Saves, retrying until the database answers; which of `write.lock`
+    /// this rollout holds now.
+    async fn save(&self, id: &RolloutId, write: &RolloutWrite) -> Vec<bool> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.inner.store.save_rollout(id, &write, Utc::now()).await {
-                Ok(()) => return,
+            match self.inner.store.save_rollout(id, write, Utc::now()).await {
+                Ok(locked) => return locked,
                 Err(e) => {
                     tracing::error!(rollout = %id, error = %e, "saving rollout state failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -570,75 +593,30 @@ impl RolloutRuntime {
         meta: &Meta,
         rollout: &Rollout,
         effects: Vec<Effect>,
+        held: &HashSet<StepKey>,
     ) {
         let mut importance: Option<Importance> = None;
         for effect in effects {
             match effect {
-                Effect::RunPreflight { key, attempt, .. } => {
-                    let job = self.step_job(meta, rollout, &key);
+                Effect::RunPreflight { ref key, .. }
+                | Effect::Deploy { ref key, .. }
+                | Effect::PollStatus { ref key, .. } => {
+                    let mut job = self.step_job(meta, rollout, std::slice::from_ref(key));
+                    job.locked = held.contains(key);
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let result = job.preflight(&key).await;
-                        let _ = tx.send(Input::Event(Event::Preflight {
-                            key,
-                            attempt,
-                            result,
-                        }));
-                    });
-                }
-                Effect::Deploy {
-                    key,
-                    attempt,
-                    version,
-                    deadline,
-                } => {
-                    let job = self.step_job(meta, rollout, &key);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let event = job.deploy(key, attempt, version, deadline).await;
-                        let _ = tx.send(Input::Event(event));
-                    });
-                }
-                Effect::PollStatus { key, attempt } => {
-                    let job = self.step_job(meta, rollout, &key);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let event = match job.status(&key).await {
-                            Ok(report) => Event::Status {
-                                key,
-                                attempt,
-                                report,
-                            },
-                            Err(error) => Event::StatusUnavailable {
-                                key,
-                                attempt,
-                                error,
-                            },
-                        };
-                        let _ = tx.send(Input::Event(event));
-                    });
-                }
-                Effect::CheckHealth { wave, round, keys } => {
-                    let jobs: Vec<(StepKey, StepJob)> = keys
-                        .iter()
-                        .map(|k| (k.clone(), self.step_job(meta, rollout, k)))
-                        .collect();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let mut results = Vec::with_capacity(jobs.len());
-                        for (key, job) in jobs {
-                            let report = job.status(&key).await.unwrap_or_else(|e| HealthReport {
-                                version: None,
-                                healthy: false,
-                                message: Some(format!("unreachable: {e}")),
-                            });
-                            results.push((key, report));
+                        if let Some(event) = job.run(effect).await {
+                            let _ = tx.send(Input::Event(event));
                         }
-                        let _ = tx.send(Input::Event(Event::BakeHealth {
-                            wave,
-                            round,
-                            results,
-                        }));
+                    });
+                }
+                Effect::CheckHealth { ref keys, .. } => {
+                    let job = self.step_job(meta, rollout, keys);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(event) = job.run(effect).await {
+                            let _ = tx.send(Input::Event(event));
+                        }
                     });
                 }
                 Effect::ScheduleTimer { at, timer } => arm_timer(tx.clone(), at, timer),
@@ -689,23 +667,25 @@ impl RolloutRuntime {
         }
     }
 
-    fn step_job(&self, meta: &Meta, rollout: &Rollout, key: &StepKey) -> StepJob {
-        let target = rollout.targets.get(&key.environment).cloned();
-        let version = rollout
-            .step(key)
-            .map(|s| s.version.clone())
-            .unwrap_or_else(|| rollout.commit.clone());
+    /// What a driver call for `keys` needs, owned so it can run in its own
+    /// task: only those environments' targets, not the whole fleet's.
+    fn step_job(&self, meta: &Meta, rollout: &Rollout, keys: &[StepKey]) -> StepJob {
+        let targets = keys
+            .iter()
+            .filter_map(|k| {
+                rollout
+                    .targets
+                    .get(&k.environment)
+                    .map(|t| (k.environment.clone(), t.clone()))
+            })
+            .collect();
         StepJob {
             store: self.inner.store.clone(),
             drivers: self.inner.drivers.clone(),
             rollout: meta.id.clone(),
             repo: meta.repo.clone(),
-            endpoint: Endpoint {
-                environment: key.environment.clone(),
-                url: target.as_ref().and_then(|t| t.url.clone()),
-            },
-            driver: target.map(|t| t.driver).unwrap_or_default(),
-            version,
+            targets,
+            locked: false,
         }
     }
 
@@ -791,8 +771,9 @@ impl RolloutRuntime {
             let _ = tx.send(Input::Event(event));
         } else {
             let mut original = original;
-            let effects = engine::handle(&mut original, event, &ctx_now());
-            self.persist(id, &original, &effects).await;
+            let t = engine::apply(&mut original, event, &ctx_now());
+            self.persist(id, &mut original, &t.changed, &t.effects)
+                .await;
             self.report(id, Importance::Matters).await;
         }
         tracing::info!(rollout = %id, rollback = %rb_id, by, "rollback started");
@@ -828,142 +809,242 @@ fn event_key(event: &Event) -> Option<&StepKey> {
     }
 }
 
-/// Everything one driver call for one step needs, owned so it can run in
-/// its own task.
+/// Applies inputs one after another, gathering what one persist must
+/// write and what must happen after it.
+#[derive(Default)]
+struct Batch {
+    inputs: usize,
+    /// Commands the engine refused (already answered; nothing changed).
+    refused: usize,
+    effects: Vec<Effect>,
+    changed: Option<Changed>,
+    replies: Vec<oneshot::Sender<Result<(), CommandError>>>,
+    /// Timers that fired, to delete once the state they led to is stored.
+    fired: Vec<String>,
+    /// Steps that driver answers were about: their locks may be released.
+    keys: HashSet<StepKey>,
+}
+
+impl Batch {
+    fn apply(&mut self, rollout: &mut Rollout, input: Input) {
+        self.inputs += 1;
+        let ctx = ctx_now();
+        let t = match input {
+            Input::Event(event) => {
+                if let Some(key) = event_key(&event) {
+                    self.keys.insert(key.clone());
+                }
+                if let Event::TimerFired { timer } = &event
+                    && let Ok(t) = serde_json::to_string(timer)
+                {
+                    self.fired.push(t);
+                }
+                engine::apply(rollout, event, &ctx)
+            }
+            Input::Command(cmd, reply) => match engine::apply_command(rollout, cmd, &ctx) {
+                Ok(t) => {
+                    self.replies.push(reply);
+                    t
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    self.refused += 1;
+                    return;
+                }
+            },
+        };
+        match &mut self.changed {
+            Some(c) => merge_changed(c, t.changed),
+            None => self.changed = Some(t.changed),
+        }
+        self.effects.extend(t.effects);
+    }
+}
+
+/// What one persist writes after transitions that changed `changed`
+/// (the union, for a batch) and produced `effects`: the header, the changed
+/// steps, new timers and attempts. `rollout` is borrowed mutably only to
+/// move its targets and steps aside while the header is serialized; it is
+/// unchanged on return.
+pub fn rollout_write(rollout: &mut Rollout, changed: &Changed, effects: &[Effect]) -> RolloutWrite {
+    RolloutWrite {
+        state: rollout.state.as_str().to_owned(),
+        document: header_json(rollout),
+        steps: changed_steps(rollout, changed),
+        timers: effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ScheduleTimer { at, timer } => Some(StoredTimer {
+                    at: *at,
+                    timer: serde_json::to_string(timer).ok()?,
+                }),
+                _ => None,
+            })
+            .collect(),
+        attempts: effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RecordAttempt {
+                    key,
+                    version,
+                    attempt,
+                    succeeded,
+                    error,
+                } => Some(AttemptRecord {
+                    environment: key.environment.clone(),
+                    service: key.service.clone(),
+                    version: version.clone(),
+                    attempt: *attempt,
+                    succeeded: *succeeded,
+                    error: error.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        ..RolloutWrite::default()
+    }
+}
+
+/// The rollout as JSON without its targets, steps and waves' environment
+/// lists (they are stored apart; targets and environments never change). They are moved out and back rather than copied: at 10,000
+/// environments a copy per event would be most of the work.
+fn header_json(rollout: &mut Rollout) -> String {
+    let targets = std::mem::take(&mut rollout.targets);
+    let parts: Vec<_> = rollout
+        .waves
+        .iter_mut()
+        .map(|w| {
+            (
+                std::mem::take(&mut w.steps),
+                std::mem::take(&mut w.environments),
+            )
+        })
+        .collect();
+    let json = serde_json::to_string(&*rollout).unwrap_or_default();
+    rollout.targets = targets;
+    for (wave, (steps, environments)) in rollout.waves.iter_mut().zip(parts) {
+        wave.steps = steps;
+        wave.environments = environments;
+    }
+    json
+}
+
+/// The steps `changed` names, serialized at their places.
+fn changed_steps(rollout: &Rollout, changed: &Changed) -> Vec<StoredStep> {
+    let place = |w: usize, i: usize| -> Option<StoredStep> {
+        Some(StoredStep {
+            wave: u32::try_from(w).ok()?,
+            idx: u32::try_from(i).ok()?,
+            step: serde_json::to_string(&rollout.waves[w].steps[i]).ok()?,
+        })
+    };
+    match changed {
+        Changed::All => rollout
+            .waves
+            .iter()
+            .enumerate()
+            .flat_map(|(w, wave)| (0..wave.steps.len()).map(move |i| (w, i)))
+            .filter_map(|(w, i)| place(w, i))
+            .collect(),
+        Changed::Steps(keys) => {
+            let mut places: Vec<(usize, usize)> =
+                keys.iter().filter_map(|k| rollout.find(k)).collect();
+            places.sort_unstable();
+            places.dedup();
+            places
+                .into_iter()
+                .filter_map(|(w, i)| place(w, i))
+                .collect()
+        }
+    }
+}
+
+/// One driver effect to carry out, with what it needs, owned so it can run
+/// in its own task. The driver calls themselves are
+/// [`crate::drivers::exec::perform`]'s; this adds what is the runtime's:
+/// the baseline for drift, and the (environment, service) lock around a
+/// deploy.
 struct StepJob {
     store: Arc<dyn Store>,
     drivers: Drivers,
     rollout: RolloutId,
     repo: RepoName,
-    endpoint: Endpoint,
-    driver: String,
-    version: CommitSha,
+    targets: BTreeMap<EnvName, EnvTarget>,
+    /// The step's lock was taken with the persist that started the deploy.
+    locked: bool,
 }
 
 impl StepJob {
-    /// SPEC 6.3 for one step: reachable (what runs there now), the baseline
-    /// for drift, and the agent's own preflight. Freezes and dependencies
-    /// are the engine's to judge.
-    async fn preflight(&self, key: &StepKey) -> PreflightResult {
-        let driver = match self.drivers.get(&self.driver) {
-            Ok(d) => d,
-            Err(e) => {
-                return PreflightResult::Failed {
-                    reason: e.message,
-                    kind: FailureKind::Permanent,
-                };
-            }
+    async fn run(self, effect: Effect) -> Option<Event> {
+        let cx = ExecContext {
+            rollout: &self.rollout,
+            targets: &self.targets,
+            drivers: &self.drivers,
         };
-        let status = match driver.status(&self.endpoint, &key.service).await {
-            Ok(s) => s,
-            Err(e) => {
-                return PreflightResult::Failed {
-                    reason: format!("unreachable: {e}"),
-                    kind: e.kind,
-                };
-            }
-        };
-        match driver
-            .preflight(&self.endpoint, &key.service, &self.version)
-            .await
-        {
-            Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => {}
-            Ok(PreflightOutcome::Refused { reason }) => {
-                return PreflightResult::Failed {
-                    reason: format!("the agent's preflight refused: {reason}"),
-                    kind: FailureKind::Permanent,
-                };
-            }
-            Err(e) => {
-                return PreflightResult::Failed {
-                    reason: format!("agent preflight: {e}"),
-                    kind: e.kind,
-                };
-            }
-        }
-        let baseline = match self
-            .store
-            .baseline(&self.repo, &key.environment, &key.service)
-            .await
-        {
-            Ok(b) => b.map(|b| b.version),
-            Err(e) => {
-                return PreflightResult::Failed {
-                    reason: format!("convoy's database: {e}"),
-                    kind: FailureKind::Transient,
-                };
-            }
-        };
-        PreflightResult::Passed {
-            running: status.version,
-            baseline,
-        }
-    }
-
-    /// Takes the (environment, service) lock, then deploys, all within the
-    /// deadline.
-    async fn deploy(
-        self,
-        key: StepKey,
-        attempt: u32,
-        version: CommitSha,
-        deadline: chrono::DateTime<Utc>,
-    ) -> Event {
-        let budget = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let work = async {
-            loop {
-                match self
+        match &effect {
+            Effect::RunPreflight { key, attempt, .. } => {
+                let baseline = match self
                     .store
-                    .try_lock_step(
-                        &self.repo,
-                        &key.environment,
-                        &key.service,
-                        &self.rollout,
-                        Utc::now(),
-                    )
+                    .baseline(&self.repo, &key.environment, &key.service)
                     .await
                 {
-                    Ok(true) => break,
-                    Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
+                    Ok(b) => b.map(|b| b.version),
                     Err(e) => {
-                        tracing::warn!(error = %e, "taking the step lock failed; retrying");
-                        tokio::time::sleep(LOCK_RETRY).await;
+                        return Some(Event::Preflight {
+                            key: key.clone(),
+                            attempt: *attempt,
+                            result: PreflightResult::Failed {
+                                reason: format!("convoy's database: {e}"),
+                                kind: FailureKind::Transient,
+                            },
+                        });
                     }
-                }
+                };
+                exec::perform(&cx, &effect, baseline, Utc::now()).await
             }
-            let driver = self.drivers.get(&self.driver)?;
-            driver
-                .deploy(&StepRequest {
-                    rollout: self.rollout.clone(),
-                    endpoint: self.endpoint.clone(),
-                    service: key.service.clone(),
-                    version,
-                    attempt,
-                })
-                .await
-        };
-        match tokio::time::timeout(budget, work).await {
-            Ok(Ok(())) => Event::DeployAccepted { key, attempt },
-            Ok(Err(e)) => Event::DeployFailed {
+            Effect::Deploy {
                 key,
                 attempt,
-                kind: e.kind,
-                error: e.message,
-            },
-            Err(_) => Event::StepTimedOut { key, attempt },
+                deadline,
+                ..
+            } => {
+                // The wait for the lock counts against the deadline too.
+                let budget = (*deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                if !self.locked && tokio::time::timeout(budget, self.lock(key)).await.is_err() {
+                    return Some(Event::StepTimedOut {
+                        key: key.clone(),
+                        attempt: *attempt,
+                    });
+                }
+                exec::perform(&cx, &effect, None, Utc::now()).await
+            }
+            _ => exec::perform(&cx, &effect, None, Utc::now()).await,
         }
     }
 
-    async fn status(&self, key: &StepKey) -> Result<HealthReport, String> {
-        let driver = self.drivers.get(&self.driver).map_err(|e| e.message)?;
-        let s = driver
-            .status(&self.endpoint, &key.service)
-            .await
-            .map_err(|e| e.message)?;
-        Ok(HealthReport {
-            version: s.version,
-            healthy: s.healthy,
-            message: s.message,
-        })
+    /// Waits until this rollout holds the lock of the step's (environment,
+    /// service): two deploys of one target never overlap, whichever
+    /// rollouts they belong to.
+    async fn lock(&self, key: &StepKey) {
+        loop {
+            match self
+                .store
+                .try_lock_step(
+                    &self.repo,
+                    &key.environment,
+                    &key.service,
+                    &self.rollout,
+                    Utc::now(),
+                )
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking the step lock failed; retrying");
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+            }
+        }
     }
 }

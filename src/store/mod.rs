@@ -4,6 +4,7 @@
 //! boundary as `DateTime<Utc>` and are stored as Unix milliseconds, which
 //! both databases compare and index the same way.
 
+mod document;
 mod migrations;
 pub mod records;
 pub mod sqlite;
@@ -37,6 +38,8 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("stored rollout {id} cannot be read: {message}")]
+    Corrupt { id: String, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -232,15 +235,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()>;
 
-    /// Persists one engine step: state, document, new timers and attempt
-    /// history, atomically. Timers of the same kind replace older ones.
+    /// Persists one engine step (or a batch of them): state, header, the
+    /// changed steps, new timers, fired timers deleted, attempt history,
+    /// step locks released and taken, atomically. Timers of the same kind
+    /// replace older ones. Answers, for each of `write.lock` in order,
+    /// whether the lock is now this rollout's.
     async fn save_rollout(
         &self,
         id: &RolloutId,
         write: &RolloutWrite,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<Vec<bool>>;
 
+    /// The rollout with its complete document (header, targets and steps
+    /// put back together).
     async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>>;
 
     /// The deploy rollout of (repository, branch, commit), if any.

@@ -37,7 +37,9 @@ impl RolloutKind {
     }
 }
 
-/// A rollout as stored. `document` is the engine's state, as JSON.
+/// A rollout as stored. `document` is the engine's state, as JSON: whole
+/// when read (the store puts header, targets and steps back together) and
+/// whole when given to `create_rollout` (the store splits it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutRecord {
     pub id: RolloutId,
@@ -101,9 +103,35 @@ pub struct StoredTimer {
 #[derive(Clone, Debug, Default)]
 pub struct RolloutWrite {
     pub state: String,
+    /// The rollout's header: the engine's `Rollout` as JSON with `targets`
+    /// empty and every wave's `steps` and `environments` empty. Those live
+    /// apart (targets and environments written once at creation, steps one
+    /// row each), so an event costs what it changed, not the size of the
+    /// fleet.
     pub document: String,
+    /// The steps that changed, each replacing the stored one at its place.
+    pub steps: Vec<StoredStep>,
     pub timers: Vec<StoredTimer>,
     pub attempts: Vec<AttemptRecord>,
+    /// Timers that fired and were handled (their JSON), deleted.
+    pub fired: Vec<String>,
+    /// (environment, service) locks to release: their steps are no longer
+    /// deploying or verifying. Released before `lock` is taken.
+    pub unlock: Vec<(EnvName, ServiceName)>,
+    /// (environment, service) locks to take for deploys this write starts;
+    /// `save_rollout` answers, in this order, which it got (another
+    /// rollout may hold one). Taking them here rather than one transaction
+    /// each is what keeps writes per step near zero.
+    pub lock: Vec<(EnvName, ServiceName)>,
+}
+
+/// One step of a rollout as stored: its place (wave index, index in the
+/// wave) and the engine's `StepRun` as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredStep {
+    pub wave: u32,
+    pub idx: u32,
+    pub step: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use super::{
     AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
     InboxCounts, InboxItem, NewDelivery, Payload, Result, RolloutKind, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
+    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document,
+    from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -24,7 +25,7 @@ use crate::domain::{
 const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
 const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
-    installation_id, kind, parent_id, state, created_at, updated_at, document, error";
+    installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets, wave_environments";
 
 fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
@@ -51,6 +52,105 @@ fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
         document: row.try_get("document")?,
         error: row.try_get("error")?,
     })
+}
+
+/// The record of a row read with [`ROLLOUT_COLUMNS`], its document made
+/// whole again from header, targets and steps (read in the same
+/// transaction, so from the same snapshot).
+async fn complete(
+    tx: &mut sqlx::SqliteConnection,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<RolloutRecord> {
+    let mut record = rollout_record(row)?;
+    let targets: Option<String> = row.try_get("targets")?;
+    let environments: Option<String> = row.try_get("wave_environments")?;
+    if let (Some(header), Some(targets), Some(environments)) =
+        (record.document.as_deref(), targets, environments)
+    {
+        let steps: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT wave, step FROM rollout_steps WHERE rollout_id = ? ORDER BY wave, idx",
+        )
+        .bind(record.id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let whole =
+            document::assemble(header, &targets, &environments, steps).map_err(|message| {
+                StoreError::Corrupt {
+                    id: record.id.to_string(),
+                    message,
+                }
+            })?;
+        record.document = Some(whole);
+    }
+    Ok(record)
+}
+
+/// Takes the lock of (environment, service) for `rollout` unless another
+/// rollout holds it; whether `rollout` holds it now.
+async fn lock_step(
+    tx: &mut sqlx::SqliteConnection,
+    repo: &str,
+    environment: &EnvName,
+    service: &ServiceName,
+    rollout: &RolloutId,
+    now_ms: i64,
+) -> Result<bool> {
+    sqlx::query(
+        "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+    )
+    .bind(repo)
+    .bind(environment.as_str())
+    .bind(service.as_str())
+    .bind(rollout.as_str())
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
+    )
+    .bind(repo)
+    .bind(environment.as_str())
+    .bind(service.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(holder.as_deref() == Some(rollout.as_str()))
+}
+
+/// Step rows per INSERT: each statement is a round trip to SQLite's worker
+/// thread, so a batch of thousands of steps (a start, a recovery) goes in
+/// a few statements rather than one per row. 4 parameters a row stays far
+/// below SQLite's limit of 32,766.
+const STEPS_PER_INSERT: usize = 250;
+
+/// Writes steps at their places, replacing what was there.
+async fn write_steps(
+    tx: &mut sqlx::SqliteConnection,
+    id: &RolloutId,
+    steps: &[StoredStep],
+) -> Result<()> {
+    for chunk in steps.chunks(STEPS_PER_INSERT) {
+        let mut sql =
+            String::from("INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES ");
+        for n in 0..chunk.len() {
+            sql.push_str(if n == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(" ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            query = query
+                .bind(id.as_str())
+                .bind(i64::from(s.wave))
+                .bind(i64::from(s.idx))
+                .bind(&s.step);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -396,6 +496,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
+        // Split before taking the writer: parsing a large document should
+        // not hold up other writes.
+        let split = r.document.as_deref().and_then(document::split);
         let mut tx = self.writer.begin().await?;
         if r.kind == RolloutKind::Deploy {
             let existing: Option<String> = sqlx::query_scalar(
@@ -413,8 +516,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
-             installation_id, kind, parent_id, state, created_at, updated_at, document, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             installation_id, kind, parent_id, state, created_at, updated_at, document, error, \
+             targets, wave_environments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.id.as_str())
         .bind(r.repo.as_str())
@@ -428,10 +531,19 @@ impl Store for SqliteStore {
         .bind(&r.state)
         .bind(to_millis(r.created_at))
         .bind(to_millis(r.updated_at))
-        .bind(r.document.as_deref())
+        .bind(
+            split
+                .as_ref()
+                .map_or(r.document.as_deref(), |s| Some(&s.header)),
+        )
         .bind(r.error.as_deref())
+        .bind(split.as_ref().map(|s| &s.targets))
+        .bind(split.as_ref().map(|s| &s.environments))
         .execute(&mut *tx)
         .await?;
+        if let Some(split) = &split {
+            write_steps(&mut tx, &r.id, &split.steps).await?;
+        }
         tx.commit().await?;
         Ok(Created::New)
     }
@@ -450,7 +562,7 @@ impl Store for SqliteStore {
         id: &RolloutId,
         write: &RolloutWrite,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<bool>> {
         let now_ms = to_millis(now);
         let mut tx = self.writer.begin().await?;
         let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
@@ -467,6 +579,14 @@ impl Store for SqliteStore {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        write_steps(&mut tx, id, &write.steps).await?;
+        for timer in &write.fired {
+            sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
+                .bind(id.as_str())
+                .bind(timer)
+                .execute(&mut *tx)
+                .await?;
+        }
         for t in &write.timers {
             sqlx::query(
                 "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
@@ -512,18 +632,39 @@ impl Store for SqliteStore {
                 .await?;
             }
         }
+        for (environment, service) in &write.unlock {
+            sqlx::query(
+                "DELETE FROM step_locks WHERE repo = ? AND environment = ? AND service = ? \
+                 AND rollout_id = ?",
+            )
+            .bind(&repo)
+            .bind(environment.as_str())
+            .bind(service.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut locked = Vec::with_capacity(write.lock.len());
+        for (environment, service) in &write.lock {
+            locked.push(lock_step(&mut tx, &repo, environment, service, id, now_ms).await?);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(locked)
     }
 
     async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
+        // One read transaction: header and steps from the same snapshot.
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
         )))
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(rollout_record).transpose()
+        match row {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn rollout_for_commit(
@@ -532,6 +673,7 @@ impl Store for SqliteStore {
         branch: &BranchName,
         commit: &CommitSha,
     ) -> Result<Option<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? \
              AND commit_sha = ? AND kind = 'deploy'"
@@ -539,9 +681,12 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .bind(branch.as_str())
         .bind(commit.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(rollout_record).transpose()
+        match row {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn latest_rollout_for_pull_request(
@@ -593,13 +738,18 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN {TERMINAL} \
              ORDER BY created_at, id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter().map(rollout_record).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(complete(&mut tx, row).await?);
+        }
+        Ok(out)
     }
 
     async fn last_succeeded_commit(
@@ -749,26 +899,18 @@ impl Store for SqliteStore {
         rollout: &RolloutId,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        sqlx::query(
-            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, environment, service) DO NOTHING",
+        let mut tx = self.writer.begin().await?;
+        let locked = lock_step(
+            &mut tx,
+            repo.as_str(),
+            environment,
+            service,
+            rollout,
+            to_millis(now),
         )
-        .bind(repo.as_str())
-        .bind(environment.as_str())
-        .bind(service.as_str())
-        .bind(rollout.as_str())
-        .bind(to_millis(now))
-        .execute(&self.writer)
         .await?;
-        let holder: Option<String> = sqlx::query_scalar(
-            "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
-        )
-        .bind(repo.as_str())
-        .bind(environment.as_str())
-        .bind(service.as_str())
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(holder.as_deref() == Some(rollout.as_str()))
+        tx.commit().await?;
+        Ok(locked)
     }
 
     async fn set_freeze(&self, f: &Freeze) -> Result<()> {

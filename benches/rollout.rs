@@ -1,0 +1,570 @@
+//! Rolling out 10,000 environments × 2 services through the real runtime
+//! and SQLite, against agents that answer at once: total time, overhead
+//! over the ideal, peak memory and database writes per step.
+//! `cargo bench --bench rollout`; the figures go to docs/BENCHMARKS.md
+//! ("Rollout").
+//!
+//! A plain `main` (harness = false). The fleet of agents runs in a child
+//! process (this same binary with `--fleet`), so the peak resident set
+//! (VmHWM) read from /proc/self/status is convoy's alone, not the test
+//! agents' request logs.
+//!
+//! The ideal is what a perfect orchestrator would take given the agents'
+//! real speed on this machine: the latency of one step, measured by rolling
+//! out a single environment, times the number of rounds each wave needs at
+//! `max_parallel` environments at once, summed over waves.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use convoy::config::Config;
+use convoy::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
+use convoy::drivers::Drivers;
+use convoy::engine::{Rollout, RolloutState};
+use convoy::plan::{Change, History, affected_services, build_plan};
+use convoy::runtime::rollouts::{RolloutRuntime, new_rollout_id};
+use convoy::spec::{CheckContext, parse_spec};
+use convoy::store::{
+    AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze, InboxCounts, InboxItem,
+    NewDelivery, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, SqliteStore, Store,
+    StoredTimer,
+};
+
+type StoreResult<T> = convoy::store::Result<T>;
+
+const ENVIRONMENTS: usize = 10_000;
+const MAX_PARALLEL: u32 = 200;
+/// Waves of the big rollout: (name, percent of the environments).
+const WAVES: &[(&str, u32)] = &[("canary", 1), ("rest", 100)];
+
+/// Counts what the runtime writes: every call that writes is one
+/// transaction (`save_rollout`, `create_rollout` explicitly; the others are
+/// single statements, each its own transaction).
+struct Counting {
+    inner: Arc<dyn Store>,
+    writes: AtomicU64,
+    saves: AtomicU64,
+    bytes: AtomicU64,
+    step_rows: AtomicU64,
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> StoreResult<Vec<bool>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.insert_deliveries(batch).await
+    }
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InboxItem>> {
+        self.inner.due_deliveries(now, limit).await
+    }
+    async fn finish_deliveries(
+        &self,
+        results: &[(DeliveryId, DeliveryOutcome)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.finish_deliveries(results, now).await
+    }
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        self.inner.next_delivery_due().await
+    }
+    async fn delivery(&self, id: &DeliveryId) -> StoreResult<Option<InboxItem>> {
+        self.inner.delivery(id).await
+    }
+    async fn inbox_counts(&self) -> StoreResult<InboxCounts> {
+        self.inner.inbox_counts().await
+    }
+    async fn upsert_installation(
+        &self,
+        id: InstallationId,
+        account: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.upsert_installation(id, account, now).await
+    }
+    async fn set_installation_suspended(
+        &self,
+        id: InstallationId,
+        suspended: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .set_installation_suspended(id, suspended, now)
+            .await
+    }
+    async fn delete_installation(&self, id: InstallationId) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.delete_installation(id).await
+    }
+    async fn add_installation_repos(
+        &self,
+        id: InstallationId,
+        repos: &[RepoName],
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.add_installation_repos(id, repos).await
+    }
+    async fn remove_installation_repos(
+        &self,
+        id: InstallationId,
+        repos: &[RepoName],
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.remove_installation_repos(id, repos).await
+    }
+    async fn installation_for_repo(&self, repo: &RepoName) -> StoreResult<Option<InstallationId>> {
+        self.inner.installation_for_repo(repo).await
+    }
+    async fn installation_repos(&self, id: InstallationId) -> StoreResult<Vec<RepoName>> {
+        self.inner.installation_repos(id).await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.append_audit(entry).await
+    }
+    async fn audit_for_rollout(&self, rollout: &RolloutId) -> StoreResult<Vec<AuditEntry>> {
+        self.inner.audit_for_rollout(rollout).await
+    }
+    async fn create_rollout(&self, record: &RolloutRecord) -> StoreResult<Created> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.create_rollout(record).await
+    }
+    async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.attach_pull_request(id, pull_request).await
+    }
+    async fn save_rollout(
+        &self,
+        id: &RolloutId,
+        write: &RolloutWrite,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        let bytes = write.document.len() + write.steps.iter().map(|s| s.step.len()).sum::<usize>();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.step_rows
+            .fetch_add(write.steps.len() as u64, Ordering::Relaxed);
+        self.inner.save_rollout(id, write, now).await
+    }
+    async fn rollout(&self, id: &RolloutId) -> StoreResult<Option<RolloutRecord>> {
+        self.inner.rollout(id).await
+    }
+    async fn rollout_for_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        commit: &CommitSha,
+    ) -> StoreResult<Option<RolloutRecord>> {
+        self.inner.rollout_for_commit(repo, branch, commit).await
+    }
+    async fn list_rollouts(
+        &self,
+        repo: Option<&RepoName>,
+        limit: u32,
+    ) -> StoreResult<Vec<RolloutSummary>> {
+        self.inner.list_rollouts(repo, limit).await
+    }
+    async fn unfinished_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
+        self.inner.unfinished_rollouts().await
+    }
+    async fn last_succeeded_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> StoreResult<Option<CommitSha>> {
+        self.inner.last_succeeded_commit(repo, branch).await
+    }
+    async fn timers(&self, id: &RolloutId) -> StoreResult<Vec<StoredTimer>> {
+        self.inner.timers(id).await
+    }
+    async fn delete_timer(&self, id: &RolloutId, timer: &str) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.delete_timer(id, timer).await
+    }
+    async fn first_attempts(
+        &self,
+        repo: &RepoName,
+    ) -> StoreResult<BTreeMap<EnvName, FirstAttempts>> {
+        self.inner.first_attempts(repo).await
+    }
+    async fn last_good_version(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        excluding: Option<&RolloutId>,
+    ) -> StoreResult<Option<CommitSha>> {
+        self.inner
+            .last_good_version(repo, environment, service, excluding)
+            .await
+    }
+    async fn baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> StoreResult<Option<Baseline>> {
+        self.inner.baseline(repo, environment, service).await
+    }
+    async fn set_baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        version: &str,
+        source: &str,
+        rollout: Option<&RolloutId>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .set_baseline(repo, environment, service, version, source, rollout, now)
+            .await
+    }
+    async fn try_lock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .try_lock_step(repo, environment, service, rollout, now)
+            .await
+    }
+    async fn set_freeze(&self, freeze: &Freeze) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.set_freeze(freeze).await
+    }
+    async fn clear_freeze(&self, scope: &str) -> StoreResult<bool> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.clear_freeze(scope).await
+    }
+    async fn freezes_for(&self, repo: &RepoName) -> StoreResult<Vec<Freeze>> {
+        self.inner.freezes_for(repo).await
+    }
+    async fn unlock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .unlock_step(repo, environment, service, rollout)
+            .await
+    }
+}
+
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system) of a process so far, from /proc/PID/stat, in
+/// clock ticks of 10 ms. On a shared machine wall time includes waiting for
+/// a core; CPU time does not.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+fn env_name(i: usize) -> String {
+    format!("e{i:05}")
+}
+
+/// The child: a fleet of `n` agents; prints its address, then serves until
+/// its input closes (the parent ended).
+fn run_fleet(n: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let fleet = convoy::testkit::fleet::Fleet::start((0..n).map(env_name), 7)
+            .await
+            .expect("fleet starts");
+        println!("{}", fleet.addr());
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+    });
+}
+
+fn start_fleet(n: usize) -> (Child, String) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .arg("--fleet")
+        .arg(n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fleet process starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("fleet prints its address");
+    (child, line.trim().to_owned())
+}
+
+fn convoy_yml(n: usize, addr: &str, waves: &[(&str, u32)]) -> String {
+    let mut y = format!(
+        "version: 1\nservices:\n  api: {{}}\n  web: {{}}\npolicy:\n  max_parallel: {MAX_PARALLEL}\n  poll_interval: 1s\nenvironments:\n"
+    );
+    for i in 0..n {
+        let e = env_name(i);
+        let _ = writeln!(
+            y,
+            "  - {{name: {e}, driver: agent, url: \"http://{addr}/env/{e}\"}}"
+        );
+    }
+    y.push_str("waves:\n");
+    for (name, percent) in waves {
+        let _ = writeln!(y, "  - {{name: {name}, percent: {percent}}}");
+    }
+    y
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+[github]
+webhook_secret = "bench"
+[database]
+url = "sqlite://{db}"
+[drivers.agent]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+timeout = "30s"
+"#,
+        data = dir.join("data").display(),
+        db = dir.join("convoy.db").display(),
+    );
+    Config::from_toml(&text, "bench.toml", &[]).expect("bench config")
+}
+
+struct Outcome {
+    elapsed: Duration,
+    state: String,
+    steps: usize,
+    /// Environments per wave.
+    wave_envs: Vec<usize>,
+    document_bytes: usize,
+}
+
+async fn roll_out(
+    runtime: &RolloutRuntime,
+    store: &Arc<Counting>,
+    yaml: &str,
+    commit: &str,
+) -> Outcome {
+    let spec = parse_spec(yaml, &CheckContext::default()).expect("bench convoy.yml is valid");
+    let affected: Vec<ServiceName> = affected_services(&spec, Change::FirstRollout);
+    let plan = build_plan(
+        &spec,
+        CommitSha::new(commit.repeat(40)),
+        None,
+        &affected,
+        &History::new(),
+    );
+    drop(spec);
+    let wave_envs: Vec<usize> = plan
+        .waves
+        .iter()
+        .map(|w| {
+            let mut envs: Vec<&EnvName> = w.steps.iter().map(|s| &s.environment).collect();
+            envs.sort();
+            envs.dedup();
+            envs.len()
+        })
+        .collect();
+    let rollout = Rollout::new(plan);
+    let steps = rollout.step_count();
+    let document_bytes = serde_json::to_string(&rollout).map_or(0, |d| d.len());
+    let now = Utc::now();
+    let id = new_rollout_id();
+    let record = RolloutRecord {
+        id: id.clone(),
+        repo: RepoName::new("acme/bench"),
+        branch: BranchName::new("main"),
+        commit: CommitSha::new(commit.repeat(40)),
+        previous_commit: None,
+        pull_request: None,
+        installation: None,
+        kind: RolloutKind::Deploy,
+        parent: None,
+        state: RolloutState::Queued.as_str().into(),
+        created_at: now,
+        updated_at: now,
+        document: None,
+        error: None,
+    };
+    let started = Instant::now();
+    let created = runtime.submit(record, rollout).await.expect("submitted");
+    assert_eq!(created, Created::New);
+    let state = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let list = store.inner.list_rollouts(None, 1).await.expect("listed");
+        let s = list.first().map(|r| r.state.clone()).unwrap_or_default();
+        if !runtime.is_live(&id) && s != RolloutState::Queued.as_str() {
+            break s;
+        }
+    };
+    Outcome {
+        elapsed: started.elapsed(),
+        state,
+        steps,
+        wave_envs,
+        document_bytes,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(p) = args.iter().position(|a| a == "--fleet") {
+        let n = args
+            .get(p + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(ENVIRONMENTS);
+        run_fleet(n);
+        return;
+    }
+    let n: usize = std::env::var("ROLLOUT_BENCH_ENVS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ENVIRONMENTS);
+    let (mut fleet, addr) = start_fleet(n);
+    let fleet_pid = fleet.id().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config(dir.path());
+        let drivers = Drivers::from_config(&config.drivers).expect("drivers");
+        let sqlite = SqliteStore::open(&dir.path().join("convoy.db"))
+            .await
+            .expect("database");
+        let store = Arc::new(Counting {
+            inner: Arc::new(sqlite),
+            writes: AtomicU64::new(0),
+            saves: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            step_rows: AtomicU64::new(0),
+        });
+        let runtime = RolloutRuntime::new(store.clone(), drivers, None);
+
+        // Step latency: one environment (both services), several times;
+        // the median.
+        let one = convoy_yml(1, &addr, &[("all", 100)]);
+        let mut latencies = Vec::new();
+        for (k, c) in ["1", "2", "3", "4", "5", "6", "7"].iter().enumerate() {
+            let o = roll_out(&runtime, &store, &one, c).await;
+            assert_eq!(o.state, "succeeded", "1-environment rollout {k}");
+            latencies.push(o.elapsed);
+        }
+        latencies.sort();
+        let latency = latencies[latencies.len() / 2];
+
+        let before = (
+            store.writes.load(Ordering::Relaxed),
+            store.saves.load(Ordering::Relaxed),
+            store.bytes.load(Ordering::Relaxed),
+            store.step_rows.load(Ordering::Relaxed),
+        );
+        let big = convoy_yml(n, &addr, WAVES);
+        let cpu_before = (cpu_time("self"), cpu_time(&fleet_pid));
+        let o = roll_out(&runtime, &store, &big, "b").await;
+        let cpu_after = (cpu_time("self"), cpu_time(&fleet_pid));
+        let writes = store.writes.load(Ordering::Relaxed) - before.0;
+        let saves = store.saves.load(Ordering::Relaxed) - before.1;
+        let bytes = store.bytes.load(Ordering::Relaxed) - before.2;
+        let step_rows = store.step_rows.load(Ordering::Relaxed) - before.3;
+
+        let rounds: Vec<u64> = o
+            .wave_envs
+            .iter()
+            .map(|e| (*e as u64).div_ceil(u64::from(MAX_PARALLEL)))
+            .collect();
+        let ideal = latency * rounds.iter().sum::<u64>() as u32;
+        let overhead = o.elapsed.as_secs_f64() / ideal.as_secs_f64() - 1.0;
+        println!(
+            "environments: {n}, services: 2, steps: {}, waves (environments): {:?}, max_parallel: {MAX_PARALLEL}",
+            o.steps, o.wave_envs
+        );
+        println!("final state: {}", o.state);
+        println!(
+            "step latency (1-environment rollout, median of {}): {latency:?} (all: {latencies:?})",
+            latencies.len()
+        );
+        println!("rounds per wave: {rounds:?}; ideal: {ideal:?}");
+        println!(
+            "total: {:?}; overhead over the ideal: {:.1} %",
+            o.elapsed,
+            overhead * 100.0
+        );
+        println!(
+            "database: {writes} write transactions ({:.2} per step), of which {saves} rollout saves ({:.2} per step); {step_rows} step rows written ({:.2} per step); {:.1} MiB of rollout JSON written ({:.0} bytes per step)",
+            writes as f64 / o.steps as f64,
+            saves as f64 / o.steps as f64,
+            step_rows as f64 / o.steps as f64,
+            bytes as f64 / (1024.0 * 1024.0),
+            bytes as f64 / o.steps as f64,
+        );
+        println!(
+            "whole rollout document: {:.1} MiB (what every save wrote before per-step storage)",
+            o.document_bytes as f64 / (1024.0 * 1024.0)
+        );
+        if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu_before, cpu_after) {
+            println!(
+                "CPU during the big rollout: convoy {:?}, the fleet (agents) {:?}",
+                c.saturating_sub(a),
+                d.saturating_sub(b)
+            );
+        }
+        if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+            println!("load average after: {}", load.trim());
+        }
+        println!(
+            "peak RSS (VmHWM) of convoy (the fleet runs in another process): {:.1} MiB",
+            vm_hwm_kib().unwrap_or(0) as f64 / 1024.0
+        );
+    });
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+}
