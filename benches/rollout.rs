@@ -172,6 +172,15 @@ impl Store for Counting {
     ) -> StoreResult<Option<RolloutRecord>> {
         self.inner.rollout_for_commit(repo, branch, commit).await
     }
+    async fn latest_rollout_for_pull_request(
+        &self,
+        repo: &RepoName,
+        pull_request: u64,
+    ) -> StoreResult<Option<RolloutRecord>> {
+        self.inner
+            .latest_rollout_for_pull_request(repo, pull_request)
+            .await
+    }
     async fn list_rollouts(
         &self,
         repo: Option<&RepoName>,
