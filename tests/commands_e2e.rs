@@ -145,8 +145,9 @@ impl World {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "no {content} on comment {comment} within 20 s; reactions: {:?}",
-            self.reactions(comment)
+            "no {content} on comment {comment} within 20 s; reactions: {:?}; replies: {:?}",
+            self.reactions(comment),
+            self.replies()
         );
     }
 

@@ -27,6 +27,8 @@ const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')
 const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
     installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets, wave_environments";
 
+/// The row as stored: its `document` is only the header. Callers want
+/// [`complete`], which puts the steps back.
 fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
         id: RolloutId::new(row.try_get::<String, _>("id")?),
@@ -694,15 +696,19 @@ impl Store for SqliteStore {
         repo: &RepoName,
         pull_request: u64,
     ) -> Result<Option<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND pull_request = ? \
              AND kind = 'deploy' ORDER BY created_at DESC, id DESC LIMIT 1"
         )))
         .bind(repo.as_str())
         .bind(i64::try_from(pull_request).unwrap_or(i64::MAX))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(rollout_record).transpose()
+        match row {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn list_rollouts(
