@@ -116,7 +116,10 @@ fn the_seed_experiment_prints_its_table() {
         .lines()
         .find(|l| l.starts_with("| 3 | 10 | 20.0% |"))
         .unwrap_or_else(|| panic!("no table row in {stdout}"));
-    assert!(row.contains("| 89.3% |") && row.ends_with("| 7.7% |"), "{row}");
+    assert!(
+        row.contains("| 89.3% |") && row.ends_with("| 7.7% |"),
+        "{row}"
+    );
 }
 
 #[test]

@@ -36,7 +36,10 @@ fn the_app_manifest_asks_for_exactly_what_convoy_needs() {
         .map(|e| e.as_str().unwrap())
         .collect();
     events.sort();
-    assert_eq!(events, ["check_run", "issue_comment", "pull_request", "push"]);
+    assert_eq!(
+        events,
+        ["check_run", "issue_comment", "pull_request", "push"]
+    );
     assert!(
         manifest["hook_attributes"]["url"]
             .as_str()
@@ -52,7 +55,10 @@ fn the_app_manifest_asks_for_exactly_what_convoy_needs() {
         "webhook_secret",
         "convoy freeze --all",
     ] {
-        assert!(install.contains(needed), "docs/install.md explains {needed}");
+        assert!(
+            install.contains(needed),
+            "docs/install.md explains {needed}"
+        );
     }
 }
 
@@ -63,8 +69,8 @@ fn the_container_builds_in_stages_and_runs_unprivileged() {
     assert!(stages >= 2, "multi-stage");
     let user = docker
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .last()
+        .rev()
+        .find(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
     assert!(docker.contains("COPY --from=build"));

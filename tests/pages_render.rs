@@ -42,13 +42,7 @@ fn spec_text(n: usize, hostile_label: &str) -> String {
 fn rollout_of(n: usize) -> Rollout {
     let spec = parse_spec(&spec_text(n, HOSTILE), &CheckContext::default()).expect("spec");
     let services: Vec<ServiceName> = ["db", "api", "web"].map(ServiceName::new).to_vec();
-    let plan = build_plan(
-        &spec,
-        CommitSha::new(SHA),
-        None,
-        &services,
-        &HashMap::new(),
-    );
+    let plan = build_plan(&spec, CommitSha::new(SHA), None, &services, &HashMap::new());
     Rollout::new(plan)
 }
 
@@ -125,10 +119,11 @@ fn hostile_text_from_outside_is_escaped_everywhere() {
     let mut r = in_progress(12);
     // The label of an environment that failed shows on the page.
     let failed_env = r.waves[1].environments[0].clone();
-    r.targets.get_mut(&failed_env).unwrap().labels.insert(
-        "team".into(),
-        format!("payments{HOSTILE}"),
-    );
+    r.targets
+        .get_mut(&failed_env)
+        .unwrap()
+        .labels
+        .insert("team".into(), format!("payments{HOSTILE}"));
     let audit = vec![AuditEntry {
         at: Utc::now(),
         actor: format!("mallory{HOSTILE}"),
@@ -139,9 +134,8 @@ fn hostile_text_from_outside_is_escaped_everywhere() {
         result: format!("refused: {HOSTILE}"),
         detail: Some(format!("comment text: {HOSTILE}")),
     }];
-    let message = CommitMessage::parse(&format!(
-        "Merge {HOSTILE} into main\n\nBody line {HOSTILE}"
-    ));
+    let message =
+        CommitMessage::parse(&format!("Merge {HOSTILE} into main\n\nBody line {HOSTILE}"));
     let html = rollout_page(
         &record(&r, Some(&format!("convoy.yml:1:1: {HOSTILE}"))),
         &audit,
@@ -164,7 +158,9 @@ fn hostile_text_from_outside_is_escaped_everywhere() {
         n >= 9,
         "label, error, actor, action, result, location, detail, subject, body, planning error: {n}\n{html}"
     );
-    assert!(html.contains(&format!("payments{}", &escaped_alt[..4])) || html.contains("payments&lt;"));
+    assert!(
+        html.contains(&format!("payments{}", &escaped_alt[..4])) || html.contains("payments&lt;")
+    );
     assert!(html.contains("agent answered 500: &lt;script&gt;"));
     assert!(html.contains("Merge &lt;script&gt;"));
     // The commands that recover the failure.

@@ -270,10 +270,10 @@ async fn load(running: &Running, id: &RolloutId) -> Result<(String, Option<Rollo
         .document
         .as_deref()
         .and_then(|d| serde_json::from_str::<Rollout>(d).ok());
-    if record.document.is_none() || rollout.is_none() {
-        if let Some(e) = &record.error {
-            return Err(format!("the rollout could not start: {e}"));
-        }
+    if rollout.is_none()
+        && let Some(e) = &record.error
+    {
+        return Err(format!("the rollout could not start: {e}"));
     }
     Ok((record.state, rollout))
 }
@@ -413,7 +413,9 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
             opts.port
         ));
     }
-    out(&format!("  convoy: {base_url} (the same code as `convoy serve`)"));
+    out(&format!(
+        "  convoy: {base_url} (the same code as `convoy serve`)"
+    ));
     if let Some(env) = &injected {
         out(&format!(
             "  The agent of {env} will answer its first deploy with 503, so you can watch convoy retry it."
@@ -442,7 +444,9 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
     ));
     let id = wait_for_rollout(&running, &merge, Duration::from_secs(60)).await?;
     let page = format!("{base_url}/rollouts/{id}");
-    out(&format!("Rollout {id} started. Watch it in a browser: {page}"));
+    out(&format!(
+        "Rollout {id} started. Watch it in a browser: {page}"
+    ));
     out("");
 
     let started = Instant::now();
@@ -506,10 +510,7 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
             }
         }
         screen.block(wave_lines(&view));
-        let gated = rollout
-            .waves
-            .iter()
-            .find(|w| w.name.as_str() == GATED_WAVE);
+        let gated = rollout.waves.iter().find(|w| w.name.as_str() == GATED_WAVE);
         if let Some(w) = gated
             && let Some(by) = &w.approved_by
             && !approved_shown
@@ -638,11 +639,8 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
                     run["conclusion"].as_str().unwrap_or("-")
                 ));
             }
-            let reactions: Vec<String> = state
-                .reactions
-                .iter()
-                .map(|r| r.content.clone())
-                .collect();
+            let reactions: Vec<String> =
+                state.reactions.iter().map(|r| r.content.clone()).collect();
             if !reactions.is_empty() {
                 out(&format!(
                     "Reactions convoy left on {APPROVER}'s comment: {}",
@@ -655,7 +653,12 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
                 "This build has no GitHub reporter, so nothing was posted; what the comment on PR #{PULL_REQUEST} shows:"
             ));
             out("");
-            out(&summary_comment(id.as_str(), &final_rollout, &page, "/convoy"));
+            out(&summary_comment(
+                id.as_str(),
+                &final_rollout,
+                &page,
+                "/convoy",
+            ));
         }
     }
     let ok = final_state == RolloutState::Succeeded;

@@ -57,7 +57,10 @@ impl ScratchRepo {
             .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
             .map_err(e)?;
         index.write().map_err(e)?;
-        let tree = self.repo.find_tree(index.write_tree().map_err(e)?).map_err(e)?;
+        let tree = self
+            .repo
+            .find_tree(index.write_tree().map_err(e)?)
+            .map_err(e)?;
         let sig = Signature::now(author, &format!("{author}@acme.example")).map_err(e)?;
         let refname = format!("refs/heads/{branch}");
         let parent_commits: Vec<git2::Commit> = match parents {

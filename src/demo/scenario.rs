@@ -22,9 +22,31 @@ pub const HEAD_REF: &str = "feature/faster-checkout";
 pub const GATED_WAVE: &str = "rest";
 
 const COMPANIES: [&str; 25] = [
-    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "tyrell", "cyberdyne",
-    "soylent", "vandelay", "oscorp", "aperture", "gringotts", "monarch", "dunder", "pied", "massive",
-    "virtucon", "zorg", "nakatomi", "oceanic", "prestige", "sirius",
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "wonka",
+    "tyrell",
+    "cyberdyne",
+    "soylent",
+    "vandelay",
+    "oscorp",
+    "aperture",
+    "gringotts",
+    "monarch",
+    "dunder",
+    "pied",
+    "massive",
+    "virtucon",
+    "zorg",
+    "nakatomi",
+    "oceanic",
+    "prestige",
+    "sirius",
 ];
 const REGIONS: [&str; 4] = ["eu", "us", "ap", "sa"];
 
@@ -117,7 +139,9 @@ pub fn demo_spec(envs: &[(String, String)], t: &SpecTimings) -> String {
 pub fn experiment_spec(envs: &[(String, String)]) -> String {
     let mut s = String::from("version: 1\nservices:\n  app: {}\nenvironments:\n");
     for (name, url) in envs {
-        s.push_str(&format!("  - name: {name}\n    driver: agent\n    url: {url}\n"));
+        s.push_str(&format!(
+            "  - name: {name}\n    driver: agent\n    url: {url}\n"
+        ));
     }
     s.push_str(
         "waves:\n  - name: all\n    max_parallel: 50\n    failure_budget: 100%\npolicy:\n  retries: 2\n  backoff: 10ms\n  poll_interval: 10ms\n  concurrency: queue\n",
@@ -246,7 +270,9 @@ pub fn summary_comment(id: &str, rollout: &Rollout, url: &str, prefix: &str) -> 
             w.counts.in_progress,
             w.counts.failed,
             w.counts.pending,
-            w.approved_by.as_deref().unwrap_or(if w.approval { "—" } else { "" })
+            w.approved_by
+                .as_deref()
+                .unwrap_or(if w.approval { "—" } else { "" })
         ));
     }
     let failed: Vec<_> = rollout
@@ -342,9 +368,11 @@ mod tests {
         let set: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(set.len(), 500);
         assert_eq!(names[0], "acme-eu");
-        assert!(names.iter().all(|n| n.len() <= 63
-            && n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')));
+        assert!(names.iter().all(|n| {
+            n.len() <= 63
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }));
     }
 
     #[test]
@@ -382,6 +410,9 @@ mod tests {
         assert_eq!(format_percent(r.theory_first_attempt()), "63.4%");
         assert_eq!(format_percent(r.theory_needs_human()), "0.01%");
         let t = r.table();
-        assert!(t.contains("| 10 | 100 | 1.0% | 60.0% | 63.4% | 0% | 0.01% |"), "{t}");
+        assert!(
+            t.contains("| 10 | 100 | 1.0% | 60.0% | 63.4% | 0% | 0.01% |"),
+            "{t}"
+        );
     }
 }

@@ -28,7 +28,10 @@ use crate::store::{AuditEntry, RolloutRecord, RolloutSummary};
 
 const TEMPLATES: [(&str, &str); 3] = [
     ("base.html", include_str!("../../templates/pages/base.html")),
-    ("index.html", include_str!("../../templates/pages/index.html")),
+    (
+        "index.html",
+        include_str!("../../templates/pages/index.html"),
+    ),
     (
         "rollout.html",
         include_str!("../../templates/pages/rollout.html"),
@@ -557,9 +560,7 @@ pub fn rollout_page(
         state,
         commit: record.commit.to_string(),
         commit_short: short(record.commit.as_str()),
-        commit_subject: message
-            .map(|m| m.subject.clone())
-            .filter(|s| !s.is_empty()),
+        commit_subject: message.map(|m| m.subject.clone()).filter(|s| !s.is_empty()),
         commit_body: message.map(|m| m.body.clone()).filter(|s| !s.is_empty()),
         previous_commit: record.previous_commit.as_ref().map(|c| c.to_string()),
         previous_short: record.previous_commit.as_ref().map(|c| short(c.as_str())),
@@ -700,7 +701,10 @@ pub async fn index(State(state): State<AppState>) -> Response {
             Ok(body) => html(StatusCode::OK, body),
             Err(e) => {
                 tracing::error!(error = %e, "rendering the rollout list failed");
-                failure(StatusCode::INTERNAL_SERVER_ERROR, "the page cannot be shown")
+                failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page cannot be shown",
+                )
             }
         },
         Err(e) => {
@@ -729,12 +733,11 @@ pub async fn rollout(State(state): State<AppState>, UrlPath(id): UrlPath<String>
     let audit = state.store.audit_for_rollout(&id).await.unwrap_or_default();
     let data_dir = state.config.server.data_dir.clone();
     let (repo, commit) = (record.repo.clone(), record.commit.clone());
-    let message = tokio::task::spawn_blocking(move || {
-        cached_commit_message(&data_dir, &repo, &commit)
-    })
-    .await
-    .ok()
-    .flatten();
+    let message =
+        tokio::task::spawn_blocking(move || cached_commit_message(&data_dir, &repo, &commit))
+            .await
+            .ok()
+            .flatten();
     let options = PageOptions::from_config(&state.config);
     // Rendering a large fleet is CPU work: keep it off the async threads.
     let rendered = tokio::task::spawn_blocking(move || {
@@ -747,7 +750,10 @@ pub async fn rollout(State(state): State<AppState>, UrlPath(id): UrlPath<String>
         Ok(body) => html(StatusCode::OK, body),
         Err(e) => {
             tracing::error!(rollout = %id, error = %e, "rendering a rollout page failed");
-            failure(StatusCode::INTERNAL_SERVER_ERROR, "the page cannot be shown")
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page cannot be shown",
+            )
         }
     }
 }
