@@ -7,7 +7,9 @@
 CREATE TABLE inbox (
     delivery_id     TEXT PRIMARY KEY,
     event           TEXT NOT NULL,
-    payload         TEXT NOT NULL,
+    -- The raw body, LZ4-compressed (size-prepended): webhook JSON shrinks
+    -- several times, and intake is bound by the bytes the writer writes.
+    payload         BLOB NOT NULL,
     received_at     INTEGER NOT NULL,
     -- pending | done | dropped | failed
     state           TEXT NOT NULL DEFAULT 'pending',

@@ -1,6 +1,7 @@
 //! "Did you mean …?": the closest known name to a mistyped one.
 
-/// The candidate closest to `input` by edit distance, if it is close enough
+/// The candidate closest to `input` by edit distance (a swap of two
+/// neighbouring letters counts as one edit), if it is close enough
 /// to be a plausible typo (at most a third of the input's length, and at
 /// least 1 edit allowed). Ties go to the earliest candidate.
 pub fn closest<'a, I>(input: &str, candidates: I) -> Option<&'a str>
@@ -10,7 +11,7 @@ where
     let limit = (input.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(input, c), c))
+        .map(|c| (strsim::osa_distance(input, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -35,6 +36,7 @@ mod tests {
         let keys = ["retries", "backoff", "deploy_timeout"];
         assert_eq!(closest("retires", keys), Some("retries"));
         assert_eq!(closest("bakoff", keys), Some("backoff"));
+        assert_eq!(closest("rtery", ["retry", "resume"]), Some("retry"));
         assert_eq!(closest("xyz", keys), None);
         assert_eq!(did_you_mean("retires", keys), ", did you mean `retries`?");
         assert_eq!(did_you_mean("zzzzzz", keys), "");

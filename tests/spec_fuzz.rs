@@ -124,3 +124,35 @@ fn deep_nesting_and_alias_bombs_are_refused_not_fatal() {
     }
     assert!(parse_spec(&bomb, &CheckContext::default()).is_err());
 }
+
+#[test]
+fn hostile_sizes_stay_linear() {
+    // Thousands of bad references to thousands of names, and one very long
+    // list: the errors are still found (without minutes of "did you mean").
+    let head = "version: 1\nservices:\n  api: {}\nenvironments:\n";
+    let mut y = String::from(head);
+    for i in 0..6_000 {
+        y.push_str(&format!(
+            "  - {{name: e{i}, driver: a, depends_on: [x{i}]}}\n"
+        ));
+    }
+    let errors = parse_spec(&y, &CheckContext::default()).unwrap_err();
+    assert!(
+        errors[0]
+            .message
+            .contains("depends on unknown environment `x0`"),
+        "{errors:?}"
+    );
+    // Reported up to the cap.
+    assert_eq!(errors.len(), 200);
+
+    let mut y = String::from(head);
+    y.push_str("  - {name: e1, driver: a}\n  - {name: long, driver: a, depends_on: [");
+    y.push_str(&vec!["e1"; 30_000].join(", "));
+    y.push_str("]}\n");
+    let errors = parse_spec(&y, &CheckContext::default()).unwrap_err();
+    assert!(
+        errors[0].message.contains("`e1` is listed twice"),
+        "{errors:?}"
+    );
+}

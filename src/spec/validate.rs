@@ -5,7 +5,7 @@
 //! that need the whole file (references, cycles, waves) still run and report
 //! their own errors in the same pass.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -135,6 +135,7 @@ pub fn parse_spec(text: &str, ctx: &CheckContext) -> Result<ConvoySpec, Vec<Spec
     let mut v = Validator {
         errors: Vec::new(),
         ctx,
+        hint_budget: 50_000,
     };
     let spec = v.document(&tree);
     let mut errors = v.errors;
@@ -228,9 +229,27 @@ struct Refs {
 struct Validator<'c> {
     errors: Vec<SpecError>,
     ctx: &'c CheckContext<'c>,
+    /// Name comparisons left for "did you mean" hints. Each hint compares
+    /// with every candidate; a hostile file with thousands of bad references
+    /// to thousands of names must not take minutes, so past this budget
+    /// errors come without a hint.
+    hint_budget: usize,
 }
 
 impl Validator<'_> {
+    /// [`did_you_mean`] within the hint budget; `count` is the number of
+    /// candidates.
+    fn hint<'a, I>(&mut self, input: &str, count: usize, candidates: I) -> String
+    where
+        I: IntoIterator<Item = &'a str> + Clone,
+    {
+        if count > self.hint_budget {
+            return String::new();
+        }
+        self.hint_budget -= count;
+        did_you_mean(input, candidates)
+    }
+
     fn err(&mut self, pos: Pos, message: impl Into<String>) {
         self.errors.push(SpecError {
             pos,
@@ -393,11 +412,14 @@ impl Validator<'_> {
     /// A list of names; reports invalid and repeated entries.
     fn name_list(&mut self, y: &Yaml, what: &str) -> Vec<(String, Pos)> {
         let mut out: Vec<(String, Pos)> = Vec::new();
+        // A set, not a scan of `out`: a hostile file may list 100,000 names.
+        let mut seen: HashSet<String> = HashSet::new();
         for item in self.list(y, what) {
             if let Some(n) = self.name(item, &format!("name in {what}")) {
-                if out.iter().any(|(o, _)| *o == n) {
+                if seen.contains(&n) {
                     self.err(item.pos, format!("`{n}` is listed twice in {what}"));
                 } else {
+                    seen.insert(n.clone());
                     out.push((n, item.pos));
                 }
             }
@@ -1065,7 +1087,11 @@ impl Validator<'_> {
         if text.parse::<chrono_tz::Tz>().is_ok() {
             return Some(text);
         }
-        let hint = did_you_mean(&text, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+        let hint = self.hint(
+            &text,
+            chrono_tz::TZ_VARIANTS.len(),
+            chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()),
+        );
         self.err(
             y.pos,
             format!("unknown time zone `{text}`{hint} (use an IANA name like `Europe/Berlin`)"),
@@ -1097,7 +1123,7 @@ impl Validator<'_> {
                 match service_index.get(d.as_str()) {
                     Some(&j) => service_adj[i].push((j, *pos)),
                     None => {
-                        let hint = did_you_mean(d, service_names.iter().copied());
+                        let hint = self.hint(d, service_names.len(), service_names.iter().copied());
                         self.err(
                             *pos,
                             format!(
@@ -1128,7 +1154,7 @@ impl Validator<'_> {
         for (i, env) in spec.environments.iter().enumerate() {
             for (s, pos) in &refs.env_services[i] {
                 if !service_index.contains_key(s.as_str()) {
-                    let hint = did_you_mean(s, service_names.iter().copied());
+                    let hint = self.hint(s, service_names.len(), service_names.iter().copied());
                     self.err(
                         *pos,
                         format!(
@@ -1142,7 +1168,14 @@ impl Validator<'_> {
                 match env_index.get(d.as_str()) {
                     Some(&j) => env_adj[i].push((j, *pos)),
                     None => {
-                        let hint = did_you_mean(d, env_names.iter().copied());
+                        let hint = self.hint(
+                            d,
+                            env_names.len(),
+                            env_names
+                                .iter()
+                                .copied()
+                                .filter(|n| *n != env.name.as_str()),
+                        );
                         self.err(
                             *pos,
                             format!(
@@ -1178,7 +1211,7 @@ impl Validator<'_> {
             for (key, kpos, value, vpos) in selector {
                 match label_values.get(key.as_str()) {
                     None => {
-                        let hint = did_you_mean(key, label_values.keys().copied());
+                        let hint = self.hint(key, label_values.len(), label_values.keys().copied());
                         self.err(
                             *kpos,
                             format!(
@@ -1190,7 +1223,7 @@ impl Validator<'_> {
                     Some(values) if !values.contains(value.as_str()) => {
                         // An unused value may be deliberate (no canary right
                         // now); one close to a used value is a typo.
-                        let hint = did_you_mean(value, values.iter().copied());
+                        let hint = self.hint(value, values.len(), values.iter().copied());
                         if !hint.is_empty() {
                             self.err(*vpos, format!("no environment has `{key}: {value}`{hint}"));
                         }

@@ -130,7 +130,11 @@ fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
     if let Some(i) = message.find(", set DuplicateKeyPolicy") {
         message.truncate(i);
     }
-    let message = message.trim().trim_start_matches("error: ").to_string();
+    let mut message = message.trim().trim_start_matches("error: ").to_string();
+    // Its advice here names library functions.
+    if message.starts_with("multiple YAML documents") {
+        message = "more than one YAML document: convoy.yml must be a single document (remove the second `---`)".into();
+    }
     SyntaxError {
         pos,
         message: if message.is_empty() {
@@ -303,5 +307,11 @@ mod tests {
         assert_eq!(e.message, "unclosed bracket '['");
         let e = parse("a: &x [*x]").unwrap_err();
         assert!(e.pos.line == 1, "{e:?}");
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(e.pos.line, 3);
+        assert!(
+            e.message.starts_with("more than one YAML document"),
+            "{e:?}"
+        );
     }
 }

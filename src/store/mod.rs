@@ -46,9 +46,37 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct NewDelivery {
     pub id: DeliveryId,
     pub event: String,
-    /// The raw body, exactly as GitHub sent it (already checked to be JSON).
-    pub payload: String,
+    /// The raw body, exactly as GitHub sent it (already checked to be JSON),
+    /// compressed by the request that received it.
+    pub payload: Payload,
     pub received_at: DateTime<Utc>,
+}
+
+/// A webhook body, LZ4-compressed. Compressing on the request's own thread
+/// keeps the single database writer's work (and the bytes it writes) small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload(Vec<u8>);
+
+impl Payload {
+    pub fn compress(body: &str) -> Payload {
+        Payload(lz4_flex::compress_prepend_size(body.as_bytes()))
+    }
+
+    pub fn from_stored(bytes: Vec<u8>) -> Payload {
+        Payload(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The body again; an error for bytes that are not a stored payload.
+    pub fn decompress(&self) -> Result<String> {
+        let raw = lz4_flex::decompress_size_prepended(&self.0)
+            .map_err(|e| StoreError::Unsupported(format!("stored payload is damaged: {e}")))?;
+        String::from_utf8(raw)
+            .map_err(|_| StoreError::Unsupported("stored payload is not UTF-8".into()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

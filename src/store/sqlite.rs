@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use super::{
     AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
-    InboxCounts, InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
-    RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
+    InboxCounts, InboxItem, NewDelivery, Payload, Result, RolloutKind, RolloutRecord,
+    RolloutSummary, RolloutWrite, Store, StoreError, StoredTimer, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -113,7 +113,7 @@ fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem> {
     Ok(InboxItem {
         id: DeliveryId::new(row.try_get::<String, _>("delivery_id")?),
         event: row.try_get("event")?,
-        payload: row.try_get("payload")?,
+        payload: Payload::from_stored(row.try_get::<Vec<u8>, _>("payload")?).decompress()?,
         received_at: from_millis(row.try_get("received_at")?),
         state: DeliveryState::parse(&row.try_get::<String, _>("state")?),
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
@@ -152,7 +152,7 @@ impl Store for SqliteStore {
                 query = query
                     .bind(d.id.as_str())
                     .bind(&d.event)
-                    .bind(&d.payload)
+                    .bind(d.payload.as_bytes())
                     .bind(at)
                     .bind(at);
             }

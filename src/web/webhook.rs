@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::domain::DeliveryId;
-use crate::store::NewDelivery;
+use crate::store::{NewDelivery, Payload};
 use crate::webhook::signature;
 
 /// GitHub caps payloads at 25 MB; anything larger is not from GitHub.
@@ -114,7 +114,7 @@ pub async fn receive(
             .write(NewDelivery {
                 id: delivery.id,
                 event: delivery.event,
-                payload: delivery.body,
+                payload: Payload::compress(&delivery.body),
                 received_at: Utc::now(),
             })
             .await;
