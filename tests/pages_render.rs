@@ -252,7 +252,15 @@ fn env_state_reads_steps_in_order_of_importance() {
 #[test]
 fn ten_thousand_environments_stay_under_two_megabytes() {
     let r = in_progress(10_000);
-    let html = rollout_page(&record(&r, None), &[], None, &PageOptions::default()).unwrap();
+    let rec = record(&r, None);
+    // Printed, not asserted: timings belong in docs/BENCHMARKS.md.
+    let started = std::time::Instant::now();
+    let html = rollout_page(&rec, &[], None, &PageOptions::default()).unwrap();
+    eprintln!(
+        "rollout page for 10,000 environments (30,000 steps): {} bytes in {:?}",
+        html.len(),
+        started.elapsed()
+    );
     let c = cells(&html);
     assert_eq!(c.values().sum::<usize>(), 10_000);
     assert!(
