@@ -36,7 +36,10 @@ fn collect(dir: &Path) -> Vec<(i64, String, String)> {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    // Read at run time: a shared target directory reuses one compiled build
+    // script across checkouts, and `env!` would pin the first checkout.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let root = Path::new(&manifest).join("migrations");
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=migrations/postgres");
     let mut out = String::new();

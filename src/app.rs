@@ -141,19 +141,53 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let config = Arc::new(config);
-    let runtime = RolloutRuntime::new(store.clone(), drivers, services.reporter.clone());
-    let tokens = services.tokens.clone().unwrap_or_else(|| Arc::new(NoToken));
+    // Check runs and the PR comment, when the App's key is configured and
+    // the caller brought no reporter of its own.
+    let reporting = match services.reporter {
+        Some(_) => None,
+        None => crate::report::setup::from_config(&config, store.clone())
+            .await
+            .map_err(StartError::Config)?,
+    };
+    let reporter = services
+        .reporter
+        .clone()
+        .or_else(|| reporting.as_ref().map(|r| r.sink()));
+    let runtime = RolloutRuntime::new(store.clone(), drivers.clone(), reporter);
+    // Git fetches authenticate with the App's installation token when the
+    // App is configured; without it only open remotes (file://) work.
+    let tokens = services
+        .tokens
+        .clone()
+        .or_else(|| reporting.as_ref().map(|r| r.tokens.clone()))
+        .unwrap_or_else(|| Arc::new(NoToken));
     let mut handlers: Vec<Arc<dyn EventHandler>> = vec![Arc::new(MergeHandler::new(
         config.clone(),
         runtime.clone(),
-        tokens,
+        tokens.clone(),
     ))];
+    handlers.extend(
+        reporting
+            .as_ref()
+            .map(|r| r.handler(config.clone(), store.clone(), drivers, tokens)),
+    );
     handlers.extend(services.extra_handler.clone());
     let dispatcher: Arc<dyn EventHandler> = Arc::new(Dispatcher::new(
         store.clone(),
         Some(Arc::new(Chain(handlers))),
     ));
     runtime.recover().await?;
+    let mut report_tasks = Vec::new();
+    if let Some(r) = reporting {
+        r.reporter.resume().await;
+        report_tasks = r.tasks;
+        let reporter = r.reporter;
+        let mut stop = shutdown_rx.clone();
+        report_tasks.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            reporter.stop();
+        }));
+    }
     let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
 
@@ -192,7 +226,10 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         metrics,
         runtime,
         shutdown,
-        tasks: vec![server_task, worker_task],
+        tasks: [server_task, worker_task]
+            .into_iter()
+            .chain(report_tasks)
+            .collect(),
     })
 }
 

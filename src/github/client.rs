@@ -234,6 +234,12 @@ impl GitHubClient {
         }
     }
 
+    /// The installation's access token (cached; renewed before it
+    /// expires), for git fetches over https.
+    pub async fn token(&self, inst: InstallationId) -> GitHubResult<Secret> {
+        self.installation_token(inst).await
+    }
+
     async fn installation_token(&self, inst: InstallationId) -> GitHubResult<Secret> {
         self.inner
             .auth

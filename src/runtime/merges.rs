@@ -42,6 +42,21 @@ impl TokenSource for NoToken {
     }
 }
 
+/// The GitHub App's installation token: git fetches over https as
+/// `x-access-token`.
+#[async_trait]
+impl TokenSource for crate::github::GitHubClient {
+    async fn installation_token(
+        &self,
+        installation: InstallationId,
+    ) -> Result<Option<Secret>, String> {
+        self.token(installation)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot get an installation token from GitHub: {e}"))
+    }
+}
+
 /// A merge convoy should roll out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Merge {
@@ -121,24 +136,7 @@ impl MergeHandler {
     }
 
     async fn history(&self, repo: &RepoName) -> Result<History, HandlerError> {
-        let counts = self
-            .runtime
-            .store()
-            .first_attempts(repo)
-            .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
-        Ok(counts
-            .into_iter()
-            .map(|(env, c)| {
-                (
-                    env,
-                    EnvHistory {
-                        attempts: c.attempts,
-                        first_attempt_successes: c.successes,
-                    },
-                )
-            })
-            .collect())
+        history_of(self.runtime.store().as_ref(), repo).await
     }
 
     /// Creates the rollout of a merge, or attaches to the one a sibling
@@ -239,37 +237,82 @@ impl MergeHandler {
         merge: &Merge,
         previous: Option<CommitSha>,
     ) -> Result<ChangeSet, HandlerError> {
-        let token = self
-            .tokens
-            .installation_token(merge.installation)
-            .await
-            .map_err(HandlerError::Transient)?;
-        let Some((owner, name)) = merge.repo.split() else {
-            return Err(HandlerError::Permanent(format!(
-                "repository name `{}` is not owner/name",
-                merge.repo
-            )));
-        };
-        let url = git::repo_url(&self.config.github.git_url, owner, name);
-        let (owner, name) = (owner.to_owned(), name.to_owned());
-        let cache = self.cache.clone();
-        let config = self.config.clone();
-        let commit = merge.commit.clone();
-        git::run_blocking(move || {
-            let mut wanted = vec![commit.clone()];
-            wanted.extend(previous.clone());
-            let repo = cache.sync(&owner, &name, &url, token.as_ref(), &wanted)?;
-            let ctx = CheckContext::from_config(&config);
-            ChangeSet::read(&repo, commit, previous, &ctx)
-        })
+        read_change(
+            &self.config,
+            &self.cache,
+            self.tokens.as_ref(),
+            merge.installation,
+            &merge.repo,
+            merge.commit.clone(),
+            previous,
+        )
         .await
-        .map_err(|e| match e {
-            GitError::Auth { .. } | GitError::UnknownRevision(_) => {
-                HandlerError::Permanent(e.to_string())
-            }
-            _ => HandlerError::Transient(e.to_string()),
-        })
     }
+}
+
+/// Per environment, first-attempt outcomes of recent deploys (SPEC 6.7):
+/// the risk estimate's input. Shared with the PR-time preflight.
+pub async fn history_of(
+    store: &dyn crate::store::Store,
+    repo: &RepoName,
+) -> Result<History, HandlerError> {
+    let counts = store
+        .first_attempts(repo)
+        .await
+        .map_err(|e| HandlerError::Transient(e.to_string()))?;
+    Ok(counts
+        .into_iter()
+        .map(|(env, c)| {
+            (
+                env,
+                EnvHistory {
+                    attempts: c.attempts,
+                    first_attempt_successes: c.successes,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Fetches `commit` (and `previous`) into the cache and reads what the
+/// planner needs: `convoy.yml` at both, validated against the operator's
+/// config, and the changed paths. Shared with the PR-time preflight.
+pub async fn read_change(
+    config: &Arc<Config>,
+    cache: &RepoCache,
+    tokens: &dyn TokenSource,
+    installation: InstallationId,
+    repo: &RepoName,
+    commit: CommitSha,
+    previous: Option<CommitSha>,
+) -> Result<ChangeSet, HandlerError> {
+    let token = tokens
+        .installation_token(installation)
+        .await
+        .map_err(HandlerError::Transient)?;
+    let Some((owner, name)) = repo.split() else {
+        return Err(HandlerError::Permanent(format!(
+            "repository name `{repo}` is not owner/name"
+        )));
+    };
+    let url = git::repo_url(&config.github.git_url, owner, name);
+    let (owner, name) = (owner.to_owned(), name.to_owned());
+    let cache = cache.clone();
+    let config = config.clone();
+    git::run_blocking(move || {
+        let mut wanted = vec![commit.clone()];
+        wanted.extend(previous.clone());
+        let repo = cache.sync(&owner, &name, &url, token.as_ref(), &wanted)?;
+        let ctx = CheckContext::from_config(&config);
+        ChangeSet::read(&repo, commit, previous, &ctx)
+    })
+    .await
+    .map_err(|e| match e {
+        GitError::Auth { .. } | GitError::UnknownRevision(_) => {
+            HandlerError::Permanent(e.to_string())
+        }
+        _ => HandlerError::Transient(e.to_string()),
+    })
 }
 
 /// Every error of an invalid `convoy.yml`, one `convoy.yml:LINE:COL:

@@ -239,3 +239,109 @@ pub fn fleet_spec(envs: &[(String, String)], policy: &str, rest_wave: &str) -> S
     ));
     s
 }
+
+/// Like [`config`], with convoy talking to a GitHub stand-in at `api_url`
+/// as the test App; `overrides` are `CONVOY_*` variables (e.g.
+/// `("CONVOY_GITHUB_WRITES_PER_MINUTE", "6")`).
+pub fn config_with_github(
+    dir: &Path,
+    git: &GitFixture,
+    extra: &str,
+    api_url: &str,
+    overrides: &[(&str, &str)],
+) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://convoy.test"
+data_dir = "{data}"
+[github]
+webhook_secret = "{SECRET}"
+git_url = "{git_url}"
+[database]
+url = "sqlite://{db}"
+[drivers.agent]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+timeout = "5s"
+{extra}
+"#,
+        data = dir.join("data").display(),
+        git_url = git.url_template(),
+        db = dir.join("convoy.db").display(),
+    );
+    let mut env: Vec<(String, String)> = vec![
+        ("CONVOY_GITHUB_API_URL".into(), api_url.into()),
+        (
+            "CONVOY_GITHUB_APP_ID".into(),
+            convoy::testkit::github_standin::TEST_APP_ID.to_string(),
+        ),
+        (
+            "CONVOY_GITHUB_PRIVATE_KEY_PATH".into(),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/test-app-key.pem"
+            )
+            .into(),
+        ),
+    ];
+    env.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    Config::from_toml(&text, "e2e.toml", &env).expect("e2e config with GitHub")
+}
+
+/// A `pull_request` event (`opened`, `reopened`, `synchronize`) for PR
+/// `number` with head `sha` against main, derived from GitHub's example.
+pub fn pr_event(action: &str, number: u64, sha: &CommitSha) -> Value {
+    let mut e = example("pull_request", Some("opened"));
+    e["action"] = action.into();
+    e["number"] = number.into();
+    e["pull_request"]["number"] = number.into();
+    e["pull_request"]["state"] = "open".into();
+    e["pull_request"]["merged"] = false.into();
+    e["pull_request"]["head"]["sha"] = sha.as_str().into();
+    e["pull_request"]["base"]["ref"] = "main".into();
+    e["repository"]["full_name"] = REPO.into();
+    e["repository"]["default_branch"] = "main".into();
+    e["installation"] = serde_json::json!({ "id": INSTALLATION });
+    e
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `secs`.
+pub async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{what}: not within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl GitFixture {
+    /// A repository at `<root>/<owner>/<name>` for `repo` = `owner/name`
+    /// (several repositories under one `git_url` template).
+    pub fn named(root: &Path, repo: &str) -> GitFixture {
+        let path = root.join(repo);
+        std::fs::create_dir_all(&path).unwrap();
+        git(&path, &["init", "-q", "-b", "main"]);
+        GitFixture {
+            root: root.to_owned(),
+            path,
+        }
+    }
+}
+
+/// [`merged_pr`] in another repository of the same installation.
+pub fn merged_pr_in(repo: &str, number: u64, sha: &CommitSha) -> Value {
+    let mut e = merged_pr(number, sha);
+    e["repository"]["full_name"] = repo.into();
+    e
+}
