@@ -85,9 +85,18 @@ fn the_demo_rolls_out_twenty_environments_with_a_retry_and_an_approval() {
     );
     assert!(stdout.contains("wave `rest` approved by sam"), "{stdout}");
     assert!(stdout.contains(" succeeded in "), "{stdout}");
-    // The final comment, as Markdown, with its hidden marker.
+    // The final comment convoy posted through the GitHub stand-in, as
+    // Markdown, with its hidden marker, and the check run's conclusion.
+    assert!(
+        stdout.contains("The comment convoy posted on PR #42"),
+        "{stdout}"
+    );
     assert!(stdout.contains("<!-- convoy:rollout:"), "{stdout}");
     assert!(stdout.contains("**State**: `succeeded`"), "{stdout}");
+    assert!(
+        stdout.contains("Check run convoy/rollout: completed / success"),
+        "{stdout}"
+    );
 }
 
 #[test]

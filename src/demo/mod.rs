@@ -606,7 +606,16 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
             .filter_map(|c| c["body"].as_str())
             .find(|b| b.starts_with(&marker))
             .map(str::to_owned);
-        let done = body.as_deref().is_some_and(|b| b.contains(&want));
+        // The comment and the check run are sent apart: wait for both to
+        // show the end.
+        let run_done = state
+            .check_runs
+            .values()
+            .rev()
+            .filter_map(|v| v.last())
+            .find(|r| r["name"] == "convoy/rollout" && r["head_sha"] == merge.as_str())
+            .is_none_or(|r| r["status"] == "completed");
+        let done = run_done && body.as_deref().is_some_and(|b| b.contains(&want));
         if body.is_some() {
             posted = body;
         }
@@ -627,9 +636,12 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
             out("");
             out(body);
             let state = github.state();
+            // The newest run: resuming after `action_required` (the
+            // approval) starts a new one.
             if let Some(run) = state
                 .check_runs
                 .values()
+                .rev()
                 .filter_map(|v| v.last())
                 .find(|r| r["name"] == "convoy/rollout" && r["head_sha"] == merge.as_str())
             {
