@@ -271,6 +271,12 @@ fn chromium_shows_every_environment_during_and_after_a_demo_rollout() {
     assert_eq!(total.get("succeeded"), Some(&ENVIRONMENTS), "{total:?}");
     // The approval is in the page (the wave line names the approver).
     assert!(dom.contains("approval by sam"), "approver shown");
+    // The approval is in the audit log, with who gave it.
+    let audit = dom.split("id=\"audit\"").nth(1).expect("an audit section");
+    assert!(
+        audit.contains("/convoy approve rest") && audit.contains("sam"),
+        "{audit}"
+    );
     eprintln!("screenshots in {}", shot.parent().unwrap().display());
     drop(demo);
 }

@@ -555,6 +555,20 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
                         )
                         .await
                         .map_err(|e| format!("approving: {e}"))?;
+                    // Audited as the handler would have audited it.
+                    let entry = crate::store::AuditEntry {
+                        at: chrono::Utc::now(),
+                        actor: APPROVER.to_owned(),
+                        repo: Some(RepoName::new(REPO)),
+                        rollout_id: Some(id.clone()),
+                        location: Some(format!("pr#{PULL_REQUEST} (demo)")),
+                        action: format!("/convoy approve {GATED_WAVE}"),
+                        result: "accepted".into(),
+                        detail: Some("approved through convoy's runtime by the demo".into()),
+                    };
+                    if let Err(e) = running.store.append_audit(&entry).await {
+                        tracing::warn!(error = %e, "demo: the approval is not in the audit log");
+                    }
                     screen.event(
                         "    (no slash-command handler acted on the comment in this build: the demo approved through convoy's runtime instead)",
                     );
