@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::drivers::Drivers;
+use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::metrics::Metrics;
+use crate::runtime::commands::{CommandHandler, CommandHooks};
 use crate::runtime::intake::InboxWriter;
 use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
@@ -49,6 +51,11 @@ pub struct Services {
     pub reporter: Option<Arc<dyn ReportSink>>,
     /// Runs after the built-in handlers, for every handled event.
     pub extra_handler: Option<Arc<dyn EventHandler>>,
+    /// GitHub as commands see it; default: a client built from `[github]`
+    /// when a private key is configured.
+    pub github: Option<Arc<dyn GitHubApi>>,
+    /// Preflight and drift support for `/convoy plan`, `adopt`, `resync`.
+    pub command_hooks: CommandHooks,
 }
 
 impl Services {
@@ -153,7 +160,7 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         .reporter
         .clone()
         .or_else(|| reporting.as_ref().map(|r| r.sink()));
-    let runtime = RolloutRuntime::new(store.clone(), drivers.clone(), reporter);
+    let runtime = RolloutRuntime::new(store.clone(), drivers.clone(), reporter.clone());
     // Git fetches authenticate with the App's installation token when the
     // App is configured; without it only open remotes (file://) work.
     let tokens = services
@@ -166,6 +173,32 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         runtime.clone(),
         tokens.clone(),
     ))];
+    // One GitHub client for everything: the caller's, else the reporter's,
+    // else one built from [github] (when a key is configured).
+    let github = services
+        .github
+        .clone()
+        .or_else(|| reporting.as_ref().map(|r| r.api.clone()))
+        .or_else(|| github_from_config(&config));
+    let mut hooks = services.command_hooks.clone();
+    if hooks.preflight.is_none()
+        && let Some(api) = &github
+    {
+        hooks.preflight = Some(Arc::new(crate::report::preflight::Preflight::new(
+            config.clone(),
+            store.clone(),
+            drivers.clone(),
+            tokens.clone(),
+            api.clone(),
+        )));
+    }
+    handlers.push(Arc::new(CommandHandler::new(
+        &config,
+        runtime.clone(),
+        github,
+        reporter.clone(),
+        hooks,
+    )));
     handlers.extend(
         reporting
             .as_ref()
@@ -231,6 +264,19 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
             .chain(report_tasks)
             .collect(),
     })
+}
+
+/// The GitHub client for a configured private key (`None` without one, or
+/// when the key cannot be used: logged, convoy still takes deliveries).
+fn github_from_config(config: &Config) -> Option<Arc<dyn GitHubApi>> {
+    let client_config = GitHubClientConfig::from_config(&config.github)?;
+    match GitHubClient::new(client_config) {
+        Ok(client) => Some(Arc::new(client)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the GitHub client: commands get no answers");
+            None
+        }
+    }
 }
 
 /// `convoy serve`: exit 2 on a configuration error, 1 on a runtime failure.

@@ -16,11 +16,17 @@
 //!
 //! A button click skips 1–2: [`command_for_action`] gives the command, and
 //! 3–4 are the same.
+//!
+//! [`action_for`] turns an accepted command into the work to do, and
+//! [`TtlCache`] keeps looked-up permissions for at most 60 s. The edge that
+//! runs all this is `crate::runtime::commands`.
 
 pub mod auth;
 pub mod buttons;
+pub mod cache;
 pub mod command;
 pub mod comment;
+pub mod dispatch;
 pub mod parse;
 pub mod reply;
 pub mod table;
@@ -30,15 +36,19 @@ pub use auth::{
     Approver, AuthInput, Decision, Permission, Refusal, TeamRef, authorize, teams_to_check,
 };
 pub use buttons::{Button, ButtonError, button_for, command_for_action};
+pub use cache::TtlCache;
 pub use command::{Command, RetryTarget, RollbackTarget};
 pub use comment::{
     CommentFacts, CommentPlace, DRIFT_LABEL, Ignored, Reaction, comment_place,
     comment_place_from_payload, is_bot,
 };
+pub use dispatch::{Action, Outcome, action_for, check_run_location, comment_location, context_of};
 pub use parse::{
     DurationProblem, MAX_COMMANDS_PER_COMMENT, ParseError, ParsedLine, parse_comment, parse_line,
 };
-pub use reply::{Rejection, ReplyInput, code_span, render_help, render_rejection};
+pub use reply::{
+    Notice, Rejection, ReplyInput, code_span, render_help, render_notice, render_rejection,
+};
 pub use table::{Access, ArgShape, ButtonSpec, COMMANDS, CommandSpec, Verb};
 pub use validate::{
     Context, NameKind, NotApplicable, NotApplicableReason, UnknownName, ValidNames,

@@ -23,7 +23,7 @@ const MAX_QUOTED: usize = 120;
 /// are counted, so a reply stays short whatever was typed.
 const MAX_LISTED_NAMES: usize = 20;
 
-const TEMPLATES: [(&str, &str); 6] = [
+const TEMPLATES: [(&str, &str); 7] = [
     ("help.md", include_str!("../../templates/commands/help.md")),
     (
         "unknown_command.md",
@@ -44,6 +44,10 @@ const TEMPLATES: [(&str, &str); 6] = [
     (
         "not_applicable.md",
         include_str!("../../templates/commands/not_applicable.md"),
+    ),
+    (
+        "notice.md",
+        include_str!("../../templates/commands/notice.md"),
     ),
 ];
 
@@ -143,6 +147,94 @@ pub fn render_rejection(rejection: &Rejection, input: ReplyInput<'_>) -> String 
         }
     };
     render(template, &context)
+}
+
+/// What convoy tells a commenter about a command it read: why it was not
+/// carried out (beyond a [`Rejection`]), or what a command with wide effects
+/// did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    /// The engine (or runtime) declined: the rollout's state does not allow
+    /// it, e.g. "nothing to retry: no failed steps".
+    NotDone {
+        reason: String,
+    },
+    /// Carrying it out failed (database, GitHub): worth another try.
+    Failed {
+        reason: String,
+    },
+    /// A merged pull request without a rollout.
+    NoRollout,
+    /// This convoy cannot do it (no preflight or drift support configured).
+    Unavailable {
+        reason: String,
+    },
+    /// A rollback started as its own rollout.
+    RolledBack {
+        rollout: String,
+        url: Option<String>,
+    },
+    /// `freeze` applied to `count` rollouts; `until` already formatted.
+    Frozen {
+        count: usize,
+        until: Option<String>,
+        reason: Option<String>,
+    },
+    Unfrozen {
+        count: usize,
+    },
+    /// `/convoy status` when no reporter refreshes the comment.
+    Status {
+        rollout: String,
+        state: String,
+        url: Option<String>,
+        steps: usize,
+        succeeded: usize,
+        failed: usize,
+    },
+}
+
+impl Notice {
+    /// What the audit log says of the command it answers: the state of
+    /// the rollout or an error failed it; a missing rollout or capability
+    /// refused it; the rest were carried out.
+    pub fn outcome(&self) -> super::dispatch::Outcome {
+        use super::dispatch::Outcome;
+        match self {
+            Notice::NotDone { reason } | Notice::Failed { reason } => {
+                Outcome::Failed(reason.clone())
+            }
+            Notice::Unavailable { reason } => Outcome::Refused(reason.clone()),
+            Notice::NoRollout => Outcome::Refused("this pull request has no rollout".into()),
+            Notice::RolledBack { .. }
+            | Notice::Frozen { .. }
+            | Notice::Unfrozen { .. }
+            | Notice::Status { .. } => Outcome::Accepted,
+        }
+    }
+
+    /// Whether the command it answers counts as refused or failed (😕).
+    pub fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            Notice::NotDone { .. }
+                | Notice::Failed { .. }
+                | Notice::NoRollout
+                | Notice::Unavailable { .. }
+        )
+    }
+}
+
+/// The reply for a notice about `command` (the line as written, or the
+/// command a button stands for).
+pub fn render_notice(notice: &Notice, prefix: &str, command: &str) -> String {
+    let mut context = TeraContext::new();
+    context.insert("notice", notice);
+    context.insert("command", command);
+    context.insert("help_command", &format!("{prefix} help"));
+    context.insert("unfreeze_command", &format!("{prefix} unfreeze"));
+    render("notice.md", &context)
 }
 
 fn render(template: &str, context: &TeraContext) -> String {
@@ -357,7 +449,7 @@ impl RefusalView {
 
 /// GitHub logins are ASCII letters, digits and single hyphens; anything else
 /// is not mentioned (it could be markup).
-fn mention(login: &str) -> Option<String> {
+pub fn mention(login: &str) -> Option<String> {
     let plausible = !login.is_empty()
         && login.len() <= 39
         && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
@@ -417,6 +509,103 @@ mod tests {
         assert_eq!(mention("evil[bot]"), None);
         assert_eq!(mention("a b"), None);
         assert_eq!(mention(""), None);
+    }
+
+    /// Golden replies for every notice (review with `cargo insta review`).
+    #[test]
+    fn notices() {
+        let cases = [
+            (
+                "not_done",
+                Notice::NotDone {
+                    reason: "nothing to retry: no failed steps".into(),
+                },
+                "/convoy retry",
+            ),
+            (
+                "failed",
+                Notice::Failed {
+                    reason: "database error: disk full".into(),
+                },
+                "/convoy pause",
+            ),
+            ("no_rollout", Notice::NoRollout, "/convoy abort"),
+            (
+                "unavailable",
+                Notice::Unavailable {
+                    reason: "preflight checks are not set up in this convoy".into(),
+                },
+                "/convoy plan",
+            ),
+            (
+                "rolled_back",
+                Notice::RolledBack {
+                    rollout: "20261126-abc".into(),
+                    url: Some("https://convoy.example.com/rollouts/20261126-abc".into()),
+                },
+                "/convoy rollback acme-eu",
+            ),
+            (
+                "frozen_until",
+                Notice::Frozen {
+                    count: 2,
+                    until: Some("2026-11-26 10:00 UTC".into()),
+                    reason: Some("incident `4711` @here".into()),
+                },
+                "/convoy freeze 2h incident `4711` @here",
+            ),
+            (
+                "frozen_open_ended",
+                Notice::Frozen {
+                    count: 1,
+                    until: None,
+                    reason: None,
+                },
+                "/convoy freeze",
+            ),
+            (
+                "unfrozen",
+                Notice::Unfrozen { count: 1 },
+                "/convoy unfreeze",
+            ),
+            (
+                "status",
+                Notice::Status {
+                    rollout: "20261126-abc".into(),
+                    state: "halted".into(),
+                    url: None,
+                    steps: 30,
+                    succeeded: 27,
+                    failed: 3,
+                },
+                "/convoy status",
+            ),
+        ];
+        for (name, notice, line) in cases {
+            insta::assert_snapshot!(
+                format!("notice_{name}"),
+                render_notice(&notice, "/convoy", line)
+            );
+        }
+    }
+
+    #[test]
+    fn problems_are_the_notices_that_refuse_or_fail() {
+        assert!(Notice::NoRollout.is_problem());
+        assert!(
+            Notice::NotDone {
+                reason: String::new()
+            }
+            .is_problem()
+        );
+        assert!(!Notice::Unfrozen { count: 1 }.is_problem());
+        for notice in [
+            Notice::NoRollout,
+            Notice::Failed { reason: "x".into() },
+            Notice::Unfrozen { count: 2 },
+        ] {
+            assert_eq!(notice.is_problem(), !notice.outcome().is_accepted());
+        }
     }
 
     #[test]

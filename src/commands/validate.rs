@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::domain::{EnvName, ServiceName, WaveName};
 use crate::plan::model::Plan;
-use crate::suggest::closest;
 
 use super::command::{Command, RetryTarget, RollbackTarget};
 use super::table::Verb;
@@ -99,21 +98,26 @@ fn suggest(name: &str, known: &[&str]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// [`closest`], plus swapped letters (`retyr` for `retry`): the most common
-/// typo, which plain edit distance counts as two edits. Same limit.
+/// The closest candidate by plain edit distance, else by edit distance with
+/// a swap of neighbouring letters as one edit (`retyr` for `retry`, the
+/// most common typo). Plain distance goes first so that one substituted
+/// letter (`acme-ue` → `acme-us`) beats a swap (`acme-eu`). At most a third
+/// of the input's length, at least 1; ties go to the earliest candidate.
 pub(crate) fn closest_or_swapped<'a, I>(input: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str> + Clone,
 {
-    closest(input, candidates.clone()).or_else(|| {
-        let limit = (input.chars().count() / 3).max(1);
+    let limit = (input.chars().count() / 3).max(1);
+    let best = |distance: fn(&str, &str) -> usize| {
         candidates
+            .clone()
             .into_iter()
-            .map(|c| (strsim::osa_distance(input, c), c))
+            .map(|c| (distance(input, c), c))
             .filter(|(d, _)| *d <= limit)
             .min_by_key(|(d, _)| *d)
             .map(|(_, c)| c)
-    })
+    };
+    best(strsim::levenshtein).or_else(|| best(strsim::osa_distance))
 }
 
 /// Checks every environment, wave and service the command names against the

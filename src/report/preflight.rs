@@ -665,3 +665,22 @@ async fn probe_one(
         _ => None,
     }
 }
+
+/// `/convoy plan` and a re-run of the `convoy/preflight` check land here.
+#[async_trait::async_trait]
+impl crate::runtime::commands::PreflightRunner for Preflight {
+    async fn rerun(
+        &self,
+        request: &crate::runtime::commands::PreflightRequest,
+    ) -> Result<(), String> {
+        let Some(number) = request.pull_request else {
+            return Err(format!(
+                "no pull request is known for commit {}; push to the pull request to run the check again",
+                request.head_sha
+            ));
+        };
+        self.run_for_pull_request(request.installation, &request.repo, number)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

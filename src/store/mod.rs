@@ -251,6 +251,14 @@ pub trait Store: Send + Sync + 'static {
         commit: &CommitSha,
     ) -> Result<Option<RolloutRecord>>;
 
+    /// The newest deploy rollout of a pull request's merge, if any (what
+    /// a command on that pull request acts on).
+    async fn latest_rollout_for_pull_request(
+        &self,
+        repo: &RepoName,
+        pull_request: u64,
+    ) -> Result<Option<RolloutRecord>>;
+
     /// Newest first.
     async fn list_rollouts(
         &self,

@@ -544,6 +544,22 @@ impl Store for SqliteStore {
         row.as_ref().map(rollout_record).transpose()
     }
 
+    async fn latest_rollout_for_pull_request(
+        &self,
+        repo: &RepoName,
+        pull_request: u64,
+    ) -> Result<Option<RolloutRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND pull_request = ? \
+             AND kind = 'deploy' ORDER BY created_at DESC, id DESC LIMIT 1"
+        )))
+        .bind(repo.as_str())
+        .bind(i64::try_from(pull_request).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_record).transpose()
+    }
+
     async fn list_rollouts(
         &self,
         repo: Option<&RepoName>,

@@ -345,3 +345,90 @@ pub fn merged_pr_in(repo: &str, number: u64, sha: &CommitSha) -> Value {
     e["repository"]["full_name"] = repo.into();
     e
 }
+
+/// Starts convoy with services of the test's own (a GitHub client, hooks).
+pub async fn start_with(config: Config, services: Services) -> Running {
+    app::start(config, services).await.expect("convoy starts")
+}
+
+/// A GitHub stand-in checking every request against GitHub's description,
+/// with the test repository, and a real client for it.
+pub async fn github_standin() -> (
+    convoy::testkit::github_standin::GitHubStandIn,
+    std::sync::Arc<dyn convoy::github::GitHubApi>,
+) {
+    use convoy::testkit::github_standin::{
+        GitHubStandIn, StandInConfig, TEST_APP_ID, TEST_APP_PRIVATE_KEY_PEM,
+    };
+    let standin = GitHubStandIn::start(StandInConfig::for_tests())
+        .await
+        .expect("stand-in starts");
+    standin.add_repo(REPO, "main");
+    let client = convoy::github::GitHubClient::new(convoy::github::GitHubClientConfig::new(
+        standin.url(),
+        TEST_APP_ID,
+        convoy::config::Secret::new(TEST_APP_PRIVATE_KEY_PEM),
+    ))
+    .expect("client");
+    (standin, std::sync::Arc::new(client))
+}
+
+/// An `issue_comment` created event: `author` wrote `body` as comment
+/// `comment_id` on PR `number` (opened by `pr_author`), derived from
+/// GitHub's example.
+pub fn pr_comment(
+    number: u64,
+    comment_id: u64,
+    author: &str,
+    pr_author: &str,
+    body: &str,
+) -> Value {
+    let mut e = example("issue_comment", Some("created"));
+    e["action"] = "created".into();
+    e["issue"]["number"] = number.into();
+    e["issue"]["user"]["login"] = pr_author.into();
+    e["issue"]["pull_request"] = serde_json::json!({
+        "url": format!("https://api.github.com/repos/{REPO}/pulls/{number}")
+    });
+    e["issue"]["labels"] = serde_json::json!([]);
+    e["comment"]["id"] = comment_id.into();
+    e["comment"]["body"] = body.into();
+    e["comment"]["user"]["login"] = author.into();
+    e["comment"]["user"]["type"] = "User".into();
+    e["sender"]["login"] = author.into();
+    e["repository"]["full_name"] = REPO.into();
+    e["installation"] = serde_json::json!({ "id": INSTALLATION });
+    e
+}
+
+/// A `check_run` event on `convoy/rollout` for `rollout`: `requested_action`
+/// with the button `identifier`, or `rerequested` when it is `None`.
+pub fn check_run_click(
+    check_run_id: u64,
+    rollout: &convoy::domain::RolloutId,
+    identifier: Option<&str>,
+    sender: &str,
+) -> Value {
+    let action = if identifier.is_some() {
+        "requested_action"
+    } else {
+        "rerequested"
+    };
+    let mut e = example("check_run", Some(action));
+    e["check_run"]["id"] = check_run_id.into();
+    e["check_run"]["name"] = "convoy/rollout".into();
+    e["check_run"]["external_id"] = rollout.as_str().into();
+    e["check_run"]["app"]["id"] = convoy::testkit::github_standin::TEST_APP_ID.into();
+    match identifier {
+        Some(id) => e["requested_action"] = serde_json::json!({ "identifier": id }),
+        None => {
+            if let Some(map) = e.as_object_mut() {
+                map.remove("requested_action");
+            }
+        }
+    }
+    e["sender"]["login"] = sender.into();
+    e["repository"]["full_name"] = REPO.into();
+    e["installation"] = serde_json::json!({ "id": INSTALLATION });
+    e
+}
