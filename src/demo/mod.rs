@@ -665,12 +665,20 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
                     run["conclusion"].as_str().unwrap_or("-")
                 ));
             }
-            let reactions: Vec<String> =
-                state.reactions.iter().map(|r| r.content.clone()).collect();
+            let reactions: Vec<&str> = state
+                .reactions
+                .iter()
+                .map(|r| match r.content.as_str() {
+                    "eyes" => "👀 (received)",
+                    "rocket" => "🚀 (done)",
+                    "confused" => "😕 (refused)",
+                    other => other,
+                })
+                .collect();
             if !reactions.is_empty() {
                 out(&format!(
                     "Reactions convoy left on {APPROVER}'s comment: {}",
-                    reactions.join(" ")
+                    reactions.join(", ")
                 ));
             }
         }
