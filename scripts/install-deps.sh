@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages convoy's build and tests need, only when
 # missing: pkg-config and libssl-dev (git2's https transport), git (tests
-# build real repositories).
+# build real repositories), chromium (the browser test loads the rollout
+# page headless; it never skips, so the browser must be here).
 set -euo pipefail
 
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v git >/dev/null 2>&1 || missing+=(git)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -5,8 +5,10 @@
 //! engine (pure) → effects executed by the runtime (drivers, reporter, store).
 
 pub mod app;
+pub mod cli_freeze;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod drivers;
 pub mod duration;

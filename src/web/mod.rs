@@ -1,6 +1,7 @@
 //! HTTP routes: the webhook intake, health, metrics, pages and the JSON API.
 
 pub mod api;
+pub mod pages;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(pages::index))
+        .route("/rollouts/{id}", get(pages::rollout))
         .route("/api/rollouts", get(api::rollouts))
         .route("/api/rollouts/{id}", get(api::rollout))
         // The extractor enforces 25 MiB itself and answers 413; axum's
