@@ -221,6 +221,9 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
             reporter.stop();
         }));
     }
+    let freeze_watch =
+        runtime.watch_freezes(std::time::Duration::from_secs(2), shutdown_rx.clone());
+    report_tasks.push(freeze_watch);
     let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
 

@@ -424,3 +424,61 @@ async fn an_emergency_freeze_holds_new_rollouts_until_lifted() {
     );
     running.stop().await;
 }
+
+/// `convoy freeze --all` runs in another process: it only writes the
+/// database. Running rollouts must still stop starting steps, and go on
+/// when the freeze is lifted the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_written_by_another_process_reaches_running_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(12).await;
+    for (name, _) in &envs {
+        // Slow enough that the rollout is still running when the freeze
+        // is noticed (within 2 s).
+        fleet.update_knobs(name, |k| k.healthy_after = Duration::from_millis(1500));
+    }
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(11, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    wait_state(&running, &rollout.id, &["running"], 30).await;
+
+    let freeze = convoy::store::Freeze {
+        scope: convoy::store::Freeze::ALL.into(),
+        until: None,
+        reason: Some("operator kill switch".into()),
+        by: "operator".into(),
+        at: chrono::Utc::now(),
+    };
+    running.store.set_freeze(&freeze).await.unwrap();
+    let frozen = wait_state(&running, &rollout.id, &["frozen", "succeeded"], 30).await;
+    assert_eq!(
+        frozen.state, "frozen",
+        "the freeze reached the running rollout"
+    );
+    // Steps in flight finish; then nothing new starts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = fleet.deploys().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        fleet.deploys().len(),
+        settled,
+        "no new deploys while frozen"
+    );
+
+    running
+        .store
+        .clear_freeze(convoy::store::Freeze::ALL)
+        .await
+        .unwrap();
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    running.stop().await;
+}

@@ -439,6 +439,73 @@ impl RolloutRuntime {
         Ok(existed)
     }
 
+    /// Makes freezes written by another process (`convoy freeze --all`, a
+    /// second replica) reach running rollouts: every `every`, each running
+    /// rollout's freeze state is compared with the database, and a freeze
+    /// that appeared or went away is applied. Stops with `shutdown`.
+    pub fn watch_freezes(
+        &self,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            // Per rollout, the freeze (scope, set at) last applied. A freeze
+            // active at the first sighting is applied once more, which is
+            // harmless when `start_rollout` or `freeze` already did.
+            let mut seen: HashMap<RolloutId, Option<(String, i64)>> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                let live: Vec<(RolloutId, RepoName, mpsc::UnboundedSender<Input>)> =
+                    lock(&runtime.inner.actors)
+                        .iter()
+                        .map(|(id, (repo, tx))| (id.clone(), repo.clone(), tx.clone()))
+                        .collect();
+                seen.retain(|id, _| live.iter().any(|(l, _, _)| l == id));
+                let mut by_repo: HashMap<RepoName, Option<Freeze>> = HashMap::new();
+                let now = Utc::now();
+                for (id, repo, tx) in live {
+                    if !by_repo.contains_key(&repo) {
+                        match runtime.inner.store.freezes_for(&repo).await {
+                            Ok(list) => {
+                                by_repo
+                                    .insert(repo.clone(), list.into_iter().find(|f| f.active(now)));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading freezes failed");
+                                continue;
+                            }
+                        }
+                    }
+                    let active = by_repo.get(&repo).cloned().flatten();
+                    let key = active
+                        .as_ref()
+                        .map(|f| (f.scope.clone(), f.at.timestamp_millis()));
+                    let previous = seen.insert(id.clone(), key.clone()).flatten();
+                    if previous == key {
+                        continue;
+                    }
+                    let cmd = match active {
+                        Some(f) => Command::Freeze {
+                            until: f.until,
+                            reason: f.reason,
+                            by: f.by,
+                        },
+                        None => Command::Unfreeze {
+                            by: "convoy (freeze lifted)".into(),
+                        },
+                    };
+                    let (reply, _) = oneshot::channel();
+                    let _ = tx.send(Input::Command(cmd, reply));
+                    tracing::info!(rollout = %id, frozen = key.is_some(), "freeze change applied");
+                }
+            }
+        })
+    }
+
     fn live_in(&self, repo: Option<&RepoName>) -> Vec<(RolloutId, mpsc::UnboundedSender<Input>)> {
         lock(&self.inner.actors)
             .iter()
