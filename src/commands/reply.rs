@@ -16,6 +16,7 @@ use super::auth::{Permission, Refusal};
 use super::parse::ParseError;
 use super::table::{COMMANDS, Verb};
 use super::validate::{NotApplicable, ValidationError};
+use crate::report::render::tidy;
 
 /// Longest user text quoted back in a reply, in characters.
 const MAX_QUOTED: usize = 120;
@@ -251,27 +252,6 @@ fn render(template: &str, context: &TeraContext) -> String {
             "convoy could not render its reply; the error is in its log.\n".to_owned()
         }
     }
-}
-
-/// Trailing spaces off every line, at most one blank line in a row, one
-/// final newline: templates can then be laid out for reading.
-fn tidy(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut blank_run = 0;
-    for line in text.trim().lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            blank_run += 1;
-            if blank_run > 1 {
-                continue;
-            }
-        } else {
-            blank_run = 0;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 /// A Markdown code span holding `text` literally: newlines become spaces,
