@@ -15,6 +15,19 @@ fn env_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("cust-{i:03}")).collect()
 }
 
+/// Every environment runs every service (db, api, web) at `sha`.
+fn assert_all_at(fleet: &Fleet, envs: &[(String, String)], sha: &convoy::domain::CommitSha) {
+    for (name, _) in envs {
+        for service in ["db", "api", "web"] {
+            assert_eq!(
+                fleet.version_of(name, service).as_deref(),
+                Some(sha.as_str()),
+                "{name}/{service}"
+            );
+        }
+    }
+}
+
 async fn fleet_of(n: usize) -> (Fleet, Vec<(String, String)>) {
     let names = env_names(n);
     let fleet = Fleet::start(names.clone(), 7).await.unwrap();
@@ -62,15 +75,7 @@ async fn merged_pr_rolls_out_fifty_environments_in_three_waves() {
     assert_eq!(done.state, "succeeded", "{:?}", done.error);
 
     // Every environment runs every service at the merged commit.
-    for (name, _) in &envs {
-        for service in ["db", "api", "web"] {
-            assert_eq!(
-                fleet.version_of(name, service).as_deref(),
-                Some(sha.as_str()),
-                "{name}/{service}"
-            );
-        }
-    }
+    assert_all_at(&fleet, &envs, &sha);
     assert!(
         fleet.overlapping_deploys().is_empty(),
         "no deploys to one target overlap"
@@ -356,15 +361,7 @@ fn a_crash_mid_rollout_is_resumed_without_double_deploys() {
         assert_eq!(done.state, "succeeded", "{:?}", done.error);
         running.stop().await;
     });
-    for (name, _) in &envs {
-        for service in ["db", "api", "web"] {
-            assert_eq!(
-                fleet.version_of(name, service).as_deref(),
-                Some(sha.as_str()),
-                "{name}/{service}"
-            );
-        }
-    }
+    assert_all_at(&fleet, &envs, &sha);
     assert!(
         fleet.overlapping_deploys().is_empty(),
         "{:?}",

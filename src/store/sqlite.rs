@@ -223,6 +223,34 @@ fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem> {
     })
 }
 
+/// A bound value of [`SqliteStore::one_rollout`]'s filter.
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl SqliteStore {
+    /// The first rollout matching `filter` (SQL after `WHERE`, with `?`
+    /// for `args`), made whole: header and steps read in one transaction,
+    /// so from the same snapshot.
+    async fn one_rollout(&self, filter: &str, args: &[Arg<'_>]) -> Result<Option<RolloutRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {filter}"
+        )));
+        for arg in args {
+            query = match arg {
+                Arg::Text(text) => query.bind(text.to_string()),
+                Arg::Int(n) => query.bind(*n),
+            };
+        }
+        match query.fetch_optional(&mut *tx).await? {
+            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -655,18 +683,7 @@ impl Store for SqliteStore {
     }
 
     async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
-        // One read transaction: header and steps from the same snapshot.
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
-        )))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
-            None => Ok(None),
-        }
+        self.one_rollout("id = ?", &[Arg::Text(id.as_str())]).await
     }
 
     async fn rollout_for_commit(
@@ -675,20 +692,15 @@ impl Store for SqliteStore {
         branch: &BranchName,
         commit: &CommitSha,
     ) -> Result<Option<RolloutRecord>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? \
-             AND commit_sha = ? AND kind = 'deploy'"
-        )))
-        .bind(repo.as_str())
-        .bind(branch.as_str())
-        .bind(commit.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
-            None => Ok(None),
-        }
+        self.one_rollout(
+            "repo = ? AND branch = ? AND commit_sha = ? AND kind = 'deploy'",
+            &[
+                Arg::Text(repo.as_str()),
+                Arg::Text(branch.as_str()),
+                Arg::Text(commit.as_str()),
+            ],
+        )
+        .await
     }
 
     async fn latest_rollout_for_pull_request(
@@ -696,19 +708,15 @@ impl Store for SqliteStore {
         repo: &RepoName,
         pull_request: u64,
     ) -> Result<Option<RolloutRecord>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE repo = ? AND pull_request = ? \
-             AND kind = 'deploy' ORDER BY created_at DESC, id DESC LIMIT 1"
-        )))
-        .bind(repo.as_str())
-        .bind(i64::try_from(pull_request).unwrap_or(i64::MAX))
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(complete(&mut tx, &row).await?)),
-            None => Ok(None),
-        }
+        self.one_rollout(
+            "repo = ? AND pull_request = ? AND kind = 'deploy' \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+            &[
+                Arg::Text(repo.as_str()),
+                Arg::Int(i64::try_from(pull_request).unwrap_or(i64::MAX)),
+            ],
+        )
+        .await
     }
 
     async fn list_rollouts(
