@@ -8,7 +8,7 @@ mod document;
 mod migrations;
 pub mod postgres;
 pub mod records;
-mod rows;
+pub(crate) mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -262,6 +262,12 @@ impl TestPostgres {
         self.pid
     }
 
+    /// The folder of the cluster, its sockets and its log; removed when
+    /// the server stops.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
     /// Creates an empty database; its URL.
     pub fn create_database(&self) -> Result<String, String> {
         let name = format!(
