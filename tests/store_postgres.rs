@@ -365,3 +365,197 @@ fn the_test_server_is_stopped_however_its_process_ends() {
         assert!(!base.exists(), "{mode}: {} left behind", base.display());
     }
 }
+
+/// A save's side tables, asked the same questions of both stores: deploy
+/// history (last known good, first attempts), baselines, timers (replaced
+/// by kind, deleted when fired), locks (asked twice in one save, released
+/// and taken in one save), freezes, audit.
+async fn side_tables(store: &dyn Store) -> Vec<String> {
+    use convoy::store::{AttemptRecord, AuditEntry, Freeze, StoredTimer};
+    let t = |s: i64| {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + s * 1000)
+            .unwrap()
+    };
+    let repo = RepoName::new("acme/app");
+    let (e1, e2) = (EnvName::new("e1"), EnvName::new("e2"));
+    let api = ServiceName::new("api");
+    let r1 = RolloutId::new("r1");
+    let r2 = RolloutId::new("r2");
+    store
+        .create_rollout(&record("r1", &"1".repeat(40), RolloutKind::Deploy))
+        .await
+        .unwrap();
+    store
+        .create_rollout(&record("r2", &"2".repeat(40), RolloutKind::Deploy))
+        .await
+        .unwrap();
+    let attempt = |env: &EnvName, version: char, attempt: u32, ok: bool| AttemptRecord {
+        environment: env.clone(),
+        service: api.clone(),
+        version: CommitSha::new(version.to_string().repeat(40)),
+        attempt,
+        succeeded: ok,
+        error: (!ok).then(|| "boom".to_owned()),
+    };
+    let timer = |name: &str, s: i64| StoredTimer {
+        timer: name.into(),
+        at: t(s),
+    };
+    let mut out = Vec::new();
+    let first = RolloutWrite {
+        state: "running".into(),
+        document: "{}".into(),
+        timers: vec![timer("bake", 5), timer("poll", 9), timer("bake", 7)],
+        attempts: vec![
+            attempt(&e1, 'a', 1, false),
+            attempt(&e1, 'a', 2, true),
+            attempt(&e2, 'a', 1, true),
+        ],
+        lock: vec![(e1.clone(), api.clone()), (e1.clone(), api.clone())],
+        ..RolloutWrite::default()
+    };
+    out.push(format!(
+        "{:?}",
+        store.save_rollout(&r1, &first, t(1)).await.unwrap()
+    ));
+    let second = RolloutWrite {
+        state: "running".into(),
+        document: "{}".into(),
+        fired: vec!["poll".into()],
+        attempts: vec![attempt(&e1, 'b', 1, true), attempt(&e1, 'c', 2, true)],
+        unlock: vec![(e1.clone(), api.clone())],
+        lock: vec![(e2.clone(), api.clone()), (e1.clone(), api.clone())],
+        ..RolloutWrite::default()
+    };
+    out.push(format!(
+        "{:?}",
+        store.save_rollout(&r2, &second, t(2)).await.unwrap()
+    ));
+    out.push(format!("{:?}", store.timers(&r1).await.unwrap()));
+    for excluding in [None, Some(&r2)] {
+        out.push(format!(
+            "{:?}",
+            store
+                .last_good_version(&repo, &e1, &api, excluding)
+                .await
+                .unwrap()
+        ));
+    }
+    out.push(format!(
+        "{:?}",
+        store.baseline(&repo, &e1, &api).await.unwrap()
+    ));
+    out.push(format!("{:?}", store.first_attempts(&repo).await.unwrap()));
+    out.push(format!(
+        "{:?}",
+        store
+            .try_lock_step(&repo, &e1, &api, &r1, t(3))
+            .await
+            .unwrap()
+    ));
+    store
+        .set_freeze(&Freeze {
+            scope: "*".into(),
+            until: Some(t(60)),
+            reason: Some("incident".into()),
+            by: "operator".into(),
+            at: t(4),
+        })
+        .await
+        .unwrap();
+    store
+        .set_freeze(&Freeze {
+            scope: repo.as_str().into(),
+            until: None,
+            reason: None,
+            by: "octocat".into(),
+            at: t(5),
+        })
+        .await
+        .unwrap();
+    out.push(format!("{:?}", store.freezes_for(&repo).await.unwrap()));
+    out.push(format!("{:?}", store.clear_freeze("*").await.unwrap()));
+    out.push(format!("{:?}", store.clear_freeze("*").await.unwrap()));
+    for n in 0..2 {
+        store
+            .append_audit(&AuditEntry {
+                at: t(n),
+                actor: "octocat".into(),
+                repo: Some(repo.clone()),
+                rollout_id: Some(r1.clone()),
+                location: Some("pr#7".into()),
+                action: format!("/convoy retry {n}"),
+                result: "accepted".into(),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    out.push(format!("{:?}", store.audit_for_rollout(&r1).await.unwrap()));
+    out.push(format!(
+        "{:?}",
+        store.list_rollouts(Some(&repo), 10).await.unwrap()
+    ));
+    out.push(format!(
+        "{:?}",
+        store
+            .latest_rollout_for_pull_request(&repo, 7)
+            .await
+            .unwrap()
+            .map(|r| r.id)
+    ));
+    store
+        .upsert_installation(InstallationId(9), "acme", t(1))
+        .await
+        .unwrap();
+    store
+        .add_installation_repos(
+            InstallationId(9),
+            &[
+                repo.clone(),
+                RepoName::new("acme/Zeta"),
+                RepoName::new("acme/app"),
+            ],
+        )
+        .await
+        .unwrap();
+    out.push(format!(
+        "{:?}",
+        store.installation_repos(InstallationId(9)).await.unwrap()
+    ));
+    store
+        .remove_installation_repos(InstallationId(9), &[repo.clone()])
+        .await
+        .unwrap();
+    out.push(format!(
+        "{:?}",
+        store.installation_for_repo(&repo).await.unwrap()
+    ));
+    out
+}
+
+#[tokio::test]
+async fn both_stores_answer_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = convoy::store::SqliteStore::open(&dir.path().join("convoy.db"))
+        .await
+        .unwrap();
+    let postgres = postgres::fresh_store().await.expect("test PostgreSQL");
+    let a = side_tables(&sqlite).await;
+    let b = side_tables(&postgres).await;
+    // What the answers must be, not only that they agree.
+    assert_eq!(a[0], "[true, true]", "a lock asked twice in one save");
+    assert_eq!(
+        a[1], "[true, false]",
+        "r2 takes e2; e1 stays r1's (r2 cannot release a lock it does not hold)"
+    );
+    assert!(
+        a[3].contains("cccc"),
+        "last good: the newest success, {}",
+        a[3]
+    );
+    assert!(a[4].contains("aaaa"), "last good not counting r2: {}", a[4]);
+    for (n, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "answer {n} differs between SQLite and PostgreSQL");
+    }
+}

@@ -7,7 +7,7 @@
 //! `ON CONFLICT`, step locks by an upsert that only the holder's own
 //! rollout can update, and a rollout's save by locking its row first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,9 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze, InboxCounts, InboxItem,
-    NewDelivery, Result, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError,
-    StoredStep, StoredTimer, document, from_millis, to_millis,
+    AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze,
+    InboxCounts, InboxItem, NewDelivery, Result, RolloutRecord, RolloutSummary, RolloutWrite,
+    Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -35,15 +35,24 @@ const MAX_CONNECTIONS: u32 = 10;
 /// snapshot per statement; SQLite's read transactions are snapshots anyway.
 const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
+/// Environment and service names as two arrays, for `UNNEST`.
+fn columns<'a>(
+    keys: impl IntoIterator<Item = &'a (EnvName, ServiceName)>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.into_iter()
+        .map(|(e, s)| (e.as_str(), s.as_str()))
+        .unzip()
+}
+
 /// Takes the locks of (environment, service) for `rollout` unless another
 /// rollout holds them; for each, in the order given, whether `rollout`
-/// holds it now.
+/// holds it now. One statement for all of them.
 ///
 /// The upsert only updates a row the same rollout already holds, so a lock
 /// held by another rollout returns nothing; a concurrent insert of the same
 /// key waits for the other transaction and then sees its row. The keys are
-/// taken in sorted order, so two transactions taking overlapping sets
-/// cannot deadlock.
+/// taken in sorted order (and each once), so two transactions taking
+/// overlapping sets cannot deadlock.
 async fn lock_steps(
     tx: &mut sqlx::PgConnection,
     repo: &str,
@@ -51,27 +60,101 @@ async fn lock_steps(
     rollout: &RolloutId,
     now_ms: i64,
 ) -> Result<Vec<bool>> {
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
-    let mut held = vec![false; keys.len()];
-    for i in order {
-        let (environment, service) = &keys[i];
-        let got: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, environment, service) \
-             DO UPDATE SET rollout_id = step_locks.rollout_id \
-             WHERE step_locks.rollout_id = excluded.rollout_id RETURNING 1",
-        )
-        .bind(repo)
-        .bind(environment.as_str())
-        .bind(service.as_str())
-        .bind(rollout.as_str())
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        held[i] = got.is_some();
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(held)
+    let unique: BTreeSet<&(EnvName, ServiceName)> = keys.iter().collect();
+    let (environments, services) = columns(unique);
+    let held: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+         SELECT $1, e, s, $2, $3 FROM UNNEST($4::TEXT[], $5::TEXT[]) WITH ORDINALITY AS t (e, s, n) \
+         ORDER BY n \
+         ON CONFLICT (repo, environment, service) DO UPDATE SET rollout_id = step_locks.rollout_id \
+         WHERE step_locks.rollout_id = excluded.rollout_id RETURNING environment, service",
+    )
+    .bind(repo)
+    .bind(rollout.as_str())
+    .bind(now_ms)
+    .bind(environments)
+    .bind(services)
+    .fetch_all(&mut *tx)
+    .await?;
+    let held: BTreeSet<(String, String)> = held.into_iter().collect();
+    Ok(keys
+        .iter()
+        .map(|(e, s)| held.contains(&(e.to_string(), s.to_string())))
+        .collect())
+}
+
+/// New timers, each replacing one of the same kind (the last of a kind
+/// given twice wins).
+async fn write_timers(
+    tx: &mut sqlx::PgConnection,
+    id: &RolloutId,
+    timers: &[StoredTimer],
+) -> Result<()> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = timers.iter().map(|t| t.timer.as_str()).collect();
+    let times: Vec<i64> = timers.iter().map(|t| to_millis(t.at)).collect();
+    sqlx::query(
+        "INSERT INTO rollout_timers (rollout_id, timer, at) \
+         SELECT DISTINCT ON (k) $1, k, a FROM UNNEST($2::TEXT[], $3::BIGINT[]) WITH ORDINALITY \
+           AS t (k, a, n) ORDER BY k, n DESC \
+         ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
+    )
+    .bind(id.as_str())
+    .bind(names)
+    .bind(times)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Deploy attempts into the history (in order: newest last), and each
+/// successful one's version as its (environment, service)'s baseline.
+async fn write_attempts(
+    tx: &mut sqlx::PgConnection,
+    repo: &str,
+    id: &RolloutId,
+    attempts: &[AttemptRecord],
+    now_ms: i64,
+) -> Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let environments: Vec<&str> = attempts.iter().map(|a| a.environment.as_str()).collect();
+    let services: Vec<&str> = attempts.iter().map(|a| a.service.as_str()).collect();
+    let versions: Vec<&str> = attempts.iter().map(|a| a.version.as_str()).collect();
+    let numbers: Vec<i64> = attempts.iter().map(|a| i64::from(a.attempt)).collect();
+    let succeeded: Vec<bool> = attempts.iter().map(|a| a.succeeded).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    sqlx::query(
+        "WITH t AS (SELECT * FROM UNNEST($4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], \
+             $8::BOOLEAN[], $9::TEXT[]) WITH ORDINALITY AS t (e, s, v, k, ok, err, n)), \
+         history AS (INSERT INTO deploy_history (repo, environment, service, version, \
+             rollout_id, attempt, succeeded, error, at) \
+           SELECT $1, e, s, v, $2, k, ok, err, $3 FROM t ORDER BY n) \
+         INSERT INTO baselines (repo, environment, service, version, source, rollout_id, at) \
+         SELECT DISTINCT ON (e, s) $1, e, s, v, 'deployed', $2, $3 FROM t WHERE ok \
+           ORDER BY e, s, n DESC \
+         ON CONFLICT (repo, environment, service) DO UPDATE SET \
+           version = excluded.version, source = excluded.source, \
+           rollout_id = excluded.rollout_id, at = excluded.at",
+    )
+    .bind(repo)
+    .bind(id.as_str())
+    .bind(now_ms)
+    .bind(environments)
+    .bind(services)
+    .bind(versions)
+    .bind(numbers)
+    .bind(succeeded)
+    .bind(errors)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Writes steps at their places, replacing what was there: one statement
@@ -522,60 +605,19 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for t in &write.timers {
+        write_timers(&mut tx, id, &write.timers).await?;
+        write_attempts(&mut tx, &repo, id, &write.attempts, now_ms).await?;
+        if !write.unlock.is_empty() {
+            let (environments, services) = columns(&write.unlock);
             sqlx::query(
-                "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
-            )
-            .bind(id.as_str())
-            .bind(&t.timer)
-            .bind(to_millis(t.at))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for a in &write.attempts {
-            sqlx::query(
-                "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
-                 attempt, succeeded, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "DELETE FROM step_locks WHERE repo = $1 AND rollout_id = $2 \
+                 AND (environment, service) IN \
+                   (SELECT e, s FROM UNNEST($3::TEXT[], $4::TEXT[]) AS t (e, s))",
             )
             .bind(&repo)
-            .bind(a.environment.as_str())
-            .bind(a.service.as_str())
-            .bind(a.version.as_str())
             .bind(id.as_str())
-            .bind(i64::from(a.attempt))
-            .bind(a.succeeded)
-            .bind(a.error.as_deref())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            if a.succeeded {
-                sqlx::query(
-                    "INSERT INTO baselines (repo, environment, service, version, source, \
-                     rollout_id, at) VALUES ($1, $2, $3, $4, 'deployed', $5, $6) \
-                     ON CONFLICT (repo, environment, service) DO UPDATE SET \
-                     version = excluded.version, source = excluded.source, \
-                     rollout_id = excluded.rollout_id, at = excluded.at",
-                )
-                .bind(&repo)
-                .bind(a.environment.as_str())
-                .bind(a.service.as_str())
-                .bind(a.version.as_str())
-                .bind(id.as_str())
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for (environment, service) in &write.unlock {
-            sqlx::query(
-                "DELETE FROM step_locks WHERE repo = $1 AND environment = $2 AND service = $3 \
-                 AND rollout_id = $4",
-            )
-            .bind(&repo)
-            .bind(environment.as_str())
-            .bind(service.as_str())
-            .bind(id.as_str())
+            .bind(environments)
+            .bind(services)
             .execute(&mut *tx)
             .await?;
         }

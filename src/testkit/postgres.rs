@@ -102,6 +102,18 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
     }
 }
 
+/// Server settings for durability. Tests do not measure it: no fsync, so
+/// a test's commits cost what the SQL costs. Benchmarks set
+/// `CONVOY_PG_DURABLE=1` to measure PostgreSQL as an operator runs it
+/// (fsync and synchronous commit on, its defaults).
+fn durability() -> &'static str {
+    if std::env::var("CONVOY_PG_DURABLE").is_ok_and(|v| v == "1") {
+        ""
+    } else {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    }
+}
+
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
     listener
@@ -183,12 +195,9 @@ impl TestPostgres {
                 .arg(base.join("log"))
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
-                    // Durability is not what tests measure: no fsync, and
-                    // room for the pools of many convoys at once.
-                    "-k {} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off \
-                     -c synchronous_commit=off -c full_page_writes=off \
-                     -c max_connections=400",
-                    base.display()
+                    "-k {} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=400 {}",
+                    base.display(),
+                    durability()
                 ))
                 .arg("start")
                 .current_dir(&base);
