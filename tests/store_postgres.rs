@@ -524,7 +524,7 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
         store.installation_repos(InstallationId(9)).await.unwrap()
     ));
     store
-        .remove_installation_repos(InstallationId(9), &[repo.clone()])
+        .remove_installation_repos(InstallationId(9), std::slice::from_ref(&repo))
         .await
         .unwrap();
     out.push(format!(
