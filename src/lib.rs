@@ -9,6 +9,7 @@ pub mod cli_freeze;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod drift;
 pub mod domain;
 pub mod drivers;
 pub mod duration;

@@ -219,6 +219,7 @@ impl Sim {
                     let result = PreflightResult::Passed {
                         running: self.running.get(&key).cloned(),
                         baseline: self.baseline.get(&key).cloned(),
+                        since: None,
                     };
                     self.queue.push_back(Event::Preflight {
                         key,
@@ -1548,6 +1549,7 @@ fn make_event(
             result: PreflightResult::Passed {
                 running: (flavor == 3).then(|| "other".into()),
                 baseline: (flavor >= 2).then(|| "base".into()),
+                since: None,
             },
         },
         2 => Event::Preflight {
@@ -1733,6 +1735,7 @@ fn ten_thousand_environments_times_two_services_complete() {
                     result: PreflightResult::Passed {
                         running: None,
                         baseline: None,
+                        since: None,
                     },
                 }),
                 Effect::Deploy { key, attempt, .. } => {

@@ -113,6 +113,7 @@ impl Harness {
                     result: PreflightResult::Passed {
                         running: None,
                         baseline: None,
+                        since: None,
                     },
                 },
                 Effect::Deploy { key, attempt, .. }

@@ -130,7 +130,11 @@ pub async fn preflight(
     };
     match driver.preflight(&endpoint, &key.service, version).await {
         Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => {
-            PreflightResult::Passed { running, baseline }
+            PreflightResult::Passed {
+                running,
+                baseline,
+                since: None,
+            }
         }
         // The agent said no: a human should look (retry when fixed).
         Ok(PreflightOutcome::Refused { reason }) => PreflightResult::Failed {

@@ -584,7 +584,11 @@ fn on_preflight(
         PreflightResult::Failed { reason, kind } => {
             attempt_failed(r, w, i, kind, format!("preflight: {reason}"), ctx, out);
         }
-        PreflightResult::Passed { running, baseline } => {
+        PreflightResult::Passed {
+            running,
+            baseline,
+            since,
+        } => {
             let target = r.waves[w].steps[i].version.as_str().to_owned();
             if running.as_deref() == Some(target.as_str()) {
                 // Already there (a repeat after a crash, or someone else
@@ -595,7 +599,7 @@ fn on_preflight(
             if let (Some(found), Some(expected)) = (&running, &baseline)
                 && found != expected
             {
-                let drift = format!("drifted: expected {expected}, found {found}");
+                let drift = drift_message(expected, found, since);
                 out.push(Effect::DriftDetected {
                     key: key.clone(),
                     expected: expected.clone(),
@@ -629,6 +633,21 @@ fn on_preflight(
             }
             begin_deploy(r, w, i, ctx, out);
         }
+    }
+}
+
+/// SPEC 6.6's halt message, with when the change outside convoy began.
+pub fn drift_message(
+    expected: &str,
+    found: &str,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    match since {
+        Some(t) => format!(
+            "drifted: expected {expected}, found {found} (changed outside convoy since {})",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("drifted: expected {expected}, found {found}"),
     }
 }
 

@@ -538,6 +538,10 @@ pub enum PreflightResult {
         /// The last version convoy deployed there (`None`: no history);
         /// a difference from `running` is drift (SPEC 6.6).
         baseline: Option<String>,
+        /// When that drift began as far as convoy knows: when it first saw
+        /// it, else when the baseline was written. For the message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<DateTime<Utc>>,
     },
     /// Unreachable, the agent said no, or similar.
     Failed { reason: String, kind: FailureKind },

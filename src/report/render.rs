@@ -125,6 +125,9 @@ pub(crate) fn tidy(text: &str) -> String {
     out
 }
 
+/// Drift notes (skipped or overwritten steps) shown in the comment at most.
+const MAX_DRIFT_NOTES: usize = 5;
+
 /// Where links point and how commands are written.
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
@@ -626,6 +629,35 @@ impl<'a> Facts<'a> {
             out.push(format!(
                 "↩️ `auto_rollback` is on: the environments of wave {} are being rolled back.",
                 code(h.wave.as_str())
+            ));
+        }
+        // Drift that `on_drift` skipped or overwrote (SPEC 6.6) is said, not
+        // only counted: a failure (halt) is listed with the failures.
+        let drift: Vec<String> = r
+            .steps()
+            .filter_map(|s| {
+                let note = s.note.as_deref()?;
+                (note.starts_with("skipped: drifted") || note.starts_with("overwrote drift"))
+                    .then(|| {
+                        format!(
+                            "{} {}: {}",
+                            code(s.environment.as_str()),
+                            code(s.service.as_str()),
+                            inline(note, 300)
+                        )
+                    })
+            })
+            .take(MAX_DRIFT_NOTES + 1)
+            .collect();
+        if !drift.is_empty() {
+            let more = if drift.len() > MAX_DRIFT_NOTES {
+                " (and more)"
+            } else {
+                ""
+            };
+            out.push(format!(
+                "Changed outside convoy{more}: {}",
+                drift[..drift.len().min(MAX_DRIFT_NOTES)].join("; ")
             ));
         }
         if self.record.kind == RolloutKind::Rollback

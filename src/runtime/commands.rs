@@ -78,6 +78,12 @@ pub trait DriftCommands: Send + Sync + 'static {
         environment: &EnvName,
         by: &str,
     ) -> Result<(), String>;
+
+    /// `/convoy status` on the drift issue: check the repository's
+    /// environments again and show the issue as it is now.
+    async fn refresh(&self, _installation: InstallationId, _repo: &RepoName) -> Result<(), String> {
+        Err("this convoy cannot check for drift on demand".into())
+    }
 }
 
 /// Optional capabilities other parts of convoy plug in.
@@ -548,11 +554,20 @@ impl CommandHandler {
             }));
         }
         if verb == Verb::Status && target.venue == Venue::DriftIssue {
-            return Ok(Handled::Problem(Notice::Unavailable {
-                reason: "the drift issue is refreshed by drift detection, which is not part of \
-                         this convoy yet"
-                    .into(),
-            }));
+            // Anyone may ask: the drift issue is checked again and shown now.
+            let Some(drift) = &self.hooks.drift else {
+                return Ok(Handled::Problem(Notice::Unavailable {
+                    reason: "drift detection is not running in this convoy".into(),
+                }));
+            };
+            return Ok(match drift.refresh(asker.installation, asker.repo).await {
+                Ok(()) => Handled::Done {
+                    reply: None,
+                    rollouts: Vec::new(),
+                    detail: Some("drift checked again".into()),
+                },
+                Err(reason) => Handled::Problem(Notice::NotDone { reason }),
+            });
         }
         let needs_rollout = !repo_wide && !drift && verb != Verb::Plan;
         if needs_rollout && target.rollout.is_none() {

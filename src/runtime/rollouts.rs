@@ -702,6 +702,22 @@ impl RolloutRuntime {
                         ?action,
                         "drift found at preflight"
                     );
+                    // Recorded beside the rollout, not in its state: a
+                    // failure to record delays the drift issue, never the
+                    // rollout. Rollbacks and resyncs overwrite on purpose
+                    // (what they replace is convoy's own deploy, or drift
+                    // a human already chose to resync): nothing to record.
+                    if meta.kind != RolloutKind::Deploy {
+                        continue;
+                    }
+                    let store = self.inner.store.clone();
+                    let (repo, id) = (meta.repo.clone(), meta.id.clone());
+                    tokio::spawn(async move {
+                        crate::drift::record_preflight_drift(
+                            &*store, &repo, &id, &key, &expected, &found, action,
+                        )
+                        .await;
+                    });
                 }
                 Effect::StartRollback { wave, environments } => {
                     let runtime = self.clone();
@@ -1055,7 +1071,7 @@ impl StepJob {
                     .baseline(&self.repo, &key.environment, &key.service)
                     .await
                 {
-                    Ok(b) => b.map(|b| b.version),
+                    Ok(b) => b,
                     Err(e) => {
                         return Some(Event::Preflight {
                             key: key.clone(),
@@ -1067,7 +1083,10 @@ impl StepJob {
                         });
                     }
                 };
-                exec::perform(&cx, &effect, baseline, Utc::now()).await
+                let since = baseline.as_ref().map(|b| b.at);
+                let event =
+                    exec::perform(&cx, &effect, baseline.map(|b| b.version), Utc::now()).await;
+                Some(crate::drift::with_drift_since(&*self.store, &self.repo, event?, since).await)
             }
             Effect::Deploy {
                 key,
