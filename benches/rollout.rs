@@ -321,7 +321,9 @@ impl Store for Counting {
         service: &ServiceName,
         kind: convoy::store::DriftKind,
     ) -> StoreResult<Option<convoy::store::DriftRecord>> {
-        self.inner.open_drift(repo, environment, service, kind).await
+        self.inner
+            .open_drift(repo, environment, service, kind)
+            .await
     }
     async fn drift_records(
         &self,
@@ -329,7 +331,9 @@ impl Store for Counting {
         include_resolved: bool,
         limit: u32,
     ) -> StoreResult<Vec<convoy::store::DriftRecord>> {
-        self.inner.drift_records(repo, include_resolved, limit).await
+        self.inner
+            .drift_records(repo, include_resolved, limit)
+            .await
     }
 }
 

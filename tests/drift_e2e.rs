@@ -281,7 +281,9 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
     assert_eq!(w.version("cust-0").as_deref(), Some(second.as_str()));
     assert_eq!(w.version("cust-2").as_deref(), Some(second.as_str()));
     assert_eq!(
-        w.lonely.as_ref().and_then(|f| f.version_of("cust-3", "api")),
+        w.lonely
+            .as_ref()
+            .and_then(|f| f.version_of("cust-3", "api")),
         Some(second.to_string())
     );
     assert_eq!(w.version("cust-1").as_deref(), Some("hotfix-1"));
@@ -324,6 +326,9 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
     let (reopened, body) = w.issue_until("open", |b| b.contains("cust-2")).await;
     assert_eq!(reopened, issue, "the issue is reopened, not a new one");
     assert!(!body.contains("cust-1"), "cust-1 was adopted: {body}");
+    // Anyone may ask for the issue to be checked again.
+    let c = w.say_on_issue(issue, "reggie", "/convoy status").await;
+    w.reaction(c, "rocket").await;
 
     // `/convoy resync` puts the desired version back through a rollout of
     // its own, and the issue closes again.

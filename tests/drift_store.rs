@@ -55,7 +55,12 @@ async fn drift_records_open_update_resolve_and_reopen() {
     assert_eq!(open.len(), 3);
     assert_eq!(
         store
-            .open_drift(&repo, &EnvName::new("a"), &ServiceName::new("api"), DriftKind::Drift)
+            .open_drift(
+                &repo,
+                &EnvName::new("a"),
+                &ServiceName::new("api"),
+                DriftKind::Drift
+            )
             .await
             .unwrap()
             .map(|r| r.id),
@@ -64,14 +69,30 @@ async fn drift_records_open_update_resolve_and_reopen() {
 
     let t1 = t0 + Duration::seconds(120);
     let n = store
-        .resolve_drift(&repo, &EnvName::new("a"), None, DriftKind::Drift, "adopted", "wanda", t1)
+        .resolve_drift(
+            &repo,
+            &EnvName::new("a"),
+            None,
+            DriftKind::Drift,
+            "adopted",
+            "wanda",
+            t1,
+        )
         .await
         .unwrap();
     assert_eq!(n, 1);
     // Resolving again finds nothing open.
     assert_eq!(
         store
-            .resolve_drift(&repo, &EnvName::new("a"), None, DriftKind::Drift, "adopted", "wanda", t1)
+            .resolve_drift(
+                &repo,
+                &EnvName::new("a"),
+                None,
+                DriftKind::Drift,
+                "adopted",
+                "wanda",
+                t1
+            )
             .await
             .unwrap(),
         0
@@ -125,7 +146,10 @@ async fn baselines_and_step_locks_are_listed() {
         .iter()
         .map(|b| (b.repo.as_str(), b.environment.as_str()))
         .collect();
-    assert_eq!(order, [("acme/a", "e0"), ("acme/a", "e1"), ("acme/b", "e2")]);
+    assert_eq!(
+        order,
+        [("acme/a", "e0"), ("acme/a", "e1"), ("acme/b", "e2")]
+    );
     assert_eq!(all[0].baseline.version, "v1");
     assert_eq!(
         store

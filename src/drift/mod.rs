@@ -115,3 +115,122 @@ pub async fn record_preflight_drift(
         tracing::warn!(error = %e, "recording an overwritten drift failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EnvName, ServiceName};
+    use crate::engine::machine::drift_message;
+    use crate::store::SqliteStore;
+    use chrono::TimeZone;
+
+    fn preflight(running: &str, baseline: &str) -> Event {
+        Event::Preflight {
+            key: StepKey {
+                environment: EnvName::new("cust-1"),
+                service: ServiceName::new("api"),
+            },
+            attempt: 1,
+            result: PreflightResult::Passed {
+                running: Some(running.into()),
+                baseline: Some(baseline.into()),
+                since: None,
+            },
+        }
+    }
+
+    fn since(e: &Event) -> Option<DateTime<Utc>> {
+        match e {
+            Event::Preflight {
+                result: PreflightResult::Passed { since, .. },
+                ..
+            } => *since,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_halt_message_says_since_when() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 26, 10, 22, 34).unwrap();
+        assert_eq!(
+            drift_message("abc", "hotfix", Some(t)),
+            "drifted: expected abc, found hotfix (changed outside convoy since 2026-11-26T10:22:34Z)"
+        );
+        assert_eq!(
+            drift_message("abc", "hotfix", None),
+            "drifted: expected abc, found hotfix"
+        );
+    }
+
+    #[tokio::test]
+    async fn since_is_when_convoy_first_saw_it_else_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db")).await.unwrap();
+        let repo = RepoName::new("acme/app");
+        let written = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
+        let seen = Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap();
+        // Never seen: since the baseline was written.
+        let e = with_drift_since(&store, &repo, preflight("hotfix", "v1"), Some(written)).await;
+        assert_eq!(since(&e), Some(written));
+        // Seen by the reconciler: since then.
+        store
+            .observe_drift(
+                &repo,
+                &DriftObservation {
+                    environment: EnvName::new("cust-1"),
+                    service: ServiceName::new("api"),
+                    kind: DriftKind::Drift,
+                    expected: "v1".into(),
+                    found: Some("hotfix".into()),
+                    detail: None,
+                },
+                seen,
+            )
+            .await
+            .unwrap();
+        let e = with_drift_since(&store, &repo, preflight("hotfix", "v1"), Some(written)).await;
+        assert_eq!(since(&e), Some(seen));
+        // Other events pass through untouched.
+        let other = Event::Start;
+        assert_eq!(
+            with_drift_since(&store, &repo, other.clone(), Some(written)).await,
+            other
+        );
+    }
+
+    #[tokio::test]
+    async fn overwrite_records_that_it_did_and_halt_keeps_the_drift_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db")).await.unwrap();
+        let repo = RepoName::new("acme/app");
+        let key = StepKey {
+            environment: EnvName::new("cust-1"),
+            service: ServiceName::new("api"),
+        };
+        let rollout = RolloutId::new("r-7");
+        record_preflight_drift(&store, &repo, &rollout, &key, "v1", "hot", OnDrift::Halt).await;
+        let open = store.drift_records(&repo, false, 10).await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].found.as_deref(), Some("hot"));
+        record_preflight_drift(
+            &store,
+            &repo,
+            &rollout,
+            &key,
+            "v1",
+            "hot",
+            OnDrift::Overwrite,
+        )
+        .await;
+        assert!(
+            store
+                .drift_records(&repo, false, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let all = store.drift_records(&repo, true, 10).await.unwrap();
+        assert_eq!(all[0].resolution.as_deref(), Some("overwritten"));
+        assert_eq!(all[0].resolved_by.as_deref(), Some("rollout r-7"));
+    }
+}

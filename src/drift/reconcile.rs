@@ -153,9 +153,13 @@ pub enum Answer {
 pub enum Verdict {
     /// Runs what convoy expects, or nothing (`version: null` is not drift).
     InLine,
-    Drifted { found: String },
+    Drifted {
+        found: String,
+    },
     /// Says nothing about drift.
-    Unreachable { error: String },
+    Unreachable {
+        error: String,
+    },
 }
 
 pub fn judge(expected: &str, answer: &Answer) -> Verdict {
@@ -348,10 +352,7 @@ mod tests {
     }
 
     fn targets(repo: &str, envs: &[&str]) -> HashMap<RepoName, BTreeMap<EnvName, EnvTarget>> {
-        let map = envs
-            .iter()
-            .map(|e| (EnvName::new(*e), target(e)))
-            .collect();
+        let map = envs.iter().map(|e| (EnvName::new(*e), target(e))).collect();
         HashMap::from([(RepoName::new(repo), map)])
     }
 
@@ -448,9 +449,7 @@ mod tests {
 
     #[test]
     fn a_second_look_drops_drift_that_a_rollout_explains() {
-        let drifted = Verdict::Drifted {
-            found: "v2".into(),
-        };
+        let drifted = Verdict::Drifted { found: "v2".into() };
         // A step started meanwhile.
         assert_eq!(confirm(drifted.clone(), Some("v1"), true), None);
         // A step finished meanwhile: v2 is the baseline now.

@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
+use super::DRIFT_LABEL;
 use super::issue::{self, IssueOptions};
 use super::reconcile::{
     self, Answer, Change, MAX_CONCURRENT_AGENTS, StatusSource, Ticker, Verdict,
 };
-use super::DRIFT_LABEL;
 use crate::domain::{CommitSha, EnvName, InstallationId, RepoName, ServiceName, WaveName};
 use crate::drivers::{Drivers, Endpoint};
 use crate::engine::{Importance, Rollout, StepState};
@@ -30,6 +30,9 @@ use crate::store::{DriftKind, RolloutKind, RolloutRecord, Store, StoreError};
 /// How many of a repository's newest rollouts are read to find its
 /// environments' targets (the `convoy.yml` convoy last planned with).
 const TARGET_HISTORY: u32 = 20;
+
+/// Passes never come closer together than this, whatever is configured.
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
 
 /// At most this many open records are read per repository and pass.
 const MAX_OPEN_RECORDS: u32 = 100_000;
@@ -122,7 +125,8 @@ impl DriftService {
                 transport,
                 api,
                 opts,
-                interval,
+                // A zero interval would spin: at least this long apart.
+                interval: interval.max(MIN_INTERVAL),
                 shown_open: Mutex::new(HashMap::new()),
             }),
         }
@@ -210,8 +214,7 @@ impl DriftService {
         let now = Utc::now();
         for (probe, answers) in answers {
             if !open.contains_key(&probe.repo) {
-                let mut kinds: HashMap<(EnvName, ServiceName), HashSet<DriftKind>> =
-                    HashMap::new();
+                let mut kinds: HashMap<(EnvName, ServiceName), HashSet<DriftKind>> = HashMap::new();
                 for r in store
                     .drift_records(&probe.repo, false, MAX_OPEN_RECORDS)
                     .await?
@@ -262,7 +265,12 @@ impl DriftService {
         Ok(summary)
     }
 
-    async fn apply(&self, repo: &RepoName, change: Change, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        repo: &RepoName,
+        change: Change,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let store = &self.inner.store;
         match change {
             Change::Observe(o) => {
@@ -499,7 +507,15 @@ impl DriftService {
                         .await
                         .map_err(|e| format!("convoy's database: {e}"))?;
                     store
-                        .resolve_drift(repo, environment, Some(&svc), DriftKind::Drift, "adopted", by, now)
+                        .resolve_drift(
+                            repo,
+                            environment,
+                            Some(&svc),
+                            DriftKind::Drift,
+                            "adopted",
+                            by,
+                            now,
+                        )
                         .await
                         .map_err(|e| format!("convoy's database: {e}"))?;
                     tracing::info!(%repo, %environment, service = %svc, version = %found, by, "drift adopted");
@@ -509,7 +525,15 @@ impl DriftService {
                     // Nothing to adopt; a stale record (e.g. converged
                     // since) is closed all the same.
                     let _ = store
-                        .resolve_drift(repo, environment, Some(&svc), DriftKind::Drift, "converged", "convoy", now)
+                        .resolve_drift(
+                            repo,
+                            environment,
+                            Some(&svc),
+                            DriftKind::Drift,
+                            "converged",
+                            "convoy",
+                            now,
+                        )
                         .await;
                 }
                 Verdict::Unreachable { error } => unreachable.push(format!("`{svc}`: {error}")),
@@ -593,7 +617,15 @@ impl DriftService {
         let store = &self.inner.store;
         for (svc, _) in &versions {
             let _ = store
-                .resolve_drift(repo, environment, Some(svc), DriftKind::Drift, "resynced", by, now)
+                .resolve_drift(
+                    repo,
+                    environment,
+                    Some(svc),
+                    DriftKind::Drift,
+                    "resynced",
+                    by,
+                    now,
+                )
                 .await;
         }
         tracing::info!(%repo, %environment, rollout = %id, by, "resync started");

@@ -129,13 +129,11 @@ pub async fn preflight(
         }
     };
     match driver.preflight(&endpoint, &key.service, version).await {
-        Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => {
-            PreflightResult::Passed {
-                running,
-                baseline,
-                since: None,
-            }
-        }
+        Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => PreflightResult::Passed {
+            running,
+            baseline,
+            since: None,
+        },
         // The agent said no: a human should look (retry when fixed).
         Ok(PreflightOutcome::Refused { reason }) => PreflightResult::Failed {
             reason: format!("the agent refused: {reason}"),

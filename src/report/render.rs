@@ -633,22 +633,22 @@ impl<'a> Facts<'a> {
         }
         // Drift that `on_drift` skipped or overwrote (SPEC 6.6) is said, not
         // only counted: a failure (halt) is listed with the failures.
-        let drift: Vec<String> = r
-            .steps()
-            .filter_map(|s| {
-                let note = s.note.as_deref()?;
-                (note.starts_with("skipped: drifted") || note.starts_with("overwrote drift"))
-                    .then(|| {
-                        format!(
-                            "{} {}: {}",
-                            code(s.environment.as_str()),
-                            code(s.service.as_str()),
-                            inline(note, 300)
-                        )
-                    })
-            })
-            .take(MAX_DRIFT_NOTES + 1)
-            .collect();
+        let drift: Vec<String> =
+            r.steps()
+                .filter_map(|s| {
+                    let note = s.note.as_deref()?;
+                    (note.starts_with("skipped: drifted") || note.starts_with("overwrote drift"))
+                        .then(|| {
+                            format!(
+                                "{} {}: {}",
+                                code(s.environment.as_str()),
+                                code(s.service.as_str()),
+                                inline(note, 300)
+                            )
+                        })
+                })
+                .take(MAX_DRIFT_NOTES + 1)
+                .collect();
         if !drift.is_empty() {
             let more = if drift.len() > MAX_DRIFT_NOTES {
                 " (and more)"

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use super::{
     AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, DriftKind, DriftObservation,
-    DriftRecord, FirstAttempts, Freeze, InboxCounts, StoredBaseline, InboxItem, NewDelivery, Payload, Result, RolloutKind, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document,
-    from_millis, to_millis,
+    DriftRecord, FirstAttempts, Freeze, InboxCounts, InboxItem, NewDelivery, Payload, Result,
+    RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
+    StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -36,7 +36,9 @@ fn drift_record(row: &sqlx::sqlite::SqliteRow) -> Result<DriftRecord> {
         detail: row.try_get("detail")?,
         first_seen: from_millis(row.try_get("first_seen")?),
         last_seen: from_millis(row.try_get("last_seen")?),
-        resolved_at: row.try_get::<Option<i64>, _>("resolved_at")?.map(from_millis),
+        resolved_at: row
+            .try_get::<Option<i64>, _>("resolved_at")?
+            .map(from_millis),
         resolution: row.try_get("resolution")?,
         resolved_by: row.try_get("resolved_by")?,
     })
@@ -1159,4 +1161,3 @@ impl Store for SqliteStore {
         rows.iter().map(drift_record).collect()
     }
 }
-

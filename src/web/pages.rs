@@ -624,7 +624,9 @@ pub fn rollout_page_with_drift(
                 environment: d.environment.to_string(),
                 service: d.service.to_string(),
                 expected: crate::drift::issue::short(&d.expected),
-                found: clip(&crate::drift::issue::short(d.found.as_deref().unwrap_or(""))),
+                found: clip(&crate::drift::issue::short(
+                    d.found.as_deref().unwrap_or(""),
+                )),
                 since: ts(&d.first_seen),
                 commands: vec![
                     format!("{prefix} adopt {} {}", d.environment, d.service),
