@@ -287,6 +287,19 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
         Some(second.to_string())
     );
     assert_eq!(w.version("cust-1").as_deref(), Some("hotfix-1"));
+    // The pull request's comment shows the failure and how to decide.
+    let comment = eventually(15, "the comment shows the drift", || {
+        w.standin
+            .state()
+            .comments_on(REPO, 11)
+            .iter()
+            .filter_map(|c| c["body"].as_str())
+            .find(|b| b.contains("changed outside convoy since"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(comment.contains("/convoy adopt cust-1"), "{comment}");
+    assert!(comment.contains("/convoy resync cust-1"), "{comment}");
     let page = reqwest::get(format!(
         "http://{}/rollouts/{}",
         w.running.addr,

@@ -752,3 +752,320 @@ impl DriftCommands for DriftService {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BranchName, RolloutId};
+    use crate::plan::model::{RolloutPolicy, StepKey};
+    use crate::store::SqliteStore;
+
+    /// Answers from a table, counting questions per environment.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<HashMap<String, Answer>>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn set(&self, env: &str, answer: Answer) {
+            lock(&self.answers).insert(env.to_owned(), answer);
+        }
+    }
+
+    #[async_trait]
+    impl StatusSource for Scripted {
+        async fn running(&self, _: &EnvTarget, env: &EnvName, _: &ServiceName) -> Answer {
+            lock(&self.asked).push(env.to_string());
+            lock(&self.answers)
+                .get(env.as_str())
+                .cloned()
+                .unwrap_or(Answer::Running(Some("v1".into())))
+        }
+    }
+
+    fn target(env: &str) -> EnvTarget {
+        EnvTarget {
+            driver: "agent".into(),
+            url: Some(format!("http://127.0.0.1:9/env/{env}")),
+            labels: BTreeMap::new(),
+            depends_on: Vec::new(),
+        }
+    }
+
+    /// A finished rollout of `envs` (its targets are where convoy learns
+    /// how to reach them), and each environment's api baseline at v1.
+    async fn seeded(envs: &[&str]) -> (tempfile::TempDir, Arc<dyn Store>, RolloutId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("c.db")).await.unwrap());
+        let repo = RepoName::new("acme/app");
+        let plan = Plan {
+            commit: CommitSha::new("v1"),
+            previous_commit: None,
+            affected_services: vec![ServiceName::new("api")],
+            waves: vec![PlannedWave {
+                name: WaveName::new("all"),
+                environments: envs.iter().map(|e| EnvName::new(*e)).collect(),
+                max_parallel: 10,
+                failure_budget: FailureBudget::Count(0),
+                bake: Duration::ZERO,
+                approval: false,
+                steps: envs
+                    .iter()
+                    .map(|e| PlannedStep {
+                        environment: EnvName::new(*e),
+                        service: ServiceName::new("api"),
+                        waits_for: Vec::new(),
+                    })
+                    .collect(),
+            }],
+            targets: envs.iter().map(|e| (EnvName::new(*e), target(e))).collect(),
+            policy: RolloutPolicy::default(),
+            risk: Risk::default(),
+        };
+        let rollout = Rollout::new(plan);
+        let id = RolloutId::new("r-1");
+        let now = Utc::now();
+        store
+            .create_rollout(&RolloutRecord {
+                id: id.clone(),
+                repo: repo.clone(),
+                branch: BranchName::new("main"),
+                commit: CommitSha::new("v1"),
+                previous_commit: None,
+                pull_request: Some(3),
+                installation: Some(InstallationId(7)),
+                kind: RolloutKind::Deploy,
+                parent: None,
+                state: "succeeded".into(),
+                created_at: now,
+                updated_at: now,
+                document: Some(serde_json::to_string(&rollout).unwrap()),
+                error: None,
+            })
+            .await
+            .unwrap();
+        for e in envs {
+            store
+                .set_baseline(
+                    &repo,
+                    &EnvName::new(*e),
+                    &ServiceName::new("api"),
+                    "v1",
+                    "deployed",
+                    Some(&id),
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+        (dir, store, id)
+    }
+
+    fn service(store: Arc<dyn Store>, source: Arc<Scripted>) -> DriftService {
+        let runtime = RolloutRuntime::new(store.clone(), Drivers::default(), None);
+        DriftService::new(
+            store,
+            runtime,
+            source,
+            None,
+            None,
+            IssueOptions {
+                public_url: "http://convoy.test".into(),
+                prefix: "/convoy".into(),
+            },
+            // Short: the pass spreads its queries over half of this.
+            Duration::from_millis(200),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_pass_records_drift_and_unreachable_and_skips_busy_environments() {
+        let (_dir, store, _) = seeded(&["a", "b", "c", "d"]).await;
+        let source = Arc::new(Scripted::default());
+        source.set("b", Answer::Running(Some("hotfix".into())));
+        source.set("c", Answer::Unreachable("connection refused".into()));
+        // A deploy in flight in d (another rollout holds its lock): d is
+        // changing on purpose and is not asked.
+        let repo = RepoName::new("acme/app");
+        store
+            .try_lock_step(
+                &repo,
+                &EnvName::new("d"),
+                &ServiceName::new("api"),
+                &RolloutId::new("r-2"),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        source.set("d", Answer::Running(Some("v2-in-progress".into())));
+        let drift = service(store.clone(), source.clone());
+
+        let summary = drift.pass().await.unwrap();
+        assert_eq!(
+            summary,
+            PassSummary {
+                asked: 3,
+                busy: 1,
+                unknown: 0,
+                drifted: 1,
+                unreachable: 1,
+            }
+        );
+        let mut asked = lock(&source.asked).clone();
+        asked.sort();
+        assert_eq!(asked, ["a", "b", "c"]);
+        let open = store.drift_records(&repo, false, 100).await.unwrap();
+        let seen: Vec<(&str, DriftKind, Option<&str>)> = open
+            .iter()
+            .map(|r| (r.environment.as_str(), r.kind, r.found.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("b", DriftKind::Drift, Some("hotfix")),
+                ("c", DriftKind::Unreachable, None)
+            ]
+        );
+
+        // b is put back by hand and c answers again: both resolve.
+        source.set("b", Answer::Running(Some("v1".into())));
+        source.set("c", Answer::Running(Some("v1".into())));
+        drift.pass().await.unwrap();
+        assert!(
+            store
+                .drift_records(&repo, false, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let all = store.drift_records(&repo, true, 100).await.unwrap();
+        let how: Vec<(&str, Option<&str>)> = all
+            .iter()
+            .map(|r| (r.environment.as_str(), r.resolution.as_deref()))
+            .collect();
+        assert!(how.contains(&("b", Some("converged"))), "{how:?}");
+        assert!(how.contains(&("c", Some("reachable"))), "{how:?}");
+    }
+
+    #[tokio::test]
+    async fn adopt_takes_what_runs_there_and_resync_needs_drift() {
+        let (_dir, store, _) = seeded(&["a", "b"]).await;
+        let source = Arc::new(Scripted::default());
+        source.set("b", Answer::Running(Some("hotfix".into())));
+        let drift = service(store.clone(), source.clone());
+        drift.pass().await.unwrap();
+        let repo = RepoName::new("acme/app");
+        let inst = InstallationId(7);
+
+        // Nothing to adopt or resync where nothing drifted.
+        let err = drift
+            .adopt(inst, &repo, &EnvName::new("a"), None, "wanda")
+            .await
+            .unwrap_err();
+        assert!(err.contains("has not drifted"), "{err}");
+        let err = drift
+            .resync(inst, &repo, &EnvName::new("a"), "wanda")
+            .await
+            .unwrap_err();
+        assert!(err.contains("has not drifted"), "{err}");
+        let err = drift
+            .adopt(inst, &repo, &EnvName::new("zz"), None, "wanda")
+            .await
+            .unwrap_err();
+        assert!(err.contains("no baseline"), "{err}");
+
+        drift
+            .adopt(inst, &repo, &EnvName::new("b"), None, "wanda")
+            .await
+            .unwrap();
+        let b = store
+            .baseline(&repo, &EnvName::new("b"), &ServiceName::new("api"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (b.version.as_str(), b.source.as_str()),
+            ("hotfix", "adopted")
+        );
+        let all = store.drift_records(&repo, true, 100).await.unwrap();
+        assert_eq!(all[0].resolution.as_deref(), Some("adopted"));
+        assert_eq!(all[0].resolved_by.as_deref(), Some("wanda"));
+        // Adopted: the next pass finds nothing.
+        drift.pass().await.unwrap();
+        assert!(
+            store
+                .drift_records(&repo, false, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_resync_redeploys_the_expected_versions_in_dependency_order() {
+        let envs = ["a", "b"];
+        let key = |e: &str, s: &str| StepKey {
+            environment: EnvName::new(e),
+            service: ServiceName::new(s),
+        };
+        let mut steps = Vec::new();
+        for e in envs {
+            steps.push(PlannedStep {
+                environment: EnvName::new(e),
+                service: ServiceName::new("db"),
+                waits_for: Vec::new(),
+            });
+            steps.push(PlannedStep {
+                environment: EnvName::new(e),
+                service: ServiceName::new("api"),
+                waits_for: vec![key(e, "db"), key("z", "db")],
+            });
+        }
+        let original = Rollout::new(Plan {
+            commit: CommitSha::new("v9"),
+            previous_commit: None,
+            affected_services: vec![ServiceName::new("db"), ServiceName::new("api")],
+            waves: vec![PlannedWave {
+                name: WaveName::new("all"),
+                environments: envs.iter().map(|e| EnvName::new(*e)).collect(),
+                max_parallel: 10,
+                failure_budget: FailureBudget::Count(3),
+                bake: Duration::from_secs(60),
+                approval: true,
+                steps,
+            }],
+            targets: envs.iter().map(|e| (EnvName::new(*e), target(e))).collect(),
+            policy: RolloutPolicy::default(),
+            risk: Risk::default(),
+        });
+        let r = resync_rollout(
+            &original,
+            &EnvName::new("b"),
+            &[
+                (ServiceName::new("api"), CommitSha::new("v7")),
+                (ServiceName::new("db"), CommitSha::new("v6")),
+            ],
+        );
+        assert_eq!(r.policy.on_drift, OnDrift::Overwrite);
+        assert_eq!(r.waves.len(), 1);
+        let w = &r.waves[0];
+        assert!(!w.approval);
+        assert_eq!(w.environments, vec![EnvName::new("b")]);
+        let got: Vec<(&str, &str, Vec<StepKey>)> = w
+            .steps
+            .iter()
+            .map(|s| (s.service.as_str(), s.version.as_str(), s.waits_for.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("db", "v6", vec![]),
+                // Only what is in this resync and in this environment.
+                ("api", "v7", vec![key("b", "db")]),
+            ]
+        );
+        assert_eq!(r.targets.keys().collect::<Vec<_>>(), [&EnvName::new("b")]);
+    }
+}
