@@ -353,6 +353,39 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
     .await;
     w.issue_until("closed", |_| true).await;
     assert_eq!(w.version("cust-1").as_deref(), Some("hotfix-1"));
+    // The resync is a rollout of its own, and its audit log says who asked.
+    let list: Vec<Value> = reqwest::get(format!(
+        "http://{}/api/rollouts?repo={REPO}",
+        w.running.addr
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let resync = list
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .map(|id| convoy::domain::RolloutId::new(id))
+        .collect::<Vec<_>>();
+    let mut found = None;
+    for id in &resync {
+        let view = api_rollout(&w.running, id).await;
+        if view["kind"] == "resync" {
+            found = Some(view);
+        }
+    }
+    let resync = found.expect("a resync rollout");
+    assert_eq!(step(&resync, "cust-2")["version"], second.as_str());
+    assert!(
+        resync["audit"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["actor"] == WRITER
+                && e["action"] == "/convoy resync cust-2"
+                && e["result"] == "accepted")),
+        "{}",
+        resync["audit"]
+    );
     w.finish().await;
 }
 

@@ -560,7 +560,7 @@ impl DriftService {
         repo: &RepoName,
         environment: &EnvName,
         by: &str,
-    ) -> Result<(), String> {
+    ) -> Result<crate::domain::RolloutId, String> {
         let (view, answers) = self.live(repo, environment, None).await?;
         let mut unreachable = Vec::new();
         let mut versions = Vec::new();
@@ -630,7 +630,7 @@ impl DriftService {
         }
         tracing::info!(%repo, %environment, rollout = %id, by, "resync started");
         self.refresh_issue(repo, Some(installation)).await;
-        Ok(())
+        Ok(id)
     }
 }
 
@@ -739,7 +739,21 @@ impl DriftCommands for DriftService {
         environment: &EnvName,
         by: &str,
     ) -> Result<(), String> {
-        self.resync_inner(installation, repo, environment, by).await
+        self.resync_inner(installation, repo, environment, by)
+            .await
+            .map(|_| ())
+    }
+
+    async fn resync_started(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        environment: &EnvName,
+        by: &str,
+    ) -> Result<Option<crate::domain::RolloutId>, String> {
+        self.resync_inner(installation, repo, environment, by)
+            .await
+            .map(Some)
     }
 
     async fn refresh(&self, installation: InstallationId, repo: &RepoName) -> Result<(), String> {

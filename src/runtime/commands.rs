@@ -79,6 +79,20 @@ pub trait DriftCommands: Send + Sync + 'static {
         by: &str,
     ) -> Result<(), String>;
 
+    /// [`DriftCommands::resync`], answering the rollout it started, so the
+    /// audit log links it.
+    async fn resync_started(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        environment: &EnvName,
+        by: &str,
+    ) -> Result<Option<RolloutId>, String> {
+        self.resync(installation, repo, environment, by)
+            .await
+            .map(|()| None)
+    }
+
     /// `/convoy status` on the drift issue: check the repository's
     /// environments again and show the issue as it is now.
     async fn refresh(&self, _installation: InstallationId, _repo: &RepoName) -> Result<(), String> {
@@ -793,10 +807,15 @@ impl CommandHandler {
             },
             Action::Resync { environment } => match &self.hooks.drift {
                 Some(drift) => match drift
-                    .resync(asker.installation, asker.repo, &environment, asker.user)
+                    .resync_started(asker.installation, asker.repo, &environment, asker.user)
                     .await
                 {
-                    Ok(()) => done(None),
+                    Ok(Some(id)) => Handled::Done {
+                        reply: None,
+                        detail: Some(format!("resync rollout {id}")),
+                        rollouts: vec![id],
+                    },
+                    Ok(None) => done(None),
                     Err(reason) => Handled::Problem(Notice::NotDone { reason }),
                 },
                 None => Handled::Problem(Notice::Unavailable {
