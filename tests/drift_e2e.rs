@@ -366,7 +366,7 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
     let resync = list
         .iter()
         .filter_map(|r| r["id"].as_str())
-        .map(|id| convoy::domain::RolloutId::new(id))
+        .map(convoy::domain::RolloutId::new)
         .collect::<Vec<_>>();
     let mut found = None;
     for id in &resync {
