@@ -175,6 +175,8 @@ struct Sim {
     baseline: HashMap<StepKey, String>,
     deploy: DeployFn,
     healthy: HealthFn,
+    /// Health of a dependency asked before a step starts (SPEC 6.3).
+    dep_healthy: HealthFn,
     /// Polls a deploy needs before the agent reports the new version.
     polls_to_ready: u32,
     polls: HashMap<StepKey, u32>,
@@ -196,6 +198,7 @@ impl Sim {
             baseline: HashMap::new(),
             deploy: Box::new(|_, _| None),
             healthy: Box::new(|_, _| true),
+            dep_healthy: Box::new(|_, _| true),
             polls_to_ready: 0,
             polls: HashMap::new(),
             answer_deploys: true,
@@ -224,6 +227,28 @@ impl Sim {
                         key,
                         attempt,
                         result,
+                    });
+                }
+                Effect::CheckDependencies {
+                    key,
+                    attempt,
+                    dependencies,
+                } => {
+                    let results = dependencies
+                        .into_iter()
+                        .map(|k| {
+                            let report = HealthReport {
+                                version: self.running.get(&k).cloned(),
+                                healthy: (self.dep_healthy)(&k, self.now),
+                                message: Some("probe".into()),
+                            };
+                            (k, report)
+                        })
+                        .collect();
+                    self.queue.push_back(Event::DependencyHealth {
+                        key,
+                        attempt,
+                        results,
                     });
                 }
                 Effect::Deploy {
@@ -905,7 +930,7 @@ fn absolute_freeze_window_delays_the_next_wave_and_says_until_when() {
     let (w, i) = sim.r.find(&key("r1", "api")).unwrap();
     assert_eq!(
         engine::waiting_reason(&sim.r, w, i).unwrap().text(),
-        "freeze window until 2026-11-26 12:00 UTC (release party)"
+        "frozen until 2026-11-26 12:00 UTC (freeze window: release party)"
     );
     assert_eq!(engine::view(&sim.r).waves[1].state, "frozen");
     sim.run();
@@ -1727,6 +1752,25 @@ fn ten_thousand_environments_times_two_services_complete() {
     while let Some(ev) = queue.pop_front() {
         for e in engine::handle(&mut r, ev, &ctx) {
             match e {
+                Effect::CheckDependencies {
+                    key,
+                    attempt,
+                    dependencies,
+                } => queue.push_back(Event::DependencyHealth {
+                    key,
+                    attempt,
+                    results: dependencies
+                        .into_iter()
+                        .map(|k| {
+                            let report = HealthReport {
+                                version: Some(SHA.into()),
+                                healthy: true,
+                                message: None,
+                            };
+                            (k, report)
+                        })
+                        .collect(),
+                }),
                 Effect::RunPreflight { key, attempt, .. } => queue.push_back(Event::Preflight {
                     key,
                     attempt,

@@ -50,8 +50,8 @@ impl ExecContext<'_> {
     }
 }
 
-/// Carries out a driver effect (`RunPreflight`, `Deploy`, `PollStatus`,
-/// `CheckHealth`) and returns the event that answers it; `None` for effects
+/// Carries out a driver effect (`CheckDependencies`, `RunPreflight`,
+/// `Deploy`, `PollStatus`, `CheckHealth`) and returns the event that answers it; `None` for effects
 /// that are not driver calls (timers, reports, history — the runtime's).
 ///
 /// `baseline` is the last version convoy deployed to the step's
@@ -90,6 +90,15 @@ pub async fn perform(
                 attempt: *attempt,
                 error: e.message,
             },
+        }),
+        Effect::CheckDependencies {
+            key,
+            attempt,
+            dependencies,
+        } => Some(Event::DependencyHealth {
+            key: key.clone(),
+            attempt: *attempt,
+            results: health(cx, dependencies).await,
         }),
         Effect::CheckHealth { wave, round, keys } => Some(Event::BakeHealth {
             wave: *wave,

@@ -558,6 +558,13 @@ pub enum Event {
         attempt: u32,
         result: PreflightResult,
     },
+    /// Health of the steps a starting step waits for (answer to
+    /// [`Effect::CheckDependencies`]).
+    DependencyHealth {
+        key: StepKey,
+        attempt: u32,
+        results: Vec<(StepKey, HealthReport)>,
+    },
     DeployAccepted {
         key: StepKey,
         attempt: u32,
@@ -681,6 +688,16 @@ pub enum Importance {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
+    /// The first part of a step's preflight when it waits for other steps
+    /// (SPEC 6.3 "dependencies healthy"): ask the status of `dependencies`,
+    /// the steps it waits for that this rollout deployed, and answer with
+    /// [`Event::DependencyHealth`]. The engine judges the answer and then
+    /// asks for [`Effect::RunPreflight`]. One status call per dependency.
+    CheckDependencies {
+        key: StepKey,
+        attempt: u32,
+        dependencies: Vec<StepKey>,
+    },
     /// Reachable? what runs there? the agent's own preflight. Answer with
     /// [`Event::Preflight`].
     RunPreflight {

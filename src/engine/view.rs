@@ -106,10 +106,11 @@ impl Waiting {
                 }
             }
             Waiting::Freeze { until, reason } => {
-                let mut s = format!("freeze window until {}", when(until));
+                let mut s = format!("frozen until {} (freeze window", when(until));
                 if let Some(r) = reason {
-                    s.push_str(&format!(" ({r})"));
+                    s.push_str(&format!(": {r}"));
                 }
+                s.push(')');
                 s
             }
             Waiting::Dependency { step } => {
@@ -165,6 +166,17 @@ fn waiting_with(
             by: f.by.clone(),
             until: f.until,
             reason: f.reason.clone(),
+        });
+    }
+    // A freeze window that began while the wave ran holds its unstarted
+    // steps (retries included) until it ends.
+    if w == r.current_wave
+        && wave.phase == WavePhase::Running
+        && let Some(until) = r.frozen_until
+    {
+        return Some(Waiting::Freeze {
+            until,
+            reason: r.frozen_reason.clone(),
         });
     }
     if let Some(at) = s.retry_at {
@@ -376,6 +388,8 @@ pub fn wave_state(r: &Rollout, w: usize) -> &'static str {
         WavePhase::Running => {
             if r.halt.as_ref().is_some_and(|h| h.wave == wave.name) {
                 "halted"
+            } else if w == r.current_wave && r.frozen_until.is_some() && !r.state.is_terminal() {
+                "frozen"
             } else {
                 "running"
             }
