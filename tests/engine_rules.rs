@@ -1041,9 +1041,9 @@ impl Sim {
             .iter()
             .filter_map(|(at, e)| match e {
                 Effect::CheckDependencies { key, attempt, .. }
-                | Effect::RunPreflight { key, attempt, .. } => {
-                    seen.insert((key.clone(), *attempt)).then(|| (*at, key.clone()))
-                }
+                | Effect::RunPreflight { key, attempt, .. } => seen
+                    .insert((key.clone(), *attempt))
+                    .then(|| (*at, key.clone())),
                 _ => None,
             })
             .collect()
@@ -1197,10 +1197,15 @@ fn an_emergency_freeze_mid_wave_lets_in_flight_steps_finish_and_starts_nothing()
         .find(|(_, k)| *k == key("e01", "api"))
         .unwrap()
         .0;
-    assert!(e01_done > frozen_at && e01_done < until, "in flight finished");
+    assert!(
+        e01_done > frozen_at && e01_done < until,
+        "in flight finished"
+    );
     let starts = sim.attempt_starts();
     assert!(
-        starts.iter().all(|(at, _)| *at <= frozen_at || *at >= until),
+        starts
+            .iter()
+            .all(|(at, _)| *at <= frozen_at || *at >= until),
         "{starts:?}"
     );
     assert_eq!(sim.step("e02", "api").started_at, Some(until));
@@ -1282,7 +1287,13 @@ fn a_dependency_in_another_environment_is_rechecked_and_a_recovery_lets_the_retr
     sim.run_until(|s| s.step("b", "api").retry_at.is_some());
     assert_eq!(
         sim.step("b", "api").error.as_deref(),
-        Some(format!("preflight: dependency a/api runs 0ddba11, not {}", &SHA[..12]).as_str())
+        Some(
+            format!(
+                "preflight: dependency a/api runs 0ddba11, not {}",
+                &SHA[..12]
+            )
+            .as_str()
+        )
     );
     sim.run();
     assert_eq!(sim.state(), RolloutState::Succeeded);

@@ -699,10 +699,7 @@ fn on_dependency_health(
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
         if !report.healthy {
-            problems.push(format!(
-                "dependency {} is unhealthy{detail}",
-                key_str(&dep)
-            ));
+            problems.push(format!("dependency {} is unhealthy{detail}", key_str(&dep)));
         } else if report.version.as_deref() != Some(d.version.as_str()) {
             problems.push(format!(
                 "dependency {} runs {}, not {}",

@@ -9,6 +9,14 @@
 //!   state) goes at once after a quiet period, else `min_update_interval`
 //!   after the previous send; a change of counts alone waits
 //!   `progress_interval` after the previous send;
+//! - the request budget over time: edits of one object that are neither
+//!   terminal nor waiting (halted, awaiting approval, frozen, paused) are
+//!   also at least `age / age_divisor` apart, the object's age taken at its
+//!   previous send. The number of such edits then grows with the logarithm
+//!   of a rollout's duration instead of linearly: with the defaults an
+//!   object gets at most 13 edits in its first minute and about 110 in its
+//!   first hour, however often the rollout changes; the gap stops growing
+//!   at [`PacingConfig::max_age_gap`] (docs/reporting.md);
 //! - all writes of one installation share one pace, `writes_per_minute`,
 //!   and the most important waiting body goes first;
 //! - a failed send is retried with backoff; the newest body is what is
@@ -118,7 +126,16 @@ pub struct PacingConfig {
     /// First retry delay after a failed send; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// The request budget over time: an edit that is neither terminal nor
+    /// a waiting state goes at least the object's age (at its previous
+    /// send) divided by this after that send. 0 turns the budget off.
+    pub age_divisor: u32,
 }
+
+/// The default [`PacingConfig::age_divisor`]: after an hour, progress and
+/// failures of one object are shown at most every 2.5 minutes; a
+/// 1,000-environment rollout of an hour stays under 300 requests.
+pub const DEFAULT_AGE_DIVISOR: u32 = 24;
 
 impl Default for PacingConfig {
     fn default() -> Self {
@@ -128,6 +145,7 @@ impl Default for PacingConfig {
             writes_per_minute: 60,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(5 * 60),
+            age_divisor: DEFAULT_AGE_DIVISOR,
         }
     }
 }
@@ -140,6 +158,14 @@ impl PacingConfig {
             writes_per_minute: github.writes_per_minute,
             ..Default::default()
         }
+    }
+
+    /// The budget's gap stops growing here (ten progress intervals, five
+    /// minutes by default), so a long-lived object such as the drift issue
+    /// or a day-long rollout still shows a change within minutes; past
+    /// that point an object costs at most 12 routine edits an hour.
+    pub fn max_age_gap(&self) -> Duration {
+        self.progress_interval.saturating_mul(10)
     }
 
     /// Time between two writes of one installation.
@@ -167,6 +193,9 @@ struct Entry {
     in_flight: Option<String>,
     failures: u32,
     retry_at: Option<Duration>,
+    /// When the transport first heard of the key (its age counts from
+    /// here; after a restart, from the first body handed over again).
+    born: Option<Duration>,
 }
 
 /// A send the I/O loop should perform.
@@ -227,6 +256,7 @@ impl Scheduler {
     ) {
         let digest = desired.digest();
         let e = self.entries.entry(key).or_default();
+        e.born.get_or_insert(now);
         // What GitHub will show once the send in flight (if any) lands.
         let shown = e.in_flight.as_ref().or(e.sent.as_ref());
         if shown == Some(&digest) {
@@ -260,10 +290,22 @@ impl Scheduler {
         }
         let p = e.pending.as_ref()?;
         let after = |gap: Duration| e.last_sent_at.map_or(p.since, |t| (t + gap).max(p.since));
+        // The budget over time: the older the object, the sparser its
+        // routine edits. Terminal and waiting states are exempt: they are
+        // few (each needs a human or a wave to move) and must go promptly.
+        let age_gap = match (e.last_sent_at, e.born) {
+            (Some(last), Some(born)) => last
+                .saturating_sub(born)
+                .checked_div(self.cfg.age_divisor)
+                .unwrap_or_default()
+                .min(self.cfg.max_age_gap()),
+            _ => Duration::ZERO,
+        };
         let due = match p.importance {
             Importance::Terminal => p.since,
-            Importance::Waiting | Importance::Matters => after(self.cfg.min_update_interval),
-            Importance::CountsOnly => after(self.cfg.progress_interval),
+            Importance::Waiting => after(self.cfg.min_update_interval),
+            Importance::Matters => after(self.cfg.min_update_interval.max(age_gap)),
+            Importance::CountsOnly => after(self.cfg.progress_interval.max(age_gap)),
         };
         Some(e.retry_at.map_or(due, |r| due.max(r)))
     }
