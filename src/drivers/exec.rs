@@ -110,9 +110,10 @@ pub async fn perform(
 }
 
 /// SPEC 6.3 for one step: reachable (the status call answers) and what
-/// runs there, then the agent's own preflight. Freezes and dependencies are
-/// the engine's to check; drift is judged by the engine from `running` and
-/// `baseline`.
+/// runs there, then the agent's own preflight. Freezes are the engine's to
+/// check; dependencies' health is asked before this by
+/// `Effect::CheckDependencies` and judged by the engine, as is drift (from
+/// `running` and `baseline`).
 pub async fn preflight(
     cx: &ExecContext<'_>,
     key: &StepKey,

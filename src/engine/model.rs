@@ -264,7 +264,9 @@ pub struct Rollout {
     /// end `superseded` when in-flight steps are done.
     pub superseded_by: Option<String>,
     pub aborted_by: Option<String>,
-    /// The freeze window the next wave waits for (for the waiting reason).
+    /// The freeze window the next wave, or the running wave's steps not yet
+    /// started, wait for (for the waiting reason; checked before every step
+    /// starts, SPEC 6.3).
     pub frozen_until: Option<DateTime<Utc>>,
     pub frozen_reason: Option<String>,
     /// Set once the automatic rollback of a halted wave was asked for, so it

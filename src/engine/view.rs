@@ -230,7 +230,8 @@ pub struct RolloutView {
     pub halt: Option<Halt>,
     pub paused_by: Option<String>,
     pub emergency_freeze: Option<EmergencyFreeze>,
-    /// The freeze window the next wave waits for.
+    /// The freeze window the next wave, or the running wave's steps not
+    /// yet started, wait for.
     pub frozen_until: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -388,7 +389,10 @@ pub fn wave_state(r: &Rollout, w: usize) -> &'static str {
         WavePhase::Running => {
             if r.halt.as_ref().is_some_and(|h| h.wave == wave.name) {
                 "halted"
-            } else if w == r.current_wave && r.frozen_until.is_some() && !r.state.is_terminal() {
+            } else if w == r.current_wave
+                && r.state == RolloutState::Frozen
+                && r.frozen_until.is_some()
+            {
                 "frozen"
             } else {
                 "running"
