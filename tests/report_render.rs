@@ -330,6 +330,37 @@ fn frozen() {
 }
 
 #[test]
+fn frozen_mid_wave() {
+    // A weekly window began while wave `early` ran: one environment is
+    // still in flight, one done, the third waits for the window to end.
+    let mut r = started(small());
+    finish_wave(&mut r, 0);
+    r.current_wave = 1;
+    let wave = &mut r.waves[1];
+    wave.phase = WavePhase::Running;
+    wave.started_at = Some(t("2026-11-26T10:17:00Z"));
+    for s in wave.steps.iter_mut().take(2) {
+        s.state = StepState::Succeeded;
+        s.attempts = 1;
+    }
+    wave.steps[2].state = StepState::Verifying;
+    wave.steps[2].attempts = 1;
+    r.state = RolloutState::Frozen;
+    r.frozen_until = Some(t("2026-11-27T07:00:00Z"));
+    r.frozen_reason = Some("nightly maintenance".into());
+    let rep = snap("frozen_mid_wave", "frozen", Some(&r));
+    assert_eq!(conclusion(&rep), "in_progress/-");
+    assert!(
+        rep.comment.contains(
+            "wait for the freeze window to end at 2026-11-27 07:00 UTC (nightly maintenance)"
+        ),
+        "{}",
+        rep.comment
+    );
+    assert!(rep.comment.contains("🧊 frozen"), "{}", rep.comment);
+}
+
+#[test]
 fn paused() {
     let mut r = started(small());
     finish_wave(&mut r, 0);
