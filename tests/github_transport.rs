@@ -40,7 +40,8 @@ fn cfg() -> PacingConfig {
         writes_per_minute: 60,
         retry_base: s(5.0),
         retry_max: s(300.0),
-        age_divisor: DEFAULT_AGE_DIVISOR,
+        edit_burst: DEFAULT_EDIT_BURST,
+        edit_refill: DEFAULT_EDIT_REFILL,
     }
 }
 
@@ -267,57 +268,95 @@ fn a_restored_ledger_entry_suppresses_the_same_body() {
 }
 
 #[test]
-fn routine_edits_of_an_old_object_are_spaced_by_its_age_but_waiting_and_terminal_are_not() {
+fn a_lone_failure_goes_promptly_however_old_the_object_but_a_storm_is_spaced_by_the_budget() {
     let mut sched = Scheduler::new(cfg());
     let k = key(1, "r1", 7);
     sched.desire(k.clone(), body("started"), Importance::Matters, s(0.0));
     assert_eq!(deliver_all(&mut sched, s(0.0)), vec!["started"]);
-    // After a quiet period a failure still goes at once...
+    // Forty minutes later a failure still goes within min_update_interval.
     sched.desire(k.clone(), body("e1 failed"), Importance::Matters, s(2400.0));
     assert_eq!(deliver_all(&mut sched, s(2400.0)), vec!["e1 failed"]);
-    // ...but the next routine edit of a 40-minute-old object waits 40 min
-    // / 24 = 100 s, not min_update_interval.
-    sched.desire(k.clone(), body("e2 failed"), Importance::Matters, s(2401.0));
-    assert_eq!(sched.next(s(2401.0)), Next::WaitUntil(s(2500.0)));
-    // Counts alone wait as long (the budget is above progress_interval).
+    // A storm of failures, one every 5 s for five minutes: the first go
+    // within min_update_interval while the bucket lasts, then they are
+    // coalesced to about one edit per refill (30 s).
+    let mut t = 2400.0;
+    let mut sent = 0;
+    for i in 2..=61 {
+        t += 5.0;
+        sched.desire(
+            k.clone(),
+            body(&format!("e{i} failed")),
+            Importance::Matters,
+            s(t),
+        );
+        sent += deliver_all(&mut sched, s(t)).len();
+    }
+    assert!(sent >= 14, "the bucket's burst went promptly: {sent}");
+    assert!(sent <= 14 + 10 + 1, "{sent} edits in five minutes");
+    t += 1.0;
+    sched.desire(k.clone(), body("e62 failed"), Importance::Matters, s(t));
+    let Next::WaitUntil(at) = sched.next(s(t)) else {
+        panic!("the bucket is empty")
+    };
+    assert!(at > s(t) && at <= s(t + 30.0), "{at:?}");
     // A halt (a waiting state) is exempt: min_update_interval after the
     // last send, and it carries the pending body with it.
-    sched.desire(k.clone(), body("halted"), Importance::Waiting, s(2402.0));
-    assert_eq!(sched.next(s(2402.0)), Next::WaitUntil(s(2405.0)));
-    assert_eq!(deliver_all(&mut sched, s(2405.0)), vec!["halted"]);
-    sched.desire(k.clone(), body("e3 failed"), Importance::Matters, s(2406.0));
-    assert_eq!(
-        sched.next(s(2406.0)),
-        Next::WaitUntil(s(2405.0) + s(2405.0) / 24)
-    );
+    sched.desire(k.clone(), body("halted"), Importance::Waiting, s(t + 1.0));
+    assert_eq!(deliver_all(&mut sched, s(t + 5.0)), vec!["halted"]);
     // The end goes at once.
-    sched.desire(k.clone(), body("failed"), Importance::Terminal, s(2407.0));
-    assert_eq!(deliver_all(&mut sched, s(2407.0)), vec!["failed"]);
+    sched.desire(k.clone(), body("failed"), Importance::Terminal, s(t + 6.0));
+    assert_eq!(deliver_all(&mut sched, s(t + 6.0)), vec!["failed"]);
 }
 
 #[test]
-fn the_budget_gap_stops_growing_at_ten_progress_intervals() {
+fn counts_alone_leave_half_the_bucket_to_changes_that_matter() {
     let mut sched = Scheduler::new(cfg());
-    let k = key(1, "drift", 1);
-    sched.desire(k.clone(), body("v0"), Importance::Matters, s(0.0));
-    deliver_all(&mut sched, s(0.0));
-    // A day later (a long-lived object such as the drift issue).
-    sched.desire(k.clone(), body("v1"), Importance::Matters, s(86_400.0));
-    deliver_all(&mut sched, s(86_400.0));
-    sched.desire(k.clone(), body("v2"), Importance::Matters, s(86_401.0));
-    assert_eq!(sched.next(s(86_401.0)), Next::WaitUntil(s(86_700.0)));
-    assert_eq!(cfg().max_age_gap(), s(300.0));
-    // 0 turns the budget off.
+    let k = key(1, "r1", 7);
+    // Counts every progress_interval for an hour: the bucket never drops
+    // below half, so a failure after that still goes at once.
+    let mut t = 0.0;
+    while t < 3600.0 {
+        sched.desire(
+            k.clone(),
+            body(&format!("{t} done")),
+            Importance::CountsOnly,
+            s(t),
+        );
+        deliver_all(&mut sched, s(t));
+        t += 30.0;
+    }
+    sched.desire(k.clone(), body("e1 failed"), Importance::Matters, s(t));
+    assert_eq!(deliver_all(&mut sched, s(t)), vec!["e1 failed"]);
+    // Counts alone right after a burst of failures wait for the bucket to
+    // refill to half.
+    for i in 2..=12 {
+        t += 5.0;
+        sched.desire(
+            k.clone(),
+            body(&format!("e{i} failed")),
+            Importance::Matters,
+            s(t),
+        );
+        deliver_all(&mut sched, s(t));
+    }
+    sched.desire(
+        k.clone(),
+        body("counts"),
+        Importance::CountsOnly,
+        s(t + 30.0),
+    );
+    assert!(matches!(sched.next(s(t + 30.0)), Next::WaitUntil(_)));
+    // A zero refill turns the budget off.
     let mut off = Scheduler::new(PacingConfig {
-        age_divisor: 0,
+        edit_refill: Duration::ZERO,
         ..cfg()
     });
-    off.desire(k.clone(), body("v0"), Importance::Matters, s(0.0));
-    deliver_all(&mut off, s(0.0));
-    off.desire(k.clone(), body("v1"), Importance::Matters, s(3600.0));
-    deliver_all(&mut off, s(3600.0));
-    off.desire(k.clone(), body("v2"), Importance::Matters, s(3601.0));
-    assert_eq!(off.next(s(3601.0)), Next::WaitUntil(s(3605.0)));
+    let mut t = 0.0;
+    for i in 0..100 {
+        off.desire(k.clone(), body(&format!("v{i}")), Importance::Matters, s(t));
+        assert_eq!(deliver_all(&mut off, s(t)).len(), 1);
+        t += 5.0;
+    }
 }
 
 /// What a 1,000-environment rollout hands the transport over its life, as
@@ -558,7 +597,7 @@ fn the_budget_holds_when_every_change_matters() {
         // Without the budget over time, min_update_interval alone would
         // let an hour of such changes cost far more.
         let unbudgeted = PacingConfig {
-            age_divisor: 0,
+            edit_refill: Duration::ZERO,
             ..cfg()
         };
         let m = drive_updates(unbudgeted, &[(1, "r1")], updates, duration).requests["r1"];
@@ -570,11 +609,19 @@ fn the_budget_holds_when_every_change_matters() {
 
 #[test]
 fn longer_rollouts_stay_within_budget_too() {
-    // Six hours: the budget grows far slower than the duration.
-    let tally = drive(cfg(), &[(1, "r1")], s(6.0 * 3600.0));
+    // Six hours, every change a failure: two objects, each at most the
+    // bucket plus one edit per refill, plus the end and the approval wait.
+    let duration = s(6.0 * 3600.0);
+    let tally = drive_updates(
+        cfg(),
+        &[(1, "r1")],
+        rollout_updates(duration, true),
+        duration,
+    );
     let n = tally.requests["r1"];
     eprintln!("six hours: {n} requests");
-    assert!(n <= 300 + 2 * 12 * 5, "{n} requests");
+    let per_object = DEFAULT_EDIT_BURST as usize + (6 * 3600 / 30);
+    assert!(n <= 2 * per_object + 5, "{n} requests");
 }
 
 #[test]
@@ -623,7 +670,8 @@ fn fast_cfg() -> PacingConfig {
         writes_per_minute: 6000,
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
-        age_divisor: DEFAULT_AGE_DIVISOR,
+        edit_burst: DEFAULT_EDIT_BURST,
+        edit_refill: Duration::from_millis(200),
     }
 }
 

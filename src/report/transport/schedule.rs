@@ -9,14 +9,15 @@
 //!   state) goes at once after a quiet period, else `min_update_interval`
 //!   after the previous send; a change of counts alone waits
 //!   `progress_interval` after the previous send;
-//! - the request budget over time: edits of one object that are neither
-//!   terminal nor waiting (halted, awaiting approval, frozen, paused) are
-//!   also at least `age / age_divisor` apart, the object's age taken at its
-//!   previous send. The number of such edits then grows with the logarithm
-//!   of a rollout's duration instead of linearly: with the defaults an
-//!   object gets at most 13 edits in its first minute and about 110 in its
-//!   first hour, however often the rollout changes; the gap stops growing
-//!   at [`PacingConfig::max_age_gap`] (docs/reporting.md);
+//! - the request budget over time, per object: a token bucket of
+//!   `edit_burst` edits refilled one per `edit_refill` (a GCRA, kept as one
+//!   time per object). Every send spends a token; edits that are neither
+//!   terminal nor waiting (halted, awaiting approval, frozen, paused) wait
+//!   for one, and a change of counts alone leaves half the bucket to
+//!   changes that matter. So a lone failure is shown within
+//!   `min_update_interval` however old the rollout, a storm of them is
+//!   coalesced to one edit per `edit_refill`, and an object costs at most
+//!   `edit_burst + duration / edit_refill` edits (docs/reporting.md);
 //! - all writes of one installation share one pace, `writes_per_minute`,
 //!   and the most important waiting body goes first;
 //! - a failed send is retried with backoff; the newest body is what is
@@ -126,16 +127,19 @@ pub struct PacingConfig {
     /// First retry delay after a failed send; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// The request budget over time: an edit that is neither terminal nor
-    /// a waiting state goes at least the object's age (at its previous
-    /// send) divided by this after that send. 0 turns the budget off.
-    pub age_divisor: u32,
+    /// The request budget over time, per object: at most this many edits
+    /// at once after a quiet period...
+    pub edit_burst: u32,
+    /// ...and one more per this much time. Zero turns the budget off.
+    pub edit_refill: Duration,
 }
 
-/// The default [`PacingConfig::age_divisor`]: after an hour, progress and
-/// failures of one object are shown at most every 2.5 minutes; a
-/// 1,000-environment rollout of an hour stays under 300 requests.
-pub const DEFAULT_AGE_DIVISOR: u32 = 24;
+/// The default [`PacingConfig::edit_burst`] and [`PacingConfig::edit_refill`]:
+/// two objects per rollout (comment and check run) then cost at most
+/// 2 × (14 + 2) edits in a minute and 2 × (14 + 120) in an hour, inside the
+/// 40 and 300 requests a 1,000-environment rollout may cost (SPEC 7.5).
+pub const DEFAULT_EDIT_BURST: u32 = 14;
+pub const DEFAULT_EDIT_REFILL: Duration = Duration::from_secs(30);
 
 impl Default for PacingConfig {
     fn default() -> Self {
@@ -145,7 +149,8 @@ impl Default for PacingConfig {
             writes_per_minute: 60,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(5 * 60),
-            age_divisor: DEFAULT_AGE_DIVISOR,
+            edit_burst: DEFAULT_EDIT_BURST,
+            edit_refill: DEFAULT_EDIT_REFILL,
         }
     }
 }
@@ -156,16 +161,24 @@ impl PacingConfig {
             min_update_interval: github.min_update_interval,
             progress_interval: github.progress_interval,
             writes_per_minute: github.writes_per_minute,
+            // Steady progress (one edit per progress_interval) then never
+            // drains the bucket; the burst stays for changes that matter.
+            edit_refill: github.progress_interval,
             ..Default::default()
         }
     }
 
-    /// The budget's gap stops growing here (ten progress intervals, five
-    /// minutes by default), so a long-lived object such as the drift issue
-    /// or a day-long rollout still shows a change within minutes; past
-    /// that point an object costs at most 12 routine edits an hour.
-    pub fn max_age_gap(&self) -> Duration {
-        self.progress_interval.saturating_mul(10)
+    /// How far ahead of `now` an object's budget time may run while an
+    /// edit of this importance still conforms: the whole bucket for a
+    /// change that matters, half of it for counts alone.
+    fn tolerance(&self, importance: Importance) -> Duration {
+        let whole = self
+            .edit_refill
+            .saturating_mul(self.edit_burst.saturating_sub(1));
+        match importance {
+            Importance::CountsOnly => whole / 2,
+            _ => whole,
+        }
     }
 
     /// Time between two writes of one installation.
@@ -193,9 +206,10 @@ struct Entry {
     in_flight: Option<String>,
     failures: u32,
     retry_at: Option<Duration>,
-    /// When the transport first heard of the key (its age counts from
-    /// here; after a restart, from the first body handed over again).
-    born: Option<Duration>,
+    /// The budget's theoretical arrival time (GCRA): every send moves it
+    /// `edit_refill` past `max(it, now)`; an edit conforms while it is at
+    /// most the importance's tolerance ahead of now.
+    budget_at: Duration,
 }
 
 /// A send the I/O loop should perform.
@@ -256,7 +270,6 @@ impl Scheduler {
     ) {
         let digest = desired.digest();
         let e = self.entries.entry(key).or_default();
-        e.born.get_or_insert(now);
         // What GitHub will show once the send in flight (if any) lands.
         let shown = e.in_flight.as_ref().or(e.sent.as_ref());
         if shown == Some(&digest) {
@@ -290,22 +303,15 @@ impl Scheduler {
         }
         let p = e.pending.as_ref()?;
         let after = |gap: Duration| e.last_sent_at.map_or(p.since, |t| (t + gap).max(p.since));
-        // The budget over time: the older the object, the sparser its
-        // routine edits. Terminal and waiting states are exempt: they are
-        // few (each needs a human or a wave to move) and must go promptly.
-        let age_gap = match (e.last_sent_at, e.born) {
-            (Some(last), Some(born)) => last
-                .saturating_sub(born)
-                .checked_div(self.cfg.age_divisor)
-                .unwrap_or_default()
-                .min(self.cfg.max_age_gap()),
-            _ => Duration::ZERO,
-        };
+        // The budget over time: routine edits wait for a token. Terminal
+        // and waiting states are exempt: they are few (each needs a human
+        // or a wave to move) and must go promptly.
+        let token = e.budget_at.saturating_sub(self.cfg.tolerance(p.importance));
         let due = match p.importance {
             Importance::Terminal => p.since,
             Importance::Waiting => after(self.cfg.min_update_interval),
-            Importance::Matters => after(self.cfg.min_update_interval.max(age_gap)),
-            Importance::CountsOnly => after(self.cfg.progress_interval.max(age_gap)),
+            Importance::Matters => after(self.cfg.min_update_interval).max(token),
+            Importance::CountsOnly => after(self.cfg.progress_interval).max(token),
         };
         Some(e.retry_at.map_or(due, |r| due.max(r)))
     }
@@ -370,6 +376,7 @@ impl Scheduler {
         e.sent = Some(job.digest.clone());
         e.object_id = Some(object_id);
         e.last_sent_at = Some(now);
+        e.budget_at = e.budget_at.max(now) + self.cfg.edit_refill;
         e.failures = 0;
         e.retry_at = None;
         if e.pending.as_ref().is_some_and(|p| p.digest == job.digest) {
