@@ -264,7 +264,9 @@ pub struct Rollout {
     /// end `superseded` when in-flight steps are done.
     pub superseded_by: Option<String>,
     pub aborted_by: Option<String>,
-    /// The freeze window the next wave waits for (for the waiting reason).
+    /// The freeze window the next wave, or the running wave's steps not yet
+    /// started, wait for (for the waiting reason; checked before every step
+    /// starts, SPEC 6.3).
     pub frozen_until: Option<DateTime<Utc>>,
     pub frozen_reason: Option<String>,
     /// Set once the automatic rollback of a halted wave was asked for, so it
@@ -562,6 +564,13 @@ pub enum Event {
         attempt: u32,
         result: PreflightResult,
     },
+    /// Health of the steps a starting step waits for (answer to
+    /// [`Effect::CheckDependencies`]).
+    DependencyHealth {
+        key: StepKey,
+        attempt: u32,
+        results: Vec<(StepKey, HealthReport)>,
+    },
     DeployAccepted {
         key: StepKey,
         attempt: u32,
@@ -685,6 +694,16 @@ pub enum Importance {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
+    /// The first part of a step's preflight when it waits for other steps
+    /// (SPEC 6.3 "dependencies healthy"): ask the status of `dependencies`,
+    /// the steps it waits for that this rollout deployed, and answer with
+    /// [`Event::DependencyHealth`]. The engine judges the answer and then
+    /// asks for [`Effect::RunPreflight`]. One status call per dependency.
+    CheckDependencies {
+        key: StepKey,
+        attempt: u32,
+        dependencies: Vec<StepKey>,
+    },
     /// Reachable? what runs there? the agent's own preflight. Answer with
     /// [`Event::Preflight`].
     RunPreflight {

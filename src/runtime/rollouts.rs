@@ -677,7 +677,11 @@ impl RolloutRuntime {
                         }
                     });
                 }
-                Effect::CheckHealth { ref keys, .. } => {
+                Effect::CheckHealth { ref keys, .. }
+                | Effect::CheckDependencies {
+                    dependencies: ref keys,
+                    ..
+                } => {
                     let job = self.step_job(meta, rollout, keys);
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -883,6 +887,7 @@ fn arm_timer(tx: mpsc::UnboundedSender<Input>, at: chrono::DateTime<Utc>, timer:
 fn event_key(event: &Event) -> Option<&StepKey> {
     match event {
         Event::Preflight { key, .. }
+        | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
         | Event::StepTimedOut { key, .. }
