@@ -392,6 +392,20 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_is_not_drift_and_overwrite_and_skip_do_what_they_say() {
     let mut w = world().await;
+    // The API needs to know which repository.
+    for query in ["", "?repo=", "?repo=nonsense"] {
+        let answer = reqwest::get(format!("http://{}/api/drift{query}", w.running.addr))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{query}");
+        let body: Value = answer.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("owner/name")),
+            "{body}"
+        );
+    }
     let (first, view) = w.merge(20, "overwrite", 1).await;
     assert_eq!(view["state"], "succeeded");
 

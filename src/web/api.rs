@@ -100,7 +100,7 @@ pub struct DriftQuery {
 /// `GET /api/drift?repo=owner/name`: the repository's drift records (SPEC
 /// 6.6), open ones first, then resolved ones, newest first.
 pub async fn drift(State(state): State<AppState>, Query(q): Query<DriftQuery>) -> Response {
-    let Some(repo) = q.repo.map(RepoName::new) else {
+    let Some(repo) = q.repo.filter(|r| !r.is_empty()).map(RepoName::new) else {
         return error(
             StatusCode::BAD_REQUEST,
             "repo is required: /api/drift?repo=owner/name",
