@@ -263,9 +263,11 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
         "{records:?}"
     );
 
-    // The next merge (on_drift: halt) fails cust-1's preflight with the
-    // message, and only it: the others deploy.
-    let (second, view) = w.merge(11, "halt", 1).await;
+    // The next merge (on_drift: halt, no failure budget) fails cust-1's
+    // preflight with the message, and only it: the held environment does
+    // not spend the budget, so the others deploy.
+    let (second, view) = w.merge(11, "halt", 0).await;
+    assert_eq!(view["state"], "failed", "ends failed, not halted: {view}");
     let failed = step(&view, "cust-1");
     assert_eq!(failed["state"], "failed", "{view}");
     let error = failed["error"].as_str().unwrap_or_default();

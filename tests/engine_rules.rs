@@ -1640,7 +1640,10 @@ fn drift_is_handled_per_on_drift() {
         s.error.as_deref(),
         Some("drifted: expected v1, found hotfix")
     );
-    assert_eq!(sim.state(), RolloutState::Halted);
+    assert!(s.held_for_drift);
+    // Held, not broken: no halt, but the rollout does not call it a success.
+    assert!(sim.r.halt.is_none());
+    assert_eq!(sim.state(), RolloutState::Failed);
     assert!(
         sim.effects()
             .any(|e| matches!(e, Effect::DriftDetected { found, .. } if found == "hotfix"))
@@ -1663,6 +1666,52 @@ fn drift_is_handled_per_on_drift() {
     );
     assert_eq!(sim.state(), RolloutState::Succeeded);
     assert!(!sim.effects().any(|e| matches!(e, Effect::Deploy { .. })));
+}
+
+#[test]
+fn a_drift_halt_holds_that_environment_without_spending_the_budget() {
+    // Budget 0 (the default): one hot-fixed environment and the service
+    // that waits for it there are held; the rest of the fleet deploys.
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["a", "b", "c"]), wave("rest", &["d"])],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        RolloutPolicy::default(),
+    ));
+    sim.running.insert(key("a", "db"), "hotfix".into());
+    sim.baseline.insert(key("a", "db"), "v1".into());
+    sim.start();
+    sim.run();
+    let a_db = sim.step("a", "db");
+    assert_eq!(a_db.state, StepState::Failed);
+    assert!(a_db.held_for_drift);
+    let a_api = sim.step("a", "api");
+    assert_eq!(a_api.state, StepState::Failed, "waits for a/db");
+    assert!(a_api.held_for_drift);
+    for env in ["b", "c", "d"] {
+        for svc in ["db", "api"] {
+            assert_eq!(
+                sim.step(env, svc).state,
+                StepState::Succeeded,
+                "{env}/{svc}"
+            );
+        }
+    }
+    assert!(sim.r.halt.is_none());
+    assert_eq!(sim.state(), RolloutState::Failed);
+    // A real failure still counts: the budget is there for broken deploys.
+    assert_eq!(sim.r.waves[0].failed_steps(), 0);
+    // `/convoy retry a` after the hot-fix is adopted deploys it.
+    sim.baseline.insert(key("a", "db"), "hotfix".into());
+    sim.cmd(Command::Retry {
+        environments: vec![EnvName::new("a")],
+        by: "alice".into(),
+    })
+    .unwrap();
+    sim.run();
+    assert!(!sim.step("a", "db").held_for_drift);
+    assert_eq!(sim.step("a", "db").state, StepState::Succeeded);
+    assert_eq!(sim.state(), RolloutState::Succeeded);
 }
 
 #[test]

@@ -622,6 +622,7 @@ fn on_preflight(
                             succeeded: false,
                             error: Some(drift.clone()),
                         });
+                        r.waves[w].steps[i].held_for_drift = true;
                         fail_step(r, w, i, drift, ctx, out);
                         return;
                     }
@@ -916,16 +917,17 @@ fn fail_step(r: &mut Rollout, w: usize, i: usize, error: String, ctx: &Ctx, out:
     s.retry_at = None;
     s.finished_at = Some(ctx.now);
     let key = s.key();
+    let held = s.held_for_drift;
     out.mark(Importance::Matters);
-    if cascade_failure(r, key, ctx) {
+    if cascade_failure(r, key, held, ctx) {
         out.all_changed = true;
     }
     check_budgets(r, ctx, out);
 }
 
 /// Fails the pending steps that wait (transitively) for `failed`; whether
-/// any did.
-fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
+/// any did. They are held for drift when `failed` is.
+fn cascade_failure(r: &mut Rollout, failed: StepKey, held: bool, ctx: &Ctx) -> bool {
     let mut any = false;
     let mut queue = vec![failed];
     while let Some(dep) = queue.pop() {
@@ -938,6 +940,7 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
                     s.state = StepState::Failed;
                     s.error = Some(format!("not started: {} failed", key_str(&dep)));
                     s.blocked_by = Some(dep.clone());
+                    s.held_for_drift = held;
                     s.finished_at = Some(ctx.now);
                     queue.push(s.key());
                     any = true;
@@ -981,6 +984,7 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
                 s.run_attempts = 0;
                 s.error = None;
                 s.blocked_by = None;
+                s.held_for_drift = false;
                 s.retry_at = None;
                 s.finished_at = None;
                 touched = true;
@@ -1422,7 +1426,7 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
             out.all_changed = true;
             out.mark(Importance::Matters);
             for key in failed {
-                cascade_failure(r, key, ctx);
+                cascade_failure(r, key, false, ctx);
             }
             check_budgets(r, ctx, out);
         }

@@ -159,6 +159,13 @@ pub struct StepRun {
     /// for failed; retrying or skipping that one brings this one back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<StepKey>,
+    /// Failed because its environment drifted and `on_drift` is `halt`
+    /// (or because a step it waits for did): the step is held for a human
+    /// (`adopt`, `resync`, `retry`), not broken, so it does not count
+    /// against the wave's failure budget. One hot-fixed environment must
+    /// neither be overwritten nor stop the rest of the fleet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_for_drift: bool,
 }
 
 impl StepRun {
@@ -213,10 +220,12 @@ impl WaveRun {
         self.failure_budget.allowed(self.steps.len())
     }
 
+    /// Failed steps that count against the budget (not those held for
+    /// drift).
     pub fn failed_steps(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.state == StepState::Failed)
+            .filter(|s| s.state == StepState::Failed && !s.held_for_drift)
             .count()
     }
 
@@ -408,6 +417,7 @@ impl Rollout {
                         verify_deadline: None,
                         deploy_deadline: None,
                         recovering: false,
+                        held_for_drift: false,
                         blocked_by: None,
                     })
                     .collect(),
