@@ -677,7 +677,11 @@ impl RolloutRuntime {
                         }
                     });
                 }
-                Effect::CheckHealth { ref keys, .. } => {
+                Effect::CheckHealth { ref keys, .. }
+                | Effect::CheckDependencies {
+                    dependencies: ref keys,
+                    ..
+                } => {
                     let job = self.step_job(meta, rollout, keys);
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -702,6 +706,22 @@ impl RolloutRuntime {
                         ?action,
                         "drift found at preflight"
                     );
+                    // Recorded beside the rollout, not in its state: a
+                    // failure to record delays the drift issue, never the
+                    // rollout. Rollbacks and resyncs overwrite on purpose
+                    // (what they replace is convoy's own deploy, or drift
+                    // a human already chose to resync): nothing to record.
+                    if meta.kind != RolloutKind::Deploy {
+                        continue;
+                    }
+                    let store = self.inner.store.clone();
+                    let (repo, id) = (meta.repo.clone(), meta.id.clone());
+                    tokio::spawn(async move {
+                        crate::drift::record_preflight_drift(
+                            &*store, &repo, &id, &key, &expected, &found, action,
+                        )
+                        .await;
+                    });
                 }
                 Effect::StartRollback { wave, environments } => {
                     let runtime = self.clone();
@@ -867,6 +887,7 @@ fn arm_timer(tx: mpsc::UnboundedSender<Input>, at: chrono::DateTime<Utc>, timer:
 fn event_key(event: &Event) -> Option<&StepKey> {
     match event {
         Event::Preflight { key, .. }
+        | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
         | Event::StepTimedOut { key, .. }
@@ -1055,7 +1076,7 @@ impl StepJob {
                     .baseline(&self.repo, &key.environment, &key.service)
                     .await
                 {
-                    Ok(b) => b.map(|b| b.version),
+                    Ok(b) => b,
                     Err(e) => {
                         return Some(Event::Preflight {
                             key: key.clone(),
@@ -1067,7 +1088,10 @@ impl StepJob {
                         });
                     }
                 };
-                exec::perform(&cx, &effect, baseline, Utc::now()).await
+                let since = baseline.as_ref().map(|b| b.at);
+                let event =
+                    exec::perform(&cx, &effect, baseline.map(|b| b.version), Utc::now()).await;
+                Some(crate::drift::with_drift_since(&*self.store, &self.repo, event?, since).await)
             }
             Effect::Deploy {
                 key,
