@@ -292,6 +292,8 @@ async fn drift_found_at_preflight_halts_with_expected_and_found() {
         db.error.as_deref(),
         Some("drifted: expected v0, found hotfix")
     );
-    assert_eq!(r.state, RolloutState::Halted);
+    // Held for a human, without spending the failure budget: no halt.
+    assert!(db.held_for_drift);
+    assert!(r.halt.is_none());
     assert!(fleet.deploys().is_empty());
 }
