@@ -301,6 +301,13 @@ impl Store for Counting {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner.renew_leases(kind, owner, until).await
     }
+    async fn lease(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<(Option<String>, convoy::store::Lease)>> {
+        self.inner.lease(kind, key).await
+    }
     async fn release_lease(
         &self,
         kind: &str,

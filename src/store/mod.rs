@@ -378,6 +378,10 @@ pub trait Store: Send + Sync + 'static {
         until: DateTime<Utc>,
     ) -> Result<Vec<(String, i64)>>;
 
+    /// Who holds the lease (`kind`, `key`), if anyone ever did: the owner
+    /// (`None` once released) and the lease (for operators and tests).
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>>;
+
     /// Gives the lease up, if `owner` still holds it at `generation`.
     async fn release_lease(&self, kind: &str, key: &str, owner: &str, generation: i64)
     -> Result<()>;

@@ -1065,6 +1065,25 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>> {
+        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT owner, generation, expires_at FROM leases WHERE kind = ? AND key = ?",
+        )
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(owner, generation, at)| {
+            (
+                owner,
+                Lease {
+                    generation,
+                    expires_at: from_millis(at),
+                },
+            )
+        }))
+    }
+
     async fn release_lease(
         &self,
         kind: &str,
