@@ -1690,6 +1690,9 @@ impl StepJob {
                         });
                     }
                 };
+                if !self.lease_ok() {
+                    return None;
+                }
                 exec::perform(&cx, &effect, baseline, Utc::now()).await
             }
             Effect::Deploy {
