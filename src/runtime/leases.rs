@@ -15,7 +15,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::store::{Fence, Lease};
+use crate::domain::{InstallationId, RepoName};
+use crate::github::{
+    CheckRun, CheckRunUpdate, GitHubApi, GitHubResult, Issue, IssueComment, IssueFilter,
+    IssueUpdate, NewCheckRun, NewIssue, Permission, PullRequest, Reaction, Repository,
+    TeamMembership,
+};
+use crate::store::{Fence, Lease, Store};
 
 /// The default lease (`server.lease`).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -135,6 +141,209 @@ impl HeldLease {
 /// The lease key of admission decisions on a branch.
 pub fn branch_key(repo: &str, branch: &str) -> String {
     format!("{repo}#{branch}")
+}
+
+/// GitHub write pacing shared by every replica (SPEC 7.5): each
+/// content-creating call (POST, PATCH) first takes a token from the
+/// installation's bucket in the database, so `github.writes_per_minute`
+/// holds for the installation however many replicas write. Each replica's
+/// transport still coalesces and orders its own writes (terminal and
+/// waiting first); this is only the shared cap at the I/O edge. Reads pass
+/// straight through. A database that does not answer does not stop
+/// reporting: the write goes unpaced (and is logged).
+pub struct SharedWritePacing {
+    inner: std::sync::Arc<dyn GitHubApi>,
+    store: std::sync::Arc<dyn Store>,
+    per_minute: u32,
+}
+
+/// The longest one wait for a token, before asking again.
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(5);
+
+impl SharedWritePacing {
+    pub fn new(
+        inner: std::sync::Arc<dyn GitHubApi>,
+        store: std::sync::Arc<dyn Store>,
+        per_minute: u32,
+    ) -> SharedWritePacing {
+        SharedWritePacing {
+            inner,
+            store,
+            per_minute,
+        }
+    }
+
+    async fn token(&self, inst: InstallationId) {
+        loop {
+            match self
+                .store
+                .take_write_token(inst, self.per_minute, Utc::now())
+                .await
+            {
+                Ok(None) => return,
+                Ok(Some(wait)) => tokio::time::sleep(wait.min(MAX_TOKEN_WAIT)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, installation = inst.0, "shared write pacing unavailable; writing unpaced");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl GitHubApi for SharedWritePacing {
+    async fn create_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        run: &NewCheckRun,
+    ) -> GitHubResult<CheckRun> {
+        self.token(inst).await;
+        self.inner.create_check_run(inst, repo, run).await
+    }
+
+    async fn update_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        check_run_id: u64,
+        update: &CheckRunUpdate,
+    ) -> GitHubResult<CheckRun> {
+        self.token(inst).await;
+        self.inner
+            .update_check_run(inst, repo, check_run_id, update)
+            .await
+    }
+
+    async fn list_check_runs(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        git_ref: &str,
+        name: Option<&str>,
+    ) -> GitHubResult<Vec<CheckRun>> {
+        self.inner.list_check_runs(inst, repo, git_ref, name).await
+    }
+
+    async fn create_comment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        issue_number: u64,
+        body: &str,
+    ) -> GitHubResult<IssueComment> {
+        self.token(inst).await;
+        self.inner
+            .create_comment(inst, repo, issue_number, body)
+            .await
+    }
+
+    async fn update_comment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        comment_id: u64,
+        body: &str,
+    ) -> GitHubResult<IssueComment> {
+        self.token(inst).await;
+        self.inner
+            .update_comment(inst, repo, comment_id, body)
+            .await
+    }
+
+    async fn list_comments(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        issue_number: u64,
+    ) -> GitHubResult<Vec<IssueComment>> {
+        self.inner.list_comments(inst, repo, issue_number).await
+    }
+
+    async fn add_reaction(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        comment_id: u64,
+        reaction: Reaction,
+    ) -> GitHubResult<()> {
+        self.token(inst).await;
+        self.inner
+            .add_reaction(inst, repo, comment_id, reaction)
+            .await
+    }
+
+    async fn get_permission(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        user: &str,
+    ) -> GitHubResult<Permission> {
+        self.inner.get_permission(inst, repo, user).await
+    }
+
+    async fn get_pull_request(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        number: u64,
+    ) -> GitHubResult<PullRequest> {
+        self.inner.get_pull_request(inst, repo, number).await
+    }
+
+    async fn create_issue(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        issue: &NewIssue,
+    ) -> GitHubResult<Issue> {
+        self.token(inst).await;
+        self.inner.create_issue(inst, repo, issue).await
+    }
+
+    async fn update_issue(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        number: u64,
+        update: &IssueUpdate,
+    ) -> GitHubResult<Issue> {
+        self.token(inst).await;
+        self.inner.update_issue(inst, repo, number, update).await
+    }
+
+    async fn list_issues_by_label(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        label: &str,
+        filter: IssueFilter,
+    ) -> GitHubResult<Vec<Issue>> {
+        self.inner
+            .list_issues_by_label(inst, repo, label, filter)
+            .await
+    }
+
+    async fn get_repository(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+    ) -> GitHubResult<Repository> {
+        self.inner.get_repository(inst, repo).await
+    }
+
+    async fn get_team_membership(
+        &self,
+        inst: InstallationId,
+        org: &str,
+        team_slug: &str,
+        user: &str,
+    ) -> GitHubResult<Option<TeamMembership>> {
+        self.inner
+            .get_team_membership(inst, org, team_slug, user)
+            .await
+    }
 }
 
 #[cfg(test)]
