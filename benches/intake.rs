@@ -8,7 +8,12 @@
 //! Markdown table for docs/BENCHMARKS.md and checks that every acknowledged
 //! delivery is in the inbox.
 //!
-//! Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
+//! Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64),
+//! BENCH_DB (`sqlite`, the default, or `postgres`: a throwaway PostgreSQL
+//! server started by this process, `convoy::testkit::postgres`),
+//! BENCH_REPLICAS (default 1; with PostgreSQL, that many convoy servers on
+//! the one database, each driven by its own `wrk` with its share of the
+//! connections, all at once; the figure is their sum).
 
 use std::process::Command;
 use std::time::Duration;
@@ -183,44 +188,102 @@ fn main() {
     );
 
     // convoy's real intake with a durable inbox.
+    let postgres = match std::env::var("BENCH_DB").as_deref() {
+        Err(_) | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("BENCH_DB={other}: sqlite or postgres"),
+    };
+    let replicas: u64 = std::env::var("BENCH_REPLICAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    assert!(
+        postgres || replicas == 1,
+        "several replicas need BENCH_DB=postgres"
+    );
     let db = dir.path().join("convoy.db");
+    let url = if postgres {
+        convoy::testkit::postgres::fresh_database().expect("test PostgreSQL")
+    } else {
+        format!("sqlite://{}", db.display())
+    };
     let config = Config::from_toml(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[github]\nwebhook_secret = \"{SECRET}\"\n[database]\nurl = \"sqlite://{}\"\n",
-            db.display()
+            "[server]\nlisten = \"127.0.0.1:0\"\n[github]\nwebhook_secret = \"{SECRET}\"\n[database]\nurl = \"{url}\"\n"
         ),
         "bench.toml",
         &[],
     )
     .unwrap();
-    let running = runtime
-        .block_on(convoy::app::start(config, convoy::app::Services::default()))
-        .unwrap();
-    let convoy_result = run_wrk(
-        &format!("http://{}", running.addr),
-        &script(dir.path(), &body, "convoy"),
-        seconds,
-        connections,
-    );
+    let servers: Vec<convoy::app::Running> = (0..replicas)
+        .map(|_| {
+            runtime
+                .block_on(convoy::app::start(
+                    config.clone(),
+                    convoy::app::Services::default(),
+                ))
+                .unwrap()
+        })
+        .collect();
+    let loads: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, running)| {
+            let url = format!("http://{}", running.addr);
+            let script = script(dir.path(), &body, &format!("convoy{i}"));
+            let share = (connections / replicas).max(1);
+            std::thread::spawn(move || run_wrk(&url, &script, seconds, share))
+        })
+        .collect();
+    let results: Vec<WrkResult> = loads.into_iter().map(|h| h.join().unwrap()).collect();
+    let convoy_result = WrkResult {
+        requests_per_sec: results.iter().map(|r| r.requests_per_sec).sum(),
+        p50: results
+            .iter()
+            .map(|r| r.p50.as_str())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        p99: results
+            .iter()
+            .map(|r| r.p99.as_str())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        non_2xx: results.iter().map(|r| r.non_2xx).sum(),
+        total: results.iter().map(|r| r.total).sum(),
+    };
     let stored: i64 = runtime.block_on(async {
         // Give in-flight requests a moment to finish their commit.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        if postgres {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        } else {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
     });
-    runtime.block_on(running.stop());
+    for running in servers {
+        runtime.block_on(running.stop());
+    }
 
+    let convoy_name = if postgres {
+        format!("convoy intake, PostgreSQL inbox, {replicas} replica(s)")
+    } else {
+        "convoy intake, durable SQLite inbox".to_owned()
+    };
     println!();
     println!("| server | deliveries/s | p50 | p99 | non-2xx |");
     println!("|---|---|---|---|---|");
     for (name, r) in [
         ("bare axum: signature + JSON check (ceiling)", &bare_result),
-        ("convoy intake, durable SQLite inbox", &convoy_result),
+        (convoy_name.as_str(), &convoy_result),
     ] {
         println!(
             "| {name} | {:.0} | {} | {} | {} |",

@@ -2,7 +2,9 @@
 //! and SQLite, against agents that answer at once: total time, overhead
 //! over the ideal, peak memory and database writes per step.
 //! `cargo bench --bench rollout`; the figures go to docs/BENCHMARKS.md
-//! ("Rollout").
+//! ("Rollout"). `ROLLOUT_BENCH_ENVS` sets the number of environments;
+//! `ROLLOUT_BENCH_DB=postgres` runs on a throwaway PostgreSQL server
+//! (`convoy::testkit::postgres`) instead of SQLite.
 //!
 //! A plain `main` (harness = false). The fleet of agents runs in a child
 //! process (this same binary with `--fleet`), so the peak resident set
@@ -584,11 +586,25 @@ fn main() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = config(dir.path());
         let drivers = Drivers::from_config(&config.drivers).expect("drivers");
-        let sqlite = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .expect("database");
+        let inner: Arc<dyn Store> = match std::env::var("ROLLOUT_BENCH_DB").as_deref() {
+            Err(_) | Ok("sqlite") => Arc::new(
+                SqliteStore::open(&dir.path().join("convoy.db"))
+                    .await
+                    .expect("database"),
+            ),
+            Ok("postgres") => Arc::new(
+                convoy::testkit::postgres::fresh_store()
+                    .await
+                    .expect("test PostgreSQL"),
+            ),
+            Ok(other) => panic!("ROLLOUT_BENCH_DB={other}: sqlite or postgres"),
+        };
+        println!(
+            "database: {}",
+            std::env::var("ROLLOUT_BENCH_DB").unwrap_or_else(|_| "sqlite".into())
+        );
         let store = Arc::new(Counting {
-            inner: Arc::new(sqlite),
+            inner,
             writes: AtomicU64::new(0),
             saves: AtomicU64::new(0),
             bytes: AtomicU64::new(0),

@@ -873,11 +873,7 @@ async fn permissions_are_cached_for_at_most_sixty_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let config = config(dir.path(), &git, "");
-    let store: std::sync::Arc<dyn convoy::store::Store> = std::sync::Arc::new(
-        convoy::store::SqliteStore::open(&dir.path().join("handler.db"))
-            .await
-            .unwrap(),
-    );
+    let store = open_store(&dir.path().join("handler.db")).await;
     let drivers = convoy::drivers::Drivers::from_config(&config.drivers).unwrap();
     let runtime = convoy::runtime::rollouts::RolloutRuntime::new(store.clone(), drivers, None);
     let (standin, github) = github_standin().await;
@@ -955,10 +951,10 @@ async fn permissions_are_cached_for_at_most_sixty_seconds() {
 #[tokio::test]
 async fn the_newest_deploy_rollout_of_a_pull_request_is_found() {
     use convoy::domain::{BranchName, CommitSha, RepoName};
-    use convoy::store::{RolloutKind, RolloutRecord, SqliteStore, Store};
+    use convoy::store::{RolloutKind, RolloutRecord};
 
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    let store = open_store(&dir.path().join("s.db")).await;
     let t0 = chrono::Utc::now();
     let record =
         |id: &str, repo: &str, pr: Option<u64>, kind: RolloutKind, secs: i64| RolloutRecord {

@@ -7,8 +7,10 @@
 //! on the merged version, and the PR comment and check run end right with
 //! no duplicates.
 //!
-//! The database is a SQLite file shared by both processes (WAL): to the
-//! leases, two processes on one file are two replicas on one database.
+//! Every scenario runs twice: on PostgreSQL (a throwaway server this test
+//! process starts, `convoy::testkit::postgres`) and on one SQLite file
+//! shared by both processes (WAL), which to the leases is also two
+//! replicas on one database.
 
 mod common;
 
@@ -20,7 +22,8 @@ use std::time::{Duration, Instant};
 use common::{GitFixture, REPO, SECRET, merged_pr, push};
 use convoy::domain::{BranchName, CommitSha, DeliveryId, RepoName, RolloutId};
 use convoy::runtime::leases::Replica;
-use convoy::store::{DeliveryState, LEASE_ROLLOUT, SqliteStore, Store};
+use convoy::config::DatabaseUrl;
+use convoy::store::{DeliveryState, LEASE_ROLLOUT, Store};
 use convoy::testkit::fleet::{AgentKnobs, Fleet};
 use convoy::testkit::github_standin::{
     GitHubStandIn, StandInConfig, StandInState, TEST_APP_ID,
@@ -40,7 +43,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(name: &'static str, root: &Path, db: &Path, git: &GitFixture, github: &str) -> Proc {
+    fn start(name: &'static str, root: &Path, db: &str, git: &GitFixture, github: &str) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -64,7 +67,7 @@ app_id = {TEST_APP_ID}
 private_key_path = "{key}"
 min_update_interval = "1s"
 [database]
-url = "sqlite://{db}"
+url = "{db}"
 [drivers.agent]
 kind = "http-agent"
 allowed_hosts = ["127.0.0.1"]
@@ -78,7 +81,6 @@ timeout = "5s"
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/fixtures/test-app-key.pem"
             ),
-            db = db.display(),
         );
         let path = root.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
@@ -180,8 +182,15 @@ impl Drop for Proc {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
 struct Setup {
     dir: tempfile::TempDir,
+    db: Db,
     _git: GitFixture,
     fleet: Fleet,
     envs: Vec<String>,
@@ -211,7 +220,7 @@ fn spec(fleet: &Fleet, envs: &[String]) -> String {
     s
 }
 
-async fn setup(n: usize, pr: u64, deploy: Duration) -> Setup {
+async fn setup(db: Db, n: usize, pr: u64, deploy: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let envs: Vec<String> = (0..n).map(|i| format!("env-{i:03}")).collect();
@@ -231,15 +240,31 @@ async fn setup(n: usize, pr: u64, deploy: Duration) -> Setup {
         .expect("stand-in starts");
     gh.add_repo(REPO, "main");
     gh.add_pull_request(REPO, pr, "dev", sha.as_str(), "feature", "main", true);
-    let db = dir.path().join("convoy.db");
+    let (url, database) = match db {
+        Db::Sqlite => {
+            let path = dir.path().join("convoy.db");
+            (
+                format!("sqlite://{}", path.display()),
+                DatabaseUrl::Sqlite(path),
+            )
+        }
+        Db::Postgres => {
+            let url = tokio::task::spawn_blocking(convoy::testkit::postgres::fresh_database)
+                .await
+                .unwrap()
+                .expect("a throwaway PostgreSQL");
+            (url.clone(), DatabaseUrl::Postgres(url))
+        }
+    };
     // The schema first, so the two replicas do not both migrate at once.
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let a = Proc::start("a", dir.path(), &db, &git, &gh.url());
-    let b = Proc::start("b", dir.path(), &db, &git, &gh.url());
+    let store = convoy::store::open(&database).await.unwrap();
+    let a = Proc::start("a", dir.path(), &url, &git, &gh.url());
+    let b = Proc::start("b", dir.path(), &url, &git, &gh.url());
     a.ready().await;
     b.ready().await;
     Setup {
         dir,
+        db,
         _git: git,
         fleet,
         envs,
@@ -419,9 +444,28 @@ fn ping(n: usize) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9() {
+async fn postgres_two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9() {
+    deliveries_once_and_kill_9(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9() {
+    deliveries_once_and_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
+    paused_past_its_lease(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
+    paused_past_its_lease(Db::Sqlite).await;
+}
+
+async fn deliveries_once_and_kill_9(db: Db) {
     let pr = 7;
-    let mut s = setup(100, pr, Duration::from_millis(150)).await;
+    let mut s = setup(db, 100, pr, Duration::from_millis(150)).await;
 
     // Deliveries to both, alternately, and a redelivery of each to the
     // other: every one stored once and processed once.
@@ -506,10 +550,9 @@ async fn two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill
     drop(s.dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
+async fn paused_past_its_lease(db: Db) {
     let pr = 9;
-    let mut s = setup(30, pr, Duration::from_millis(300)).await;
+    let mut s = setup(db, 30, pr, Duration::from_millis(300)).await;
     s.a.deliver("pull_request", "merge-pr", &merged_pr(pr, &s.sha))
         .await;
     let id = s.rollout_id().await;
@@ -528,13 +571,13 @@ async fn a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
     let paused_name = paused.name;
     // SQLite has one write lock for the whole file: a process stopped
     // inside a write transaction stops every replica with it (PostgreSQL
-    // locks rows). Pause it at a moment it holds no write lock.
-    let db = s.dir.path().join("convoy.db");
+    // locks rows). On SQLite, pause it at a moment it holds no write lock.
+    let file = s.dir.path().join("convoy.db");
     let mut tries = 0;
     loop {
         paused.signal("STOP");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if write_lock_free(&db).await {
+        if s.db == Db::Postgres || write_lock_free(&file).await {
             break;
         }
         paused.signal("CONT");

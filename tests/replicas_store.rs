@@ -1,7 +1,7 @@
 //! The Store's lease, claim and pacing methods as two replicas see them:
 //! two store handles (two connection pools, as two processes have) on one
-//! database, with the clock passed in. Fast and deterministic; the same
-//! checks apply to every Store implementation.
+//! database, with the clock passed in. Fast and deterministic; every check
+//! runs on SQLite and on PostgreSQL (a throwaway server).
 
 use std::sync::Arc;
 
@@ -9,25 +9,59 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use convoy::domain::{BranchName, CommitSha, DeliveryId, InstallationId, RepoName, RolloutId};
 use convoy::store::{
     Created, DeliveryOutcome, Fence, LEASE_ROLLOUT, NewDelivery, Payload, RolloutKind,
-    RolloutRecord, RolloutWrite, SqliteStore, Store, StoreError,
+    PostgresStore, RolloutRecord, RolloutWrite, SqliteStore, Store, StoreError,
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
 }
 
-/// Two handles on one SQLite file: replica A's and replica B's.
-async fn two() -> (tempfile::TempDir, Arc<dyn Store>, Arc<dyn Store>) {
+/// Two handles on one database: replica A's and replica B's.
+async fn two(postgres: bool) -> (tempfile::TempDir, Arc<dyn Store>, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
+    if postgres {
+        let url = tokio::task::spawn_blocking(convoy::testkit::postgres::fresh_database)
+            .await
+            .unwrap()
+            .expect("a throwaway PostgreSQL");
+        let a: Arc<dyn Store> = Arc::new(PostgresStore::open(&url).await.unwrap());
+        let b: Arc<dyn Store> = Arc::new(PostgresStore::open(&url).await.unwrap());
+        return (dir, a, b);
+    }
     let path = dir.path().join("convoy.db");
     let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
     let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
     (dir, a, b)
 }
 
-#[tokio::test]
-async fn a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation() {
-    let (_dir, a, b) = two().await;
+/// Each check as two tests, one per database.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(false).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(true).await;
+            })*
+        }
+    };
+}
+
+on_both!(
+    a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation,
+    a_write_under_a_lost_lease_is_refused_and_changes_nothing,
+    deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired,
+    inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once,
+    github_writes_of_an_installation_share_one_bucket_across_replicas,
+);
+
+async fn a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
     let la = a
         .claim_lease(LEASE_ROLLOUT, "r1", "A", t(0), t(15))
         .await
@@ -101,9 +135,8 @@ fn record(id: &RolloutId) -> RolloutRecord {
     }
 }
 
-#[tokio::test]
-async fn a_write_under_a_lost_lease_is_refused_and_changes_nothing() {
-    let (_dir, a, b) = two().await;
+async fn a_write_under_a_lost_lease_is_refused_and_changes_nothing(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
     let id = RolloutId::new("r1");
     assert_eq!(a.create_rollout(&record(&id)).await.unwrap(), Created::New);
     assert_eq!(a.orphaned_rollouts(t(0)).await.unwrap(), vec![id.clone()]);
@@ -162,9 +195,8 @@ fn delivery(n: usize) -> NewDelivery {
     }
 }
 
-#[tokio::test]
-async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired() {
-    let (_dir, a, b) = two().await;
+async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
     a.insert_deliveries(&(0..10).map(delivery).collect::<Vec<_>>())
         .await
         .unwrap();
@@ -217,9 +249,8 @@ async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expir
     );
 }
 
-#[tokio::test]
-async fn inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once() {
-    let (_dir, a, b) = two().await;
+async fn inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
     let id = RolloutId::new("r1");
     a.claim_lease(LEASE_ROLLOUT, id.as_str(), "A", t(0), t(15))
         .await
@@ -243,9 +274,8 @@ async fn inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once() {
     assert!(a.open_rollout_inputs("A").await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn github_writes_of_an_installation_share_one_bucket_across_replicas() {
-    let (_dir, a, b) = two().await;
+async fn github_writes_of_an_installation_share_one_bucket_across_replicas(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
     let inst = InstallationId(42);
     // 6 a minute: a full bucket of 6, then one every 10 s, whoever asks.
     for n in 0..6 {

@@ -14,6 +14,7 @@ use convoy::plan::{Change, History, affected_services, build_plan};
 use convoy::runtime::rollouts::rollout_write;
 use convoy::spec::{CheckContext, parse_spec};
 use convoy::store::{Created, RolloutKind, RolloutRecord, SqliteStore, Store};
+use convoy::testkit::postgres;
 
 const YAML: &str = "version: 1
 services:
@@ -35,7 +36,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 struct Harness {
-    store: SqliteStore,
+    store: Box<dyn Store>,
     id: RolloutId,
     rollout: Rollout,
     now: DateTime<Utc>,
@@ -166,12 +167,34 @@ impl Harness {
     }
 }
 
-#[tokio::test]
-async fn a_rollout_stored_per_step_reads_back_as_the_engine_holds_it() {
+/// Each test runs on both stores: SQLite in a temporary folder (kept
+/// alive by the returned guard) and a fresh PostgreSQL database.
+async fn sqlite() -> (Box<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("convoy.db"))
         .await
         .unwrap();
+    (Box::new(store), dir)
+}
+
+async fn postgres() -> (Box<dyn Store>, tempfile::TempDir) {
+    let store = postgres::fresh_store().await.expect("test PostgreSQL");
+    (Box::new(store), tempfile::tempdir().unwrap())
+}
+
+#[tokio::test]
+async fn a_rollout_stored_per_step_reads_back_as_the_engine_holds_it_sqlite() {
+    let (store, _dir) = sqlite().await;
+    a_rollout_stored_per_step_reads_back_as_the_engine_holds_it(store).await;
+}
+
+#[tokio::test]
+async fn a_rollout_stored_per_step_reads_back_as_the_engine_holds_it_postgres() {
+    let (store, _dir) = postgres().await;
+    a_rollout_stored_per_step_reads_back_as_the_engine_holds_it(store).await;
+}
+
+async fn a_rollout_stored_per_step_reads_back_as_the_engine_holds_it(store: Box<dyn Store>) {
     let spec = parse_spec(YAML, &CheckContext::default()).expect("valid");
     let affected: Vec<ServiceName> = affected_services(&spec, Change::FirstRollout);
     let plan = build_plan(
@@ -248,13 +271,20 @@ async fn a_rollout_stored_per_step_reads_back_as_the_engine_holds_it() {
 }
 
 #[tokio::test]
-async fn reading_back_after_only_some_steps_changed_keeps_the_others() {
+async fn reading_back_after_only_some_steps_changed_keeps_the_others_sqlite() {
+    let (store, _dir) = sqlite().await;
+    reading_back_after_only_some_steps_changed_keeps_the_others(store).await;
+}
+
+#[tokio::test]
+async fn reading_back_after_only_some_steps_changed_keeps_the_others_postgres() {
+    let (store, _dir) = postgres().await;
+    reading_back_after_only_some_steps_changed_keeps_the_others(store).await;
+}
+
+async fn reading_back_after_only_some_steps_changed_keeps_the_others(store: Box<dyn Store>) {
     // Two transitions that each write one step: the other steps must come
     // from earlier writes, not vanish.
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("convoy.db"))
-        .await
-        .unwrap();
     let spec = parse_spec(YAML, &CheckContext::default()).expect("valid");
     let affected: Vec<ServiceName> = affected_services(&spec, Change::FirstRollout);
     let plan = build_plan(

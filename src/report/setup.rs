@@ -16,13 +16,14 @@ use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::runtime::merges::TokenSource;
 use crate::runtime::rollouts::ReportSink;
 use crate::runtime::worker::{EventHandler, HandlerError};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store};
 use crate::webhook::{Envelope, Event};
 
 use super::preflight::Preflight;
 use super::render::RenderOptions;
 use super::reporter::Reporter;
-use super::transport::{MemoryLedger, PacingConfig, ReportLedger, SqliteLedger};
+use super::transport::ledger::PostgresLedger;
+use super::transport::{PacingConfig, ReportLedger, SqliteLedger};
 
 /// The reporter and its tasks, as `convoy serve` runs them.
 pub struct Reporting {
@@ -33,8 +34,9 @@ pub struct Reporting {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// How the report ledger is kept: in the SQLite database when that is the
-/// store (a second pool on the same file), else in memory.
+/// How the report ledger is kept: in the store's database, through a pool
+/// of its own (on SQLite a second pool on the same file), so what was
+/// reported survives restarts and, on PostgreSQL, is shared by replicas.
 pub async fn ledger_for(config: &Config) -> Result<Arc<dyn ReportLedger>, String> {
     match &config.database.url {
         DatabaseUrl::Sqlite(path) => {
@@ -43,7 +45,12 @@ pub async fn ledger_for(config: &Config) -> Result<Arc<dyn ReportLedger>, String
                 .map_err(|e| format!("report ledger: {e}"))?;
             Ok(Arc::new(SqliteLedger::new(store.write_pool().clone())))
         }
-        DatabaseUrl::Postgres(_) => Ok(Arc::new(MemoryLedger::new())),
+        DatabaseUrl::Postgres(url) => {
+            let store = PostgresStore::open(url)
+                .await
+                .map_err(|e| format!("report ledger: {e}"))?;
+            Ok(Arc::new(PostgresLedger::new(store.pool().clone())))
+        }
     }
 }
 

@@ -29,7 +29,6 @@ pub fn sqlite() -> Migrator {
     migrator(embedded::SQLITE)
 }
 
-#[allow(dead_code)] // used by the PostgreSQL store
 pub fn postgres() -> Migrator {
     migrator(embedded::POSTGRES)
 }

@@ -6,7 +6,9 @@
 
 mod document;
 mod migrations;
+pub mod postgres;
 pub mod records;
+pub(crate) mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::domain::{
 };
 pub use records::*;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -473,9 +476,7 @@ pub const LEASE_BRANCH: &str = "branch";
 pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>> {
     match url {
         DatabaseUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
-        DatabaseUrl::Postgres(_) => Err(StoreError::Unsupported(
-            "database.url: PostgreSQL is not supported by this build yet; use sqlite://".into(),
-        )),
+        DatabaseUrl::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }
 

@@ -11,80 +11,34 @@ use sqlx::{Row, SqlitePool};
 
 use std::collections::BTreeMap;
 
+use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze,
-    InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Payload, Result, RolloutKind, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document,
-    from_millis, to_millis,
+    AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze, InboxCounts, InboxItem,
+    LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
+    RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
 };
 
-/// SPEC 8's terminal rollout states, as SQL.
-const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
-
-const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
-    installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets, wave_environments";
-
-/// The row as stored: its `document` is only the header. Callers want
-/// [`complete`], which puts the steps back.
-fn rollout_record(row: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
-    Ok(RolloutRecord {
-        id: RolloutId::new(row.try_get::<String, _>("id")?),
-        repo: RepoName::new(row.try_get::<String, _>("repo")?),
-        branch: BranchName::new(row.try_get::<String, _>("branch")?),
-        commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
-        previous_commit: row
-            .try_get::<Option<String>, _>("previous_commit")?
-            .map(CommitSha::new),
-        pull_request: row
-            .try_get::<Option<i64>, _>("pull_request")?
-            .map(|n| n.max(0) as u64),
-        installation: row
-            .try_get::<Option<i64>, _>("installation_id")?
-            .map(InstallationId),
-        kind: RolloutKind::parse(&row.try_get::<String, _>("kind")?),
-        parent: row
-            .try_get::<Option<String>, _>("parent_id")?
-            .map(RolloutId::new),
-        state: row.try_get("state")?,
-        created_at: from_millis(row.try_get("created_at")?),
-        updated_at: from_millis(row.try_get("updated_at")?),
-        document: row.try_get("document")?,
-        error: row.try_get("error")?,
-    })
-}
-
-/// The record of a row read with [`ROLLOUT_COLUMNS`], its document made
-/// whole again from header, targets and steps (read in the same
-/// transaction, so from the same snapshot).
+/// The record of a row read with [`ROLLOUT_COLUMNS`], made whole with its
+/// steps read in the same transaction (so from the same snapshot).
 async fn complete(
     tx: &mut sqlx::SqliteConnection,
     row: &sqlx::sqlite::SqliteRow,
 ) -> Result<RolloutRecord> {
-    let mut record = rollout_record(row)?;
-    let targets: Option<String> = row.try_get("targets")?;
-    let environments: Option<String> = row.try_get("wave_environments")?;
-    if let (Some(header), Some(targets), Some(environments)) =
-        (record.document.as_deref(), targets, environments)
-    {
-        let steps: Vec<(i64, String)> = sqlx::query_as(
+    let parts = Parts::read(row)?;
+    let steps = if parts.split() {
+        sqlx::query_as(
             "SELECT wave, step FROM rollout_steps WHERE rollout_id = ? ORDER BY wave, idx",
         )
-        .bind(record.id.as_str())
+        .bind(parts.record.id.as_str())
         .fetch_all(&mut *tx)
-        .await?;
-        let whole =
-            document::assemble(header, &targets, &environments, steps).map_err(|message| {
-                StoreError::Corrupt {
-                    id: record.id.to_string(),
-                    message,
-                }
-            })?;
-        record.document = Some(whole);
-    }
-    Ok(record)
+        .await?
+    } else {
+        Vec::new()
+    };
+    parts.complete(steps)
 }
 
 /// Takes the lock of (environment, service) for `rollout` unless another
@@ -219,18 +173,6 @@ impl SqliteStore {
     }
 }
 
-fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem> {
-    Ok(InboxItem {
-        id: DeliveryId::new(row.try_get::<String, _>("delivery_id")?),
-        event: row.try_get("event")?,
-        payload: Payload::from_stored(row.try_get::<Vec<u8>, _>("payload")?).decompress()?,
-        received_at: from_millis(row.try_get("received_at")?),
-        state: DeliveryState::parse(&row.try_get::<String, _>("state")?),
-        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
 /// A bound value of [`SqliteStore::one_rollout`]'s filter.
 enum Arg<'a> {
     Text(&'a str),
@@ -315,7 +257,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(inbox_item).collect()
+        rows.iter().map(rows::inbox_item).collect()
     }
 
     async fn finish_deliveries(
@@ -326,15 +268,7 @@ impl Store for SqliteStore {
         let now = to_millis(now);
         let mut tx = self.write_tx().await?;
         for (id, outcome) in results {
-            let (state, error, next) = match outcome {
-                DeliveryOutcome::Done => (DeliveryState::Done, None, now),
-                DeliveryOutcome::Dropped(reason) => (DeliveryState::Dropped, Some(reason), now),
-                DeliveryOutcome::Retry { error, at } => {
-                    (DeliveryState::Pending, Some(error), to_millis(*at))
-                }
-                DeliveryOutcome::Failed(error) => (DeliveryState::Failed, Some(error), now),
-            };
-            let processed = (state != DeliveryState::Pending).then_some(now);
+            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
             sqlx::query(
                 "UPDATE inbox SET state = ?, attempts = attempts + 1, last_error = ?, \
                  next_attempt_at = ?, processed_at = ?, claimed_by = NULL WHERE delivery_id = ?",
@@ -367,7 +301,7 @@ impl Store for SqliteStore {
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(inbox_item).transpose()
+        row.as_ref().map(rows::inbox_item).transpose()
     }
 
     async fn inbox_counts(&self) -> Result<InboxCounts> {
@@ -515,22 +449,7 @@ impl Store for SqliteStore {
         .bind(rollout.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    at: from_millis(row.try_get("at")?),
-                    actor: row.try_get("actor")?,
-                    repo: row.try_get::<Option<String>, _>("repo")?.map(RepoName::new),
-                    rollout_id: row
-                        .try_get::<Option<String>, _>("rollout_id")?
-                        .map(RolloutId::new),
-                    location: row.try_get("location")?,
-                    action: row.try_get("action")?,
-                    result: row.try_get("result")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit_entry).collect()
     }
 
     async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
@@ -761,21 +680,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RolloutSummary {
-                    id: RolloutId::new(row.try_get::<String, _>("id")?),
-                    repo: RepoName::new(row.try_get::<String, _>("repo")?),
-                    commit: CommitSha::new(row.try_get::<String, _>("commit_sha")?),
-                    pull_request: row
-                        .try_get::<Option<i64>, _>("pull_request")?
-                        .map(|n| n.max(0) as u64),
-                    state: row.try_get("state")?,
-                    created_at: from_millis(row.try_get("created_at")?),
-                    updated_at: from_millis(row.try_get("updated_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(rows::summary).collect()
     }
 
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
@@ -815,14 +720,7 @@ impl Store for SqliteStore {
                 .bind(id.as_str())
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredTimer {
-                    timer: row.try_get("timer")?,
-                    at: from_millis(row.try_get("at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(rows::timer).collect()
     }
 
     async fn delete_timer(&self, id: &RolloutId, timer: &str) -> Result<()> {
@@ -846,15 +744,7 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .fetch_all(&self.pool)
         .await?;
-        let mut out: BTreeMap<EnvName, FirstAttempts> = BTreeMap::new();
-        for row in rows {
-            let env = EnvName::new(row.try_get::<String, _>("environment")?);
-            let ok: bool = row.try_get("succeeded")?;
-            let entry = out.entry(env).or_default();
-            entry.attempts += 1;
-            entry.successes += u32::from(ok);
-        }
-        Ok(out)
+        rows::first_attempts(&rows)
     }
 
     async fn last_good_version(
@@ -894,14 +784,7 @@ impl Store for SqliteStore {
         .bind(service.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(Baseline {
-                version: row.try_get("version")?,
-                source: row.try_get("source")?,
-                at: from_millis(row.try_get("at")?),
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::baseline).transpose()
     }
 
     async fn set_baseline(
@@ -986,17 +869,7 @@ impl Store for SqliteStore {
         .bind(repo.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Freeze {
-                    scope: row.try_get("scope")?,
-                    until: row.try_get::<Option<i64>, _>("until")?.map(from_millis),
-                    reason: row.try_get("reason")?,
-                    by: row.try_get("frozen_by")?,
-                    at: from_millis(row.try_get("at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(rows::freeze).collect()
     }
 
     async fn unlock_step(
@@ -1157,7 +1030,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
-        let mut items = rows.iter().map(inbox_item).collect::<Result<Vec<_>>>()?;
+        let mut items = rows.iter().map(rows::inbox_item).collect::<Result<Vec<_>>>()?;
         // RETURNING has no order.
         items.sort_by(|a, b| {
             (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))

@@ -4,3 +4,4 @@
 pub mod fleet;
 pub mod github_standin;
 pub mod openapi;
+pub mod postgres;

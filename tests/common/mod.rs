@@ -1,10 +1,17 @@
 //! Shared harness for end-to-end tests: a real git repository in a temp
 //! dir served as `file://`, a simulated fleet on 127.0.0.1, convoy on its own
-//! SQLite file, and signed webhooks built from GitHub's own examples.
+//! database, and signed webhooks built from GitHub's own examples.
+//!
+//! The database is a SQLite file, or with `CONVOY_TEST_DB=postgres` a fresh
+//! database on a PostgreSQL server the test process starts itself
+//! (`convoy::testkit::postgres`); `scripts/test.sh` runs every test that
+//! uses this harness both ways.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use convoy::app::{self, Running, Services};
@@ -82,7 +89,7 @@ data_dir = "{data}"
 webhook_secret = "{SECRET}"
 git_url = "{git_url}"
 [database]
-url = "sqlite://{db}"
+url = "{db}"
 [drivers.agent]
 kind = "http-agent"
 allowed_hosts = ["127.0.0.1"]
@@ -91,9 +98,43 @@ timeout = "5s"
 "#,
         data = dir.join("data").display(),
         git_url = git.url_template(),
-        db = dir.join("convoy.db").display(),
+        db = database_url(&dir.join("convoy.db")),
     );
     Config::from_toml(&text, "e2e.toml", &[]).expect("e2e config")
+}
+
+/// Whether the tests run on PostgreSQL (`CONVOY_TEST_DB=postgres`) rather
+/// than SQLite (unset, or `sqlite`).
+pub fn on_postgres() -> bool {
+    match std::env::var("CONVOY_TEST_DB").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("CONVOY_TEST_DB={other}: expected sqlite or postgres"),
+    }
+}
+
+/// `database.url` for the database that would be the SQLite file `db`: that
+/// file, or on PostgreSQL a database of its own, the same one each time for
+/// the same `db` (a test that restarts convoy finds its data again).
+pub fn database_url(db: &Path) -> String {
+    if !on_postgres() {
+        return format!("sqlite://{}", db.display());
+    }
+    static DATABASES: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    databases
+        .entry(db.to_owned())
+        .or_insert_with(|| {
+            convoy::testkit::postgres::fresh_database()
+                .unwrap_or_else(|e| panic!("test PostgreSQL: {e}"))
+        })
+        .clone()
+}
+
+/// The store `convoy` would open for [`database_url`]`(db)`.
+pub async fn open_store(db: &Path) -> std::sync::Arc<dyn convoy::store::Store> {
+    let url = convoy::config::parse_database_url(&database_url(db)).expect("database url");
+    convoy::store::open(&url).await.expect("store opens")
 }
 
 pub async fn start(config: Config) -> Running {
@@ -260,7 +301,7 @@ data_dir = "{data}"
 webhook_secret = "{SECRET}"
 git_url = "{git_url}"
 [database]
-url = "sqlite://{db}"
+url = "{db}"
 [drivers.agent]
 kind = "http-agent"
 allowed_hosts = ["127.0.0.1"]
@@ -269,7 +310,7 @@ timeout = "5s"
 "#,
         data = dir.join("data").display(),
         git_url = git.url_template(),
-        db = dir.join("convoy.db").display(),
+        db = database_url(&dir.join("convoy.db")),
     );
     let mut env: Vec<(String, String)> = vec![
         ("CONVOY_GITHUB_API_URL".into(), api_url.into()),

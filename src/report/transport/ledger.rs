@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::schedule::{ReportKey, ReportObject};
 use crate::domain::{InstallationId, RepoName, RolloutId};
+use crate::store::rows::Columns;
 
 /// One key's record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +113,38 @@ fn object_from(kind: &str, name: String, number: i64) -> Option<ReportObject> {
     }
 }
 
+/// The records of `report_ledger` rows (every column), skipping rows of a
+/// kind this version does not know.
+fn entries(rows: &[impl Columns]) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let kind = r.text("object_kind")?;
+        let Some(object) = object_from(&kind, r.text("object_name")?, r.int("object_number")?)
+        else {
+            tracing::warn!(kind, "report ledger row of an unknown kind ignored");
+            continue;
+        };
+        out.push((
+            ReportKey {
+                installation: InstallationId(r.int("installation_id")?),
+                repo: RepoName::new(r.text("repo")?),
+                rollout: RolloutId::new(r.text("rollout_id")?),
+                object,
+            },
+            entry(r)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The entry of a row with `github_id` and `body_hash`.
+fn entry(r: &impl Columns) -> Result<LedgerEntry, LedgerError> {
+    Ok(LedgerEntry {
+        object_id: r.opt_int("github_id")?.and_then(|i| u64::try_from(i).ok()),
+        digest: r.text("body_hash")?,
+    })
+}
+
 #[async_trait]
 impl ReportLedger for SqliteLedger {
     async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -127,15 +160,7 @@ impl ReportLedger for SqliteLedger {
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            let id: Option<i64> = r.try_get("github_id")?;
-            Ok(LedgerEntry {
-                object_id: id.and_then(|i| u64::try_from(i).ok()),
-                digest: r.try_get("body_hash")?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
+        row.as_ref().map(entry).transpose()
     }
 
     async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
@@ -169,31 +194,73 @@ impl ReportLedger for SqliteLedger {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let kind: String = r.try_get("object_kind")?;
-            let Some(object) = object_from(
-                &kind,
-                r.try_get("object_name")?,
-                r.try_get("object_number")?,
-            ) else {
-                tracing::warn!(kind, "report ledger row of an unknown kind ignored");
-                continue;
-            };
-            let id: Option<i64> = r.try_get("github_id")?;
-            out.push((
-                ReportKey {
-                    installation: InstallationId(r.try_get("installation_id")?),
-                    repo: RepoName::new(r.try_get::<String, _>("repo")?),
-                    rollout: RolloutId::new(r.try_get::<String, _>("rollout_id")?),
-                    object,
-                },
-                LedgerEntry {
-                    object_id: id.and_then(|i| u64::try_from(i).ok()),
-                    digest: r.try_get("body_hash")?,
-                },
-            ));
-        }
-        Ok(out)
+        entries(&rows)
+    }
+}
+
+/// The ledger in PostgreSQL, table `report_ledger`
+/// (migrations/postgres/0002_report.sql): shared by every replica.
+#[derive(Clone, Debug)]
+pub struct PostgresLedger {
+    pool: PgPool,
+}
+
+impl PostgresLedger {
+    /// The pool's database must have the migrations applied.
+    pub fn new(pool: PgPool) -> Self {
+        PostgresLedger { pool }
+    }
+}
+
+#[async_trait]
+impl ReportLedger for PostgresLedger {
+    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        let (kind, name, number) = object_columns(&key.object);
+        let row = sqlx::query(
+            "SELECT github_id, body_hash FROM report_ledger WHERE repo = $1 AND rollout_id = $2 \
+             AND object_kind = $3 AND object_name = $4 AND object_number = $5",
+        )
+        .bind(key.repo.as_str())
+        .bind(key.rollout.as_str())
+        .bind(kind)
+        .bind(name)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry).transpose()
+    }
+
+    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        let (kind, name, number) = object_columns(&key.object);
+        sqlx::query(
+            "INSERT INTO report_ledger (repo, rollout_id, object_kind, object_name, \
+               object_number, installation_id, github_id, body_hash, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE \
+             SET github_id = excluded.github_id, body_hash = excluded.body_hash, \
+               updated_at = excluded.updated_at",
+        )
+        .bind(key.repo.as_str())
+        .bind(key.rollout.as_str())
+        .bind(kind)
+        .bind(name)
+        .bind(number)
+        .bind(key.installation.0)
+        .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
+        .bind(&entry.digest)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT rollout_id, object_kind, object_name, object_number, installation_id, repo, \
+               github_id, body_hash FROM report_ledger",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        entries(&rows)
     }
 }

@@ -1,0 +1,1171 @@
+//! The PostgreSQL store: what several replicas share. The same tables and
+//! meanings as the SQLite store (row reading is shared, in `rows`); the
+//! SQL differs where PostgreSQL has a better or a necessary form.
+//!
+//! Every write that two replicas could race on is decided by the database:
+//! the inbox insert and rollout creation by unique indexes with
+//! `ON CONFLICT`, step locks by an upsert that only the holder's own
+//! rollout can update, and a rollout's save by locking its row first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::{
+    AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze,
+    InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutRecord, RolloutSummary, RolloutWrite,
+    Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
+};
+use crate::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
+
+/// Connections per process. Each replica holds this many at most; a
+/// PostgreSQL server's default `max_connections` (100) leaves room for
+/// several replicas and the operator's own sessions.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// Reads that span several statements (a rollout's header and its steps)
+/// see one snapshot. PostgreSQL's default, READ COMMITTED, takes a new
+/// snapshot per statement; SQLite's read transactions are snapshots anyway.
+const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Environment and service names as two arrays, for `UNNEST`.
+fn columns<'a>(
+    keys: impl IntoIterator<Item = &'a (EnvName, ServiceName)>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.into_iter()
+        .map(|(e, s)| (e.as_str(), s.as_str()))
+        .unzip()
+}
+
+/// Takes the locks of (environment, service) for `rollout` unless another
+/// rollout holds them; for each, in the order given, whether `rollout`
+/// holds it now. One statement for all of them.
+///
+/// The upsert only updates a row the same rollout already holds, so a lock
+/// held by another rollout returns nothing; a concurrent insert of the same
+/// key waits for the other transaction and then sees its row. The keys are
+/// taken in sorted order (and each once), so two transactions taking
+/// overlapping sets cannot deadlock.
+async fn lock_steps(
+    tx: &mut sqlx::PgConnection,
+    repo: &str,
+    keys: &[(EnvName, ServiceName)],
+    rollout: &RolloutId,
+    now_ms: i64,
+) -> Result<Vec<bool>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let unique: BTreeSet<&(EnvName, ServiceName)> = keys.iter().collect();
+    let (environments, services) = columns(unique);
+    let held: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+         SELECT $1, e, s, $2, $3 FROM UNNEST($4::TEXT[], $5::TEXT[]) WITH ORDINALITY AS t (e, s, n) \
+         ORDER BY n \
+         ON CONFLICT (repo, environment, service) DO UPDATE SET rollout_id = step_locks.rollout_id \
+         WHERE step_locks.rollout_id = excluded.rollout_id RETURNING environment, service",
+    )
+    .bind(repo)
+    .bind(rollout.as_str())
+    .bind(now_ms)
+    .bind(environments)
+    .bind(services)
+    .fetch_all(&mut *tx)
+    .await?;
+    let held: BTreeSet<(String, String)> = held.into_iter().collect();
+    Ok(keys
+        .iter()
+        .map(|(e, s)| held.contains(&(e.to_string(), s.to_string())))
+        .collect())
+}
+
+/// New timers, each replacing one of the same kind (the last of a kind
+/// given twice wins).
+async fn write_timers(
+    tx: &mut sqlx::PgConnection,
+    id: &RolloutId,
+    timers: &[StoredTimer],
+) -> Result<()> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = timers.iter().map(|t| t.timer.as_str()).collect();
+    let times: Vec<i64> = timers.iter().map(|t| to_millis(t.at)).collect();
+    sqlx::query(
+        "INSERT INTO rollout_timers (rollout_id, timer, at) \
+         SELECT DISTINCT ON (k) $1, k, a FROM UNNEST($2::TEXT[], $3::BIGINT[]) WITH ORDINALITY \
+           AS t (k, a, n) ORDER BY k, n DESC \
+         ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
+    )
+    .bind(id.as_str())
+    .bind(names)
+    .bind(times)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Deploy attempts into the history (in order: newest last), and each
+/// successful one's version as its (environment, service)'s baseline.
+async fn write_attempts(
+    tx: &mut sqlx::PgConnection,
+    repo: &str,
+    id: &RolloutId,
+    attempts: &[AttemptRecord],
+    now_ms: i64,
+) -> Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let environments: Vec<&str> = attempts.iter().map(|a| a.environment.as_str()).collect();
+    let services: Vec<&str> = attempts.iter().map(|a| a.service.as_str()).collect();
+    let versions: Vec<&str> = attempts.iter().map(|a| a.version.as_str()).collect();
+    let numbers: Vec<i64> = attempts.iter().map(|a| i64::from(a.attempt)).collect();
+    let succeeded: Vec<bool> = attempts.iter().map(|a| a.succeeded).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    sqlx::query(
+        "WITH t AS (SELECT * FROM UNNEST($4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], \
+             $8::BOOLEAN[], $9::TEXT[]) WITH ORDINALITY AS t (e, s, v, k, ok, err, n)), \
+         history AS (INSERT INTO deploy_history (repo, environment, service, version, \
+             rollout_id, attempt, succeeded, error, at) \
+           SELECT $1, e, s, v, $2, k, ok, err, $3 FROM t ORDER BY n) \
+         INSERT INTO baselines (repo, environment, service, version, source, rollout_id, at) \
+         SELECT DISTINCT ON (e, s) $1, e, s, v, 'deployed', $2, $3 FROM t WHERE ok \
+           ORDER BY e, s, n DESC \
+         ON CONFLICT (repo, environment, service) DO UPDATE SET \
+           version = excluded.version, source = excluded.source, \
+           rollout_id = excluded.rollout_id, at = excluded.at",
+    )
+    .bind(repo)
+    .bind(id.as_str())
+    .bind(now_ms)
+    .bind(environments)
+    .bind(services)
+    .bind(versions)
+    .bind(numbers)
+    .bind(succeeded)
+    .bind(errors)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes steps at their places, replacing what was there: one statement
+/// for any number of steps (arrays, unnested by the server).
+async fn write_steps(
+    tx: &mut sqlx::PgConnection,
+    id: &RolloutId,
+    steps: &[StoredStep],
+) -> Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let waves: Vec<i64> = steps.iter().map(|s| i64::from(s.wave)).collect();
+    let places: Vec<i64> = steps.iter().map(|s| i64::from(s.idx)).collect();
+    let texts: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO rollout_steps (rollout_id, wave, idx, step) \
+         SELECT $1, w, i, s FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[]) AS t (w, i, s) \
+         ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step",
+    )
+    .bind(id.as_str())
+    .bind(waves)
+    .bind(places)
+    .bind(texts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The record of a row read with [`ROLLOUT_COLUMNS`], made whole with its
+/// steps read in the same transaction (so from the same snapshot).
+async fn complete(
+    tx: &mut sqlx::PgConnection,
+    row: &sqlx::postgres::PgRow,
+) -> Result<RolloutRecord> {
+    let parts = Parts::read(row)?;
+    let steps = if parts.split() {
+        sqlx::query_as(
+            "SELECT wave, step FROM rollout_steps WHERE rollout_id = $1 ORDER BY wave, idx",
+        )
+        .bind(parts.record.id.as_str())
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    parts.complete(steps)
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database named by `url` (`postgres://…`) and applies
+    /// the migrations. Several replicas starting at once are safe: sqlx
+    /// holds an advisory lock while migrating.
+    pub async fn open(url: &str) -> Result<PostgresStore> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.application_name("convoy"))
+            .await?;
+        super::migrations::postgres().run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The pool, for stores of later features that share the database
+    /// (the report ledger).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The first rollout matching `filter` (SQL after `WHERE`, with `$1`
+    /// for `arg` and `$2` for `number`), made whole: header and steps read
+    /// in one transaction, so from the same snapshot.
+    async fn one_rollout(
+        &self,
+        filter: &str,
+        args: &[&str],
+        number: Option<i64>,
+    ) -> Result<Option<RolloutRecord>> {
+        // A snapshot: the header and the steps of one version of the
+        // rollout, even while a replica saves the next.
+        let mut tx = self.pool.begin_with(SNAPSHOT).await?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {filter}"
+        )));
+        for arg in args {
+            query = query.bind(arg.to_string());
+        }
+        if let Some(n) = number {
+            query = query.bind(n);
+        }
+        let found = match query.fetch_optional(&mut *tx).await? {
+            Some(row) => Some(complete(&mut tx, &row).await?),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the whole batch. ON CONFLICT DO NOTHING keeps
+        // the first copy of an id, whichever replica wrote it; RETURNING
+        // names the rows this statement inserted.
+        let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
+        let events: Vec<&str> = batch.iter().map(|d| d.event.as_str()).collect();
+        let payloads: Vec<&[u8]> = batch.iter().map(|d| d.payload.as_bytes()).collect();
+        let times: Vec<i64> = batch.iter().map(|d| to_millis(d.received_at)).collect();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
+             SELECT d, e, p, t, t FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::BIGINT[]) \
+             WITH ORDINALITY AS b (d, e, p, t, n) ORDER BY n \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+        )
+        .bind(ids)
+        .bind(events)
+        .bind(payloads)
+        .bind(times)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        // The first occurrence of an inserted id is new; a repeat within the
+        // batch, like one seen before, is a duplicate.
+        Ok(batch
+            .iter()
+            .map(|d| inserted.remove(d.id.as_str()))
+            .collect())
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+             FROM inbox WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, received_at LIMIT $2",
+        )
+        .bind(to_millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::inbox_item).collect()
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(DeliveryId, DeliveryOutcome)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        for (id, outcome) in results {
+            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
+            sqlx::query(
+                "UPDATE inbox SET state = $1, attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = $3, processed_at = $4, claimed_by = NULL WHERE delivery_id = $5",
+            )
+            .bind(state.as_str())
+            .bind(error)
+            .bind(next)
+            .bind(processed)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM inbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(next.map(from_millis))
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
+        let row = sqlx::query(
+            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+             FROM inbox WHERE delivery_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::inbox_item).transpose()
+    }
+
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        let (pending, failed): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE state = 'pending'), \
+                    COUNT(*) FILTER (WHERE state = 'failed') \
+             FROM inbox WHERE state IN ('pending', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(InboxCounts {
+            pending: pending.max(0) as u64,
+            failed: failed.max(0) as u64,
+        })
+    }
+
+    async fn upsert_installation(
+        &self,
+        id: InstallationId,
+        account: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installations (id, account, created_at, updated_at) \
+             VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(id.0)
+        .bind(account)
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_installation_suspended(
+        &self,
+        id: InstallationId,
+        suspended: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE installations SET suspended = $1, updated_at = $2 WHERE id = $3")
+            .bind(suspended)
+            .bind(to_millis(now))
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_installation(&self, id: InstallationId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM installation_repositories WHERE installation_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM installations WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()> {
+        let names: Vec<&str> = repos.iter().map(|r| r.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO installation_repositories (repo, installation_id) \
+             SELECT DISTINCT r, $2::BIGINT FROM UNNEST($1::TEXT[]) AS t (r) \
+             ON CONFLICT (repo) DO UPDATE SET installation_id = excluded.installation_id",
+        )
+        .bind(names)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_installation_repos(
+        &self,
+        id: InstallationId,
+        repos: &[RepoName],
+    ) -> Result<()> {
+        let names: Vec<&str> = repos.iter().map(|r| r.as_str()).collect();
+        sqlx::query(
+            "DELETE FROM installation_repositories \
+             WHERE repo = ANY($1::TEXT[]) AND installation_id = $2",
+        )
+        .bind(names)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn installation_for_repo(&self, repo: &RepoName) -> Result<Option<InstallationId>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT installation_id FROM installation_repositories WHERE repo = $1",
+        )
+        .bind(repo.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(InstallationId))
+    }
+
+    async fn installation_repos(&self, id: InstallationId) -> Result<Vec<RepoName>> {
+        let repos: Vec<String> = sqlx::query_scalar(
+            "SELECT repo FROM installation_repositories WHERE installation_id = $1 \
+             ORDER BY repo COLLATE \"C\"",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(repos.into_iter().map(RepoName::new).collect())
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(to_millis(entry.at))
+        .bind(&entry.actor)
+        .bind(entry.repo.as_ref().map(|r| r.as_str()))
+        .bind(entry.rollout_id.as_ref().map(|r| r.as_str()))
+        .bind(entry.location.as_deref())
+        .bind(&entry.action)
+        .bind(&entry.result)
+        .bind(entry.detail.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+             FROM audit_log WHERE rollout_id = $1 ORDER BY id",
+        )
+        .bind(rollout.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::audit_entry).collect()
+    }
+
+    async fn create_rollout(&self, r: &RolloutRecord) -> Result<Created> {
+        let split = r.document.as_deref().and_then(document::split);
+        let mut tx = self.pool.begin().await?;
+        // The partial unique index decides which of two racing creators of
+        // the same deploy wins; the loser inserts nothing (a concurrent
+        // insert of the key is waited for) and finds the winner's row.
+        // Rollbacks and resyncs are not in that index and always insert.
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO rollouts (id, repo, branch, commit_sha, previous_commit, pull_request, \
+             installation_id, kind, parent_id, state, created_at, updated_at, document, error, \
+             targets, wave_environments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (repo, branch, commit_sha) WHERE kind = 'deploy' DO NOTHING \
+             RETURNING id",
+        )
+        .bind(r.id.as_str())
+        .bind(r.repo.as_str())
+        .bind(r.branch.as_str())
+        .bind(r.commit.as_str())
+        .bind(r.previous_commit.as_ref().map(|c| c.as_str()))
+        .bind(r.pull_request.map(|n| n as i64))
+        .bind(r.installation.map(|i| i.0))
+        .bind(r.kind.as_str())
+        .bind(r.parent.as_ref().map(|p| p.as_str()))
+        .bind(&r.state)
+        .bind(to_millis(r.created_at))
+        .bind(to_millis(r.updated_at))
+        .bind(
+            split
+                .as_ref()
+                .map_or(r.document.as_deref(), |s| Some(&s.header)),
+        )
+        .bind(r.error.as_deref())
+        .bind(split.as_ref().map(|s| &s.targets))
+        .bind(split.as_ref().map(|s| &s.environments))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM rollouts WHERE repo = $1 AND branch = $2 AND commit_sha = $3 \
+                 AND kind = 'deploy'",
+            )
+            .bind(r.repo.as_str())
+            .bind(r.branch.as_str())
+            .bind(r.commit.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return match existing {
+                Some(id) => Ok(Created::Existing(RolloutId::new(id))),
+                None => Err(StoreError::Unsupported(format!(
+                    "rollout {} was neither created nor found",
+                    r.id
+                ))),
+            };
+        }
+        if let Some(split) = &split {
+            write_steps(&mut tx, &r.id, &split.steps).await?;
+        }
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET pull_request = $1 WHERE id = $2")
+            .bind(pull_request as i64)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_rollout(
+        &self,
+        id: &RolloutId,
+        write: &RolloutWrite,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        let now_ms = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        // Locking the row makes two saves of one rollout (two replicas)
+        // one after the other, never interleaved.
+        let repo: Option<String> =
+            sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = $1 FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(repo) = repo else {
+            return Err(StoreError::Unsupported(format!("no rollout {id} to save")));
+        };
+        if let Some(fence) = &write.fence {
+            // FOR SHARE: a replica taking the lease over (an UPDATE of this
+            // row) waits until this save is committed, and then reads it.
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM leases WHERE kind = $1 AND key = $2 AND owner = $3 \
+                 AND generation = $4 AND expires_at > $5 FOR SHARE",
+            )
+            .bind(LEASE_ROLLOUT)
+            .bind(id.as_str())
+            .bind(&fence.owner)
+            .bind(fence.generation)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced(format!(
+                    "rollout {id} (generation {})",
+                    fence.generation
+                )));
+            }
+        }
+        sqlx::query("UPDATE rollouts SET state = $1, document = $2, updated_at = $3 WHERE id = $4")
+            .bind(&write.state)
+            .bind(&write.document)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        write_steps(&mut tx, id, &write.steps).await?;
+        if !write.fired.is_empty() {
+            sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = $1 AND timer = ANY($2)")
+                .bind(id.as_str())
+                .bind(&write.fired)
+                .execute(&mut *tx)
+                .await?;
+        }
+        write_timers(&mut tx, id, &write.timers).await?;
+        write_attempts(&mut tx, &repo, id, &write.attempts, now_ms).await?;
+        if !write.unlock.is_empty() {
+            let (environments, services) = columns(&write.unlock);
+            sqlx::query(
+                "DELETE FROM step_locks WHERE repo = $1 AND rollout_id = $2 \
+                 AND (environment, service) IN \
+                   (SELECT e, s FROM UNNEST($3::TEXT[], $4::TEXT[]) AS t (e, s))",
+            )
+            .bind(&repo)
+            .bind(id.as_str())
+            .bind(environments)
+            .bind(services)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let locked = lock_steps(&mut tx, &repo, &write.lock, id, now_ms).await?;
+        tx.commit().await?;
+        Ok(locked)
+    }
+
+    async fn rollout(&self, id: &RolloutId) -> Result<Option<RolloutRecord>> {
+        self.one_rollout("id = $1", &[id.as_str()], None).await
+    }
+
+    async fn rollout_for_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        commit: &CommitSha,
+    ) -> Result<Option<RolloutRecord>> {
+        self.one_rollout(
+            "repo = $1 AND branch = $2 AND commit_sha = $3 AND kind = 'deploy'",
+            &[repo.as_str(), branch.as_str(), commit.as_str()],
+            None,
+        )
+        .await
+    }
+
+    async fn latest_rollout_for_pull_request(
+        &self,
+        repo: &RepoName,
+        pull_request: u64,
+    ) -> Result<Option<RolloutRecord>> {
+        self.one_rollout(
+            "repo = $1 AND pull_request = $2 AND kind = 'deploy' \
+             ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT 1",
+            &[repo.as_str()],
+            Some(i64::try_from(pull_request).unwrap_or(i64::MAX)),
+        )
+        .await
+    }
+
+    async fn list_rollouts(
+        &self,
+        repo: Option<&RepoName>,
+        limit: u32,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(
+            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
+             FROM rollouts WHERE ($1::TEXT IS NULL OR repo = $1) \
+             ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $2",
+        )
+        .bind(repo.map(|r| r.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::summary).collect()
+    }
+
+    async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let mut tx = self.pool.begin_with(SNAPSHOT).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN {TERMINAL} \
+             ORDER BY created_at, id COLLATE \"C\""
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(complete(&mut tx, row).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn last_succeeded_commit(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Option<CommitSha>> {
+        let sha: Option<String> = sqlx::query_scalar(
+            "SELECT commit_sha FROM rollouts WHERE repo = $1 AND branch = $2 AND kind = 'deploy' \
+             AND state = 'succeeded' ORDER BY updated_at DESC, id COLLATE \"C\" DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(sha.map(CommitSha::new))
+    }
+
+    async fn timers(&self, id: &RolloutId) -> Result<Vec<StoredTimer>> {
+        let rows =
+            sqlx::query("SELECT timer, at FROM rollout_timers WHERE rollout_id = $1 ORDER BY at, timer COLLATE \"C\"")
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(rows::timer).collect()
+    }
+
+    async fn delete_timer(&self, id: &RolloutId, timer: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = $1 AND timer = $2")
+            .bind(id.as_str())
+            .bind(timer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn first_attempts(&self, repo: &RepoName) -> Result<BTreeMap<EnvName, FirstAttempts>> {
+        // The last 50 deploys (first attempts) of each environment.
+        let found = sqlx::query(
+            "SELECT environment, succeeded FROM ( \
+               SELECT environment, succeeded, ROW_NUMBER() OVER \
+                 (PARTITION BY environment ORDER BY id DESC) AS n \
+               FROM deploy_history WHERE repo = $1 AND attempt = 1 \
+             ) AS recent WHERE n <= 50",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows::first_attempts(&found)
+    }
+
+    async fn last_good_version(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        excluding: Option<&RolloutId>,
+    ) -> Result<Option<CommitSha>> {
+        let version: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM deploy_history WHERE repo = $1 AND environment = $2 \
+             AND service = $3 AND succeeded AND ($4::TEXT IS NULL OR rollout_id <> $4) \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(excluding.map(|r| r.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(version.map(CommitSha::new))
+    }
+
+    async fn baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<Baseline>> {
+        let row = sqlx::query(
+            "SELECT version, source, at FROM baselines WHERE repo = $1 AND environment = $2 \
+             AND service = $3",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::baseline).transpose()
+    }
+
+    async fn set_baseline(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        version: &str,
+        source: &str,
+        rollout: Option<&RolloutId>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO baselines (repo, environment, service, version, source, rollout_id, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (repo, environment, service) DO UPDATE SET \
+             version = excluded.version, source = excluded.source, \
+             rollout_id = excluded.rollout_id, at = excluded.at",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(version)
+        .bind(source)
+        .bind(rollout.map(|r| r.as_str()))
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let key = [(environment.clone(), service.clone())];
+        let held = lock_steps(&mut tx, repo.as_str(), &key, rollout, to_millis(now)).await?;
+        tx.commit().await?;
+        Ok(held.first().copied().unwrap_or(false))
+    }
+
+    async fn set_freeze(&self, f: &Freeze) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO freezes (scope, until, reason, frozen_by, at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (scope) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
+             frozen_by = excluded.frozen_by, at = excluded.at",
+        )
+        .bind(&f.scope)
+        .bind(f.until.map(to_millis))
+        .bind(f.reason.as_deref())
+        .bind(&f.by)
+        .bind(to_millis(f.at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_freeze(&self, scope: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM freezes WHERE scope = $1")
+            .bind(scope)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn freezes_for(&self, repo: &RepoName) -> Result<Vec<Freeze>> {
+        let rows = sqlx::query(
+            "SELECT scope, until, reason, frozen_by, at FROM freezes WHERE scope IN ($1, '*') \
+             ORDER BY scope COLLATE \"C\"",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::freeze).collect()
+    }
+
+    async fn unlock_step(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        rollout: &RolloutId,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM step_locks WHERE repo = $1 AND environment = $2 AND service = $3 \
+             AND rollout_id = $4",
+        )
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        // One conditional upsert: of two replicas claiming at once, the
+        // second waits on the row and then finds it held.
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "INSERT INTO leases (kind, key, owner, generation, expires_at) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, \
+             generation = leases.generation + 1, expires_at = excluded.expires_at \
+             WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= $5 \
+             RETURNING generation, expires_at",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(generation, at)| Lease {
+            generation,
+            expires_at: from_millis(at),
+        }))
+    }
+
+    async fn renew_leases(
+        &self,
+        kind: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "UPDATE leases SET expires_at = $1 WHERE kind = $2 AND owner = $3 \
+             RETURNING key, generation",
+        )
+        .bind(to_millis(until))
+        .bind(kind)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>> {
+        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT owner, generation, expires_at FROM leases WHERE kind = $1 AND key = $2",
+        )
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(owner, generation, at)| {
+            (
+                owner,
+                Lease {
+                    generation,
+                    expires_at: from_millis(at),
+                },
+            )
+        }))
+    }
+
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET owner = NULL, expires_at = 0 \
+             WHERE kind = $1 AND key = $2 AND owner = $3 AND generation = $4",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
+             WHERE claimed_by = $2 AND state = 'pending'",
+        )
+        .bind(to_millis(now))
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>> {
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT r.id FROM rollouts r LEFT JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
+             WHERE r.state NOT IN {TERMINAL} AND r.state <> 'queued' \
+               AND (l.owner IS NULL OR l.expires_at <= $1) \
+             ORDER BY r.created_at, r.id"
+        )))
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RolloutId::new).collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        // SKIP LOCKED: replicas claiming at the same moment each take other
+        // rows instead of waiting for one another.
+        let rows = sqlx::query(
+            "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
+               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
+                ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
+        )
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(rows::inbox_item)
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no order.
+        items.sort_by(|a, b| {
+            (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))
+        });
+        Ok(items)
+    }
+
+    async fn renew_delivery_claims(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(|d| d.as_str()).collect();
+        sqlx::query(
+            "UPDATE inbox SET next_attempt_at = $1 \
+             WHERE delivery_id = ANY($2) AND claimed_by = $3 AND state = 'pending'",
+        )
+        .bind(to_millis(until))
+        .bind(ids)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn push_rollout_input(
+        &self,
+        rollout: &RolloutId,
+        input: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rollout_inputs (rollout_id, input, created_at) VALUES ($1, $2, $3) \
+             RETURNING id",
+        )
+        .bind(rollout.as_str())
+        .bind(input)
+        .bind(to_millis(now))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn open_rollout_inputs(&self, owner: &str) -> Result<Vec<(i64, RolloutId, String)>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT i.id, i.rollout_id, i.input FROM rollout_inputs i JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = i.rollout_id \
+             WHERE i.answered_at IS NULL AND l.owner = $1 ORDER BY i.id"
+        )))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, rollout, input)| (id, RolloutId::new(rollout), input))
+            .collect())
+    }
+
+    async fn answer_rollout_input(
+        &self,
+        id: i64,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollout_inputs SET answer = $1, answered_at = $2 \
+             WHERE id = $3 AND answered_at IS NULL",
+        )
+        .bind(answer)
+        .bind(to_millis(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rollout_input_answer(&self, id: i64) -> Result<Option<String>> {
+        let answer: Option<Option<String>> =
+            sqlx::query_scalar("SELECT answer FROM rollout_inputs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(answer.flatten())
+    }
+
+    async fn take_write_token(
+        &self,
+        installation: InstallationId,
+        per_minute: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>> {
+        let capacity = f64::from(per_minute.max(1));
+        let per_ms = capacity / 60_000.0;
+        let now_ms = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO write_pacing (installation_id, tokens, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (installation_id) DO NOTHING",
+        )
+        .bind(installation.0)
+        .bind(capacity)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        // The row lock makes replicas take from the bucket one at a time.
+        let (tokens, updated): (f64, i64) = sqlx::query_as(
+            "SELECT tokens, updated_at FROM write_pacing WHERE installation_id = $1 FOR UPDATE",
+        )
+        .bind(installation.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (taken, left, wait) = super::pacing::take(tokens, updated, now_ms, capacity, per_ms);
+        sqlx::query(
+            "UPDATE write_pacing SET tokens = $1, updated_at = $2 WHERE installation_id = $3",
+        )
+        .bind(left)
+        .bind(now_ms.max(updated))
+        .bind(installation.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((!taken).then_some(wait))
+    }
+}
