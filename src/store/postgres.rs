@@ -30,6 +30,10 @@ use crate::domain::{
 /// several replicas and the operator's own sessions.
 const MAX_CONNECTIONS: u32 = 10;
 
+/// How long a session may sit inside a transaction without sending
+/// anything before the server ends it (ms).
+const IDLE_IN_TRANSACTION: &str = "2000";
+
 /// Reads that span several statements (a rollout's header and its steps)
 /// see one snapshot. PostgreSQL's default, READ COMMITTED, takes a new
 /// snapshot per statement; SQLite's read transactions are snapshots anyway.
@@ -218,7 +222,16 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.application_name("convoy"))
+            .connect_with(
+                options
+                    .application_name("convoy")
+                    // A replica stopped inside a transaction (SIGSTOP, a
+                    // frozen VM) would hold its row locks, and with them
+                    // the takeover of its rollouts, until it continued. The
+                    // server ends such a session instead; convoy's own
+                    // transactions never wait on the client this long.
+                    .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]),
+            )
             .await?;
         super::migrations::postgres().run(&pool).await?;
         Ok(PostgresStore { pool })
