@@ -151,6 +151,8 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let config = Arc::new(config);
+    let replica = Replica::for_data_dir(&config.server.data_dir, config.server.lease);
+    tracing::info!(replica = %replica.id, lease = ?replica.lease, "replica");
     // Check runs and the PR comment, when the App's key is configured and
     // the caller brought no reporter of its own.
     let reporting = match services.reporter {
@@ -159,12 +161,13 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
             .await
             .map_err(StartError::Config)?,
     };
+    if let Some(r) = &reporting {
+        r.reporter.set_replica(replica.id.clone());
+    }
     let reporter = services
         .reporter
         .clone()
         .or_else(|| reporting.as_ref().map(|r| r.sink()));
-    let replica = Replica::for_data_dir(&config.server.data_dir, config.server.lease);
-    tracing::info!(replica = %replica.id, lease = ?replica.lease, "replica");
     let runtime = RolloutRuntime::with_replica(
         store.clone(),
         drivers.clone(),
