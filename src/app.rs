@@ -15,8 +15,8 @@ use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::metrics::Metrics;
 use crate::runtime::commands::{CommandHandler, CommandHooks};
 use crate::runtime::intake::InboxWriter;
-use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::leases::Replica;
+use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
 use crate::runtime::worker::{Chain, Dispatcher, EventHandler, Worker};
 use crate::store::{self, Store};
@@ -238,8 +238,7 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         runtime.watch_freezes(std::time::Duration::from_secs(2), shutdown_rx.clone());
     report_tasks.push(freeze_watch);
     report_tasks.push(runtime.keep_leases(shutdown_rx.clone()));
-    let worker =
-        Worker::new(store.clone(), dispatcher, metrics.clone(), wake).as_replica(replica);
+    let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake).as_replica(replica);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

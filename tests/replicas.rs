@@ -20,14 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{GitFixture, REPO, SECRET, merged_pr, push};
+use convoy::config::DatabaseUrl;
 use convoy::domain::{BranchName, CommitSha, DeliveryId, RepoName, RolloutId};
 use convoy::runtime::leases::Replica;
-use convoy::config::DatabaseUrl;
 use convoy::store::{DeliveryState, LEASE_ROLLOUT, Store};
 use convoy::testkit::fleet::{AgentKnobs, Fleet};
-use convoy::testkit::github_standin::{
-    GitHubStandIn, StandInConfig, StandInState, TEST_APP_ID,
-};
+use convoy::testkit::github_standin::{GitHubStandIn, StandInConfig, StandInState, TEST_APP_ID};
 use convoy::webhook::signature::sign;
 use serde_json::{Value, json};
 
@@ -311,9 +309,7 @@ impl Setup {
             .lease(LEASE_ROLLOUT, id.as_str())
             .await
             .unwrap()
-            .and_then(|(owner, lease)| {
-                owner.filter(|_| lease.expires_at > chrono::Utc::now())
-            })
+            .and_then(|(owner, lease)| owner.filter(|_| lease.expires_at > chrono::Utc::now()))
     }
 
     async fn wait_terminal(&self, id: &RolloutId, secs: u64) -> String {
@@ -379,10 +375,7 @@ impl Setup {
                     "one check run created"
                 );
                 assert_eq!(
-                    state.count_requests(
-                        &reqwest::Method::POST,
-                        &format!("/issues/{pr}/comments")
-                    ),
+                    state.count_requests(&reqwest::Method::POST, &format!("/issues/{pr}/comments")),
                     1,
                     "one comment created"
                 );
@@ -392,11 +385,20 @@ impl Setup {
                 Instant::now() < deadline,
                 "GitHub shows runs {:?}, comments {:?}",
                 runs.iter()
-                    .map(|r| (r["id"].clone(), r["status"].clone(), r["conclusion"].clone()))
+                    .map(|r| (
+                        r["id"].clone(),
+                        r["status"].clone(),
+                        r["conclusion"].clone()
+                    ))
                     .collect::<Vec<_>>(),
                 comments
                     .iter()
-                    .map(|c| c["body"].as_str().unwrap_or("").chars().take(120).collect::<String>())
+                    .map(|c| c["body"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(120)
+                        .collect::<String>())
                     .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -472,7 +474,11 @@ async fn deliveries_once_and_kill_9(db: Db) {
     let mut ids = Vec::new();
     for n in 0..40 {
         let id = format!("ping-{n}");
-        let (to, again) = if n % 2 == 0 { (&s.a, &s.b) } else { (&s.b, &s.a) };
+        let (to, again) = if n % 2 == 0 {
+            (&s.a, &s.b)
+        } else {
+            (&s.b, &s.a)
+        };
         to.deliver("ping", &id, &ping(n)).await;
         again.deliver("ping", &id, &ping(n)).await;
         ids.push(id);
@@ -619,11 +625,19 @@ async fn paused_past_its_lease(db: Db) {
 
     // Resumed mid-rollout: its timers, polls and queued driver calls all
     // come due at once; none may reach the fleet.
-    let paused = if paused_name == "a" { &mut s.a } else { &mut s.b };
+    let paused = if paused_name == "a" {
+        &mut s.a
+    } else {
+        &mut s.b
+    };
     paused.signal("CONT");
     assert_eq!(s.wait_terminal(&id, 90).await, "succeeded", "{}", s.logs());
     tokio::time::sleep(LEASE).await;
-    let paused = if paused_name == "a" { &mut s.a } else { &mut s.b };
+    let paused = if paused_name == "a" {
+        &mut s.a
+    } else {
+        &mut s.b
+    };
     assert!(paused.alive(), "the paused replica lives on");
     let log = paused.log();
     // A driver call that had passed its lease check when the process was

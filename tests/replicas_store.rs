@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use convoy::domain::{BranchName, CommitSha, DeliveryId, InstallationId, RepoName, RolloutId};
 use convoy::store::{
-    Created, DeliveryOutcome, Fence, LEASE_ROLLOUT, NewDelivery, Payload, RolloutKind,
-    PostgresStore, RolloutRecord, RolloutWrite, SqliteStore, Store, StoreError,
+    Created, DeliveryOutcome, Fence, LEASE_ROLLOUT, NewDelivery, Payload, PostgresStore,
+    RolloutKind, RolloutRecord, RolloutWrite, SqliteStore, Store, StoreError,
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -60,7 +60,9 @@ on_both!(
     github_writes_of_an_installation_share_one_bucket_across_replicas,
 );
 
-async fn a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation(postgres: bool) {
+async fn a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation(
+    postgres: bool,
+) {
     let (_dir, a, b) = two(postgres).await;
     let la = a
         .claim_lease(LEASE_ROLLOUT, "r1", "A", t(0), t(15))
@@ -145,7 +147,10 @@ async fn a_write_under_a_lost_lease_is_refused_and_changes_nothing(postgres: boo
         .await
         .unwrap()
         .unwrap();
-    assert!(a.orphaned_rollouts(t(1)).await.unwrap().is_empty(), "driven");
+    assert!(
+        a.orphaned_rollouts(t(1)).await.unwrap().is_empty(),
+        "driven"
+    );
     let write = |owner: &str, generation: i64, state: &str| RolloutWrite {
         state: state.into(),
         document: "{}".into(),
@@ -270,7 +275,10 @@ async fn inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once(postg
         !b.answer_rollout_input(n, "too late", t(3)).await.unwrap(),
         "the first answer stands"
     );
-    assert_eq!(b.rollout_input_answer(n).await.unwrap().as_deref(), Some(""));
+    assert_eq!(
+        b.rollout_input_answer(n).await.unwrap().as_deref(),
+        Some("")
+    );
     assert!(a.open_rollout_inputs("A").await.unwrap().is_empty());
 }
 
@@ -285,7 +293,9 @@ async fn github_writes_of_an_installation_share_one_bucket_across_replicas(postg
     let wait = b.take_write_token(inst, 6, t(0)).await.unwrap();
     assert_eq!(wait, Some(std::time::Duration::from_secs(10)));
     assert_eq!(
-        a.take_write_token(InstallationId(7), 6, t(0)).await.unwrap(),
+        a.take_write_token(InstallationId(7), 6, t(0))
+            .await
+            .unwrap(),
         None,
         "another installation has its own"
     );

@@ -182,9 +182,7 @@ impl Reporter {
             .lease(crate::store::LEASE_ROLLOUT, id.as_str())
             .await
         {
-            Ok(Some((Some(owner), lease))) => {
-                owner != *me && lease.expires_at > chrono::Utc::now()
-            }
+            Ok(Some((Some(owner), lease))) => owner != *me && lease.expires_at > chrono::Utc::now(),
             _ => false,
         }
     }

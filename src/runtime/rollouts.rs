@@ -567,7 +567,7 @@ impl RolloutRuntime {
                 ))));
             }
             round += 1;
-            if round % 10 == 0
+            if round.is_multiple_of(10)
                 && let Some(held) = self.claim(id).await
             {
                 if store.answer_rollout_input(queued, "", Utc::now()).await? {
@@ -602,8 +602,8 @@ impl RolloutRuntime {
                 return Err(e.into());
             }
         };
-        let started = record.state != RolloutState::Queued.as_str()
-            && !is_terminal_state(&record.state);
+        let started =
+            record.state != RolloutState::Queued.as_str() && !is_terminal_state(&record.state);
         if started {
             tracing::info!(rollout = %id, "taking over the rollout to apply an input");
             let Some(tx) = self.resume(&record, held).await else {
@@ -938,7 +938,9 @@ impl RolloutRuntime {
                                 runtime.take_over(&id).await;
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "looking for orphaned rollouts failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "looking for orphaned rollouts failed")
+                        }
                     }
                 }
                 if let Err(e) = runtime.drain_inputs(&mut dispatched).await {
@@ -1001,7 +1003,11 @@ impl RolloutRuntime {
                 Ok(input) => input,
                 Err(e) => {
                     store
-                        .answer_rollout_input(input_id, &format!("unreadable input: {e}"), Utc::now())
+                        .answer_rollout_input(
+                            input_id,
+                            &format!("unreadable input: {e}"),
+                            Utc::now(),
+                        )
                         .await?;
                     continue;
                 }
@@ -1025,7 +1031,10 @@ impl RolloutRuntime {
                                 Ok(Err(e)) => e.0,
                                 Err(_) => return,
                             };
-                            if let Err(e) = store.answer_rollout_input(input_id, &text, Utc::now()).await {
+                            if let Err(e) = store
+                                .answer_rollout_input(input_id, &text, Utc::now())
+                                .await
+                            {
                                 tracing::warn!(input = input_id, error = %e, "answering a queued input failed");
                             }
                         });

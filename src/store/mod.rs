@@ -386,8 +386,13 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>>;
 
     /// Gives the lease up, if `owner` still holds it at `generation`.
-    async fn release_lease(&self, kind: &str, key: &str, owner: &str, generation: i64)
-    -> Result<()>;
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> Result<()>;
 
     /// Gives up every lease and inbox claim of `owner` (a graceful stop):
     /// other replicas take the work at once instead of after the lease.

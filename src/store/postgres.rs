@@ -18,8 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze,
-    InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutRecord, RolloutSummary, RolloutWrite,
-    Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
+    InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutRecord,
+    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document,
+    from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -1056,9 +1057,7 @@ impl Store for PostgresStore {
             .map(rows::inbox_item)
             .collect::<Result<Vec<_>>>()?;
         // RETURNING has no order.
-        items.sort_by(|a, b| {
-            (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))
-        });
+        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
         Ok(items)
     }
 

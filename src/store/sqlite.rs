@@ -1030,11 +1030,12 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
-        let mut items = rows.iter().map(rows::inbox_item).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(rows::inbox_item)
+            .collect::<Result<Vec<_>>>()?;
         // RETURNING has no order.
-        items.sort_by(|a, b| {
-            (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))
-        });
+        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
         Ok(items)
     }
 
@@ -1138,12 +1139,11 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let (tokens, updated): (f64, i64) = sqlx::query_as(
-            "SELECT tokens, updated_at FROM write_pacing WHERE installation_id = ?",
-        )
-        .bind(installation.0)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (tokens, updated): (f64, i64) =
+            sqlx::query_as("SELECT tokens, updated_at FROM write_pacing WHERE installation_id = ?")
+                .bind(installation.0)
+                .fetch_one(&mut *tx)
+                .await?;
         let (taken, left, wait) = super::pacing::take(tokens, updated, now_ms, capacity, per_ms);
         sqlx::query("UPDATE write_pacing SET tokens = ?, updated_at = ? WHERE installation_id = ?")
             .bind(left)
