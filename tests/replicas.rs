@@ -29,6 +29,7 @@ use convoy::testkit::github_standin::{GitHubStandIn, StandInConfig, StandInState
 use convoy::webhook::signature::sign;
 use serde_json::{Value, json};
 
+/// Short, so that takeovers in these tests come quickly.
 const LEASE: Duration = Duration::from_secs(2);
 
 /// One `convoy serve` process.
@@ -41,7 +42,14 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(name: &'static str, root: &Path, db: &str, git: &GitFixture, github: &str) -> Proc {
+    fn start(
+        name: &'static str,
+        root: &Path,
+        db: &str,
+        git: &GitFixture,
+        github: &str,
+        lease: Duration,
+    ) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -73,7 +81,7 @@ headers = {{ X-Replica = "{name}" }}
 timeout = "5s"
 "#,
             data = data.display(),
-            lease = LEASE.as_secs(),
+            lease = lease.as_secs(),
             git_url = git.url_template(),
             key = concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -99,7 +107,7 @@ timeout = "5s"
             child,
             addr: format!("127.0.0.1:{port}"),
             log,
-            id: Replica::for_data_dir(&data, LEASE).id,
+            id: Replica::for_data_dir(&data, lease).id,
         }
     }
 
@@ -219,6 +227,10 @@ fn spec(fleet: &Fleet, envs: &[String]) -> String {
 }
 
 async fn setup(db: Db, n: usize, pr: u64, deploy: Duration) -> Setup {
+    setup_with(db, n, pr, deploy, LEASE).await
+}
+
+async fn setup_with(db: Db, n: usize, pr: u64, deploy: Duration, lease: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let envs: Vec<String> = (0..n).map(|i| format!("env-{i:03}")).collect();
@@ -256,8 +268,8 @@ async fn setup(db: Db, n: usize, pr: u64, deploy: Duration) -> Setup {
     };
     // The schema first, so the two replicas do not both migrate at once.
     let store = convoy::store::open(&database).await.unwrap();
-    let a = Proc::start("a", dir.path(), &url, &git, &gh.url());
-    let b = Proc::start("b", dir.path(), &url, &git, &gh.url());
+    let a = Proc::start("a", dir.path(), &url, &git, &gh.url(), lease);
+    let b = Proc::start("b", dir.path(), &url, &git, &gh.url(), lease);
     a.ready().await;
     b.ready().await;
     Setup {
@@ -463,6 +475,65 @@ async fn postgres_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
     paused_past_its_lease(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_stopped_with_sigterm_hands_its_rollout_over_at_once() {
+    sigterm_hands_over(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_replica_stopped_with_sigterm_hands_its_rollout_over_at_once() {
+    sigterm_hands_over(Db::Sqlite).await;
+}
+
+/// A graceful stop gives the leases back: with a long lease, the other
+/// replica takes the rollout over long before the lease would have run out.
+async fn sigterm_hands_over(db: Db) {
+    let pr = 11;
+    let lease = Duration::from_secs(30);
+    let mut s = setup_with(db, 12, pr, Duration::from_millis(300), lease).await;
+    s.b.deliver("pull_request", "merge-pr", &merged_pr(pr, &s.sha))
+        .await;
+    let id = s.rollout_id().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.succeeded(&id).await < 4 {
+        assert!(Instant::now() < deadline, "no progress\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owner = s.owner(&id).await.expect("someone drives the rollout");
+    let (leaving, staying) = if owner == s.a.id {
+        (&mut s.a, &s.b)
+    } else {
+        (&mut s.b, &s.a)
+    };
+    let staying_id = staying.id.clone();
+    leaving.signal("TERM");
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = leaving.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(20), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    loop {
+        if s.owner(&id).await.as_deref() == Some(staying_id.as_str()) {
+            break;
+        }
+        // Every third of a lease the other replica looks for work nobody
+        // drives; a lease left to run out would take the whole lease.
+        assert!(
+            stopped.elapsed() < lease / 2,
+            "not handed over before the lease would have run out\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.wait_terminal(&id, 90).await, "succeeded", "{}", s.logs());
+    s.assert_fleet_right();
+    s.assert_github_right(pr, &id).await;
 }
 
 async fn deliveries_once_and_kill_9(db: Db) {
