@@ -327,6 +327,9 @@ impl Store for Counting {
     async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RolloutId>> {
         self.inner.orphaned_rollouts(now).await
     }
+    async fn idle_queued_branches(&self) -> StoreResult<Vec<(RepoName, BranchName)>> {
+        self.inner.idle_queued_branches().await
+    }
     async fn claim_deliveries(
         &self,
         owner: &str,

@@ -58,6 +58,7 @@ on_both!(
     deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired,
     inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once,
     github_writes_of_an_installation_share_one_bucket_across_replicas,
+    a_branch_left_with_only_queued_rollouts_is_found,
 );
 
 async fn a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation(
@@ -306,5 +307,35 @@ async fn github_writes_of_an_installation_share_one_bucket_across_replicas(postg
             .await
             .unwrap()
             .is_some()
+    );
+}
+
+async fn a_branch_left_with_only_queued_rollouts_is_found(postgres: bool) {
+    let (_dir, a, _b) = two(postgres).await;
+    let running = RolloutId::new("r1");
+    let queued = RolloutId::new("r2");
+    a.create_rollout(&record(&running)).await.unwrap();
+    let mut q = record(&queued);
+    q.state = "queued".into();
+    q.commit = CommitSha::new("d".repeat(40));
+    a.create_rollout(&q).await.unwrap();
+    assert!(
+        a.idle_queued_branches().await.unwrap().is_empty(),
+        "r1 runs"
+    );
+    a.save_rollout(
+        &running,
+        &RolloutWrite {
+            state: "succeeded".into(),
+            document: "{}".into(),
+            ..RolloutWrite::default()
+        },
+        t(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.idle_queued_branches().await.unwrap(),
+        vec![(RepoName::new("acme/app"), BranchName::new("main"))]
     );
 }

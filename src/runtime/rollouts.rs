@@ -907,7 +907,8 @@ impl RolloutRuntime {
     /// Keeps this replica's share of the work, until `shutdown`: renews
     /// the leases of the rollouts it drives (a task whose lease was taken
     /// over stops at once), takes over rollouts nobody drives any more
-    /// (their replica died: the lease expired), and applies inputs other
+    /// (their replica died: the lease expired), starts the next queued
+    /// rollout of a branch left without one, and applies inputs other
     /// replicas queued for its rollouts.
     pub fn keep_leases(
         &self,
@@ -941,6 +942,16 @@ impl RolloutRuntime {
                         Err(e) => {
                             tracing::warn!(error = %e, "looking for orphaned rollouts failed")
                         }
+                    }
+                    match runtime.inner.store.idle_queued_branches().await {
+                        Ok(branches) => {
+                            for (repo, branch) in branches {
+                                if let Err(e) = runtime.start_next(&repo, &branch).await {
+                                    tracing::warn!(%repo, %branch, error = %e, "starting a queued rollout failed");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "looking for queued rollouts failed"),
                     }
                 }
                 if let Err(e) = runtime.drain_inputs(&mut dispatched).await {

@@ -402,6 +402,11 @@ pub trait Store: Send + Sync + 'static {
     /// a lease that is held at `now`. Oldest first.
     async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>>;
 
+    /// Branches (repository, branch) with a queued deploy rollout and no
+    /// started one: their next rollout should start (its replica may have
+    /// died between finishing one rollout and starting the next).
+    async fn idle_queued_branches(&self) -> Result<Vec<(RepoName, BranchName)>>;
+
     /// Claims up to `limit` deliveries due at `now` for `owner` until
     /// `until`, oldest first: no other replica gets them before the claim
     /// expires or they are finished.

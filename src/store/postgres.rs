@@ -1031,6 +1031,22 @@ impl Store for PostgresStore {
         Ok(ids.into_iter().map(RolloutId::new).collect())
     }
 
+    async fn idle_queued_branches(&self) -> Result<Vec<(RepoName, BranchName)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT q.repo, q.branch FROM rollouts q \
+             WHERE q.kind = 'deploy' AND q.state = 'queued' AND NOT EXISTS \
+               (SELECT 1 FROM rollouts r WHERE r.repo = q.repo AND r.branch = q.branch \
+                AND r.kind = 'deploy' AND r.state <> 'queued' AND r.state NOT IN {TERMINAL}) \
+             ORDER BY q.repo, q.branch"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(repo, branch)| (RepoName::new(repo), BranchName::new(branch)))
+            .collect())
+    }
+
     async fn claim_deliveries(
         &self,
         owner: &str,
