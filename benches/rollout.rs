@@ -384,6 +384,60 @@ impl Store for Counting {
             .take_write_token(installation, per_minute, now)
             .await
     }
+    async fn baselines(
+        &self,
+        repo: Option<&RepoName>,
+    ) -> StoreResult<Vec<convoy::store::StoredBaseline>> {
+        self.inner.baselines(repo).await
+    }
+    async fn held_step_locks(&self) -> StoreResult<Vec<(RepoName, EnvName, ServiceName)>> {
+        self.inner.held_step_locks().await
+    }
+    async fn observe_drift(
+        &self,
+        repo: &RepoName,
+        observation: &convoy::store::DriftObservation,
+        now: DateTime<Utc>,
+    ) -> StoreResult<convoy::store::DriftRecord> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.observe_drift(repo, observation, now).await
+    }
+    async fn resolve_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: Option<&ServiceName>,
+        kind: convoy::store::DriftKind,
+        how: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .resolve_drift(repo, environment, service, kind, how, by, now)
+            .await
+    }
+    async fn open_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        kind: convoy::store::DriftKind,
+    ) -> StoreResult<Option<convoy::store::DriftRecord>> {
+        self.inner
+            .open_drift(repo, environment, service, kind)
+            .await
+    }
+    async fn drift_records(
+        &self,
+        repo: &RepoName,
+        include_resolved: bool,
+        limit: u32,
+    ) -> StoreResult<Vec<convoy::store::DriftRecord>> {
+        self.inner
+            .drift_records(repo, include_resolved, limit)
+            .await
+    }
 }
 
 fn vm_hwm_kib() -> Option<u64> {

@@ -74,6 +74,8 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub runtime: RolloutRuntime,
+    /// Drift detection; `pass()` runs a reconciliation now.
+    pub drift: crate::drift::DriftService,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -205,6 +207,23 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
             api.clone(),
         )));
     }
+    // Drift detection (SPEC 6.6): the reconciler, the tracking issue
+    // through the reporter's transport, and `adopt` / `resync`.
+    let drift = crate::drift::DriftService::new(
+        store.clone(),
+        runtime.clone(),
+        Arc::new(crate::drift::service::DriverSource(drivers.clone())),
+        reporting.as_ref().map(|r| r.reporter.transport().clone()),
+        github.clone(),
+        crate::drift::issue::IssueOptions {
+            public_url: config.server.public_url.clone(),
+            prefix: config.github.command_prefix.clone(),
+        },
+        config.drift.interval,
+    );
+    if hooks.drift.is_none() {
+        hooks.drift = Some(Arc::new(drift.clone()));
+    }
     handlers.push(Arc::new(CommandHandler::new(
         &config,
         runtime.clone(),
@@ -237,6 +256,7 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     let freeze_watch =
         runtime.watch_freezes(std::time::Duration::from_secs(2), shutdown_rx.clone());
     report_tasks.push(freeze_watch);
+    report_tasks.push(drift.spawn(shutdown_rx.clone()));
     report_tasks.push(runtime.keep_leases(shutdown_rx.clone()));
     let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake).as_replica(replica);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
@@ -275,6 +295,7 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         store,
         metrics,
         runtime,
+        drift,
         shutdown,
         tasks: [server_task, worker_task]
             .into_iter()

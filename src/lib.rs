@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod drift;
 pub mod drivers;
 pub mod duration;
 pub mod engine;

@@ -123,6 +123,7 @@ async fn run(mut r: Rollout, drivers: Drivers) -> (Rollout, Vec<Effect>) {
                     baseline.insert(key.clone(), version.to_string());
                 }
                 Effect::RunPreflight { .. }
+                | Effect::CheckDependencies { .. }
                 | Effect::Deploy { .. }
                 | Effect::PollStatus { .. }
                 | Effect::CheckHealth { .. } => {

@@ -175,6 +175,8 @@ struct Sim {
     baseline: HashMap<StepKey, String>,
     deploy: DeployFn,
     healthy: HealthFn,
+    /// Health of a dependency asked before a step starts (SPEC 6.3).
+    dep_healthy: HealthFn,
     /// Polls a deploy needs before the agent reports the new version.
     polls_to_ready: u32,
     polls: HashMap<StepKey, u32>,
@@ -196,6 +198,7 @@ impl Sim {
             baseline: HashMap::new(),
             deploy: Box::new(|_, _| None),
             healthy: Box::new(|_, _| true),
+            dep_healthy: Box::new(|_, _| true),
             polls_to_ready: 0,
             polls: HashMap::new(),
             answer_deploys: true,
@@ -219,11 +222,34 @@ impl Sim {
                     let result = PreflightResult::Passed {
                         running: self.running.get(&key).cloned(),
                         baseline: self.baseline.get(&key).cloned(),
+                        since: None,
                     };
                     self.queue.push_back(Event::Preflight {
                         key,
                         attempt,
                         result,
+                    });
+                }
+                Effect::CheckDependencies {
+                    key,
+                    attempt,
+                    dependencies,
+                } => {
+                    let results = dependencies
+                        .into_iter()
+                        .map(|k| {
+                            let report = HealthReport {
+                                version: self.running.get(&k).cloned(),
+                                healthy: (self.dep_healthy)(&k, self.now),
+                                message: Some("probe".into()),
+                            };
+                            (k, report)
+                        })
+                        .collect();
+                    self.queue.push_back(Event::DependencyHealth {
+                        key,
+                        attempt,
+                        results,
                     });
                 }
                 Effect::Deploy {
@@ -905,7 +931,7 @@ fn absolute_freeze_window_delays_the_next_wave_and_says_until_when() {
     let (w, i) = sim.r.find(&key("r1", "api")).unwrap();
     assert_eq!(
         engine::waiting_reason(&sim.r, w, i).unwrap().text(),
-        "freeze window until 2026-11-26 12:00 UTC (release party)"
+        "frozen until 2026-11-26 12:00 UTC (freeze window: release party)"
     );
     assert_eq!(engine::view(&sim.r).waves[1].state, "frozen");
     sim.run();
@@ -1002,6 +1028,304 @@ fn emergency_freeze_with_a_duration_ends_by_itself() {
     sim.run();
     assert_eq!(sim.state(), RolloutState::Succeeded);
     assert_eq!(sim.step("a", "api").started_at, Some(until));
+}
+
+// ---------------------------------------------------------------------------
+// Per-step preflight (SPEC 6.3): freeze and dependency health at every start
+
+impl Sim {
+    /// When each attempt of each step began its preflight (the dependency
+    /// check, or the agent preflight for a step without dependencies).
+    fn attempt_starts(&self) -> Vec<(DateTime<Utc>, StepKey)> {
+        let mut seen = std::collections::HashSet::new();
+        self.log
+            .iter()
+            .filter_map(|(at, e)| match e {
+                Effect::CheckDependencies { key, attempt, .. }
+                | Effect::RunPreflight { key, attempt, .. } => seen
+                    .insert((key.clone(), *attempt))
+                    .then(|| (*at, key.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn successes(&self) -> Vec<(DateTime<Utc>, StepKey)> {
+        self.log
+            .iter()
+            .filter_map(|(at, e)| match e {
+                Effect::RecordAttempt {
+                    key,
+                    succeeded: true,
+                    ..
+                } => Some((*at, key.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_weekly_freeze_window_that_begins_mid_wave_holds_new_steps_until_it_ends() {
+    // Thursday 2026-11-26, Berlin is UTC+1: 11:01–11:30 local is
+    // 10:01Z–10:30Z. The wave starts at 10:00Z, one environment at a time,
+    // each step taking about 30 s: the window opens while it runs.
+    let policy = RolloutPolicy {
+        freeze: vec![FreezeWindow::Weekly {
+            days: vec![Weekday::Thu],
+            from: NaiveTime::from_hms_opt(11, 1, 0).unwrap(),
+            to: NaiveTime::from_hms_opt(11, 30, 0).unwrap(),
+            tz: "Europe/Berlin".into(),
+            reason: Some("standup".into()),
+        }],
+        ..RolloutPolicy::default()
+    };
+    let mut sim = Sim::new(plan_with(
+        vec![wave_n("w", "e", 6).parallel(1)],
+        &[("api", &[])],
+        &[],
+        policy,
+    ));
+    sim.polls_to_ready = 15;
+    sim.start();
+    sim.run_until(|s| s.r.state == RolloutState::Frozen);
+    let (opens, ends) = (t("2026-11-26T10:01:00Z"), t("2026-11-26T10:30:00Z"));
+    assert!(sim.now >= opens && sim.now < ends, "frozen at {}", sim.now);
+    assert_eq!(sim.r.frozen_until, Some(ends));
+    let pending = sim
+        .r
+        .steps()
+        .find(|s| s.state == StepState::Pending)
+        .unwrap()
+        .key();
+    let (w, i) = sim.r.find(&pending).unwrap();
+    assert_eq!(
+        engine::waiting_reason(&sim.r, w, i).unwrap().text(),
+        "frozen until 2026-11-26 10:30 UTC (freeze window: standup)"
+    );
+    let view = engine::view(&sim.r);
+    assert_eq!(view.waves[0].state, "frozen");
+    let shown = view.waves[0]
+        .steps
+        .iter()
+        .find(|s| s.environment == pending.environment)
+        .unwrap();
+    assert_eq!(
+        shown.waiting_for.as_deref(),
+        Some("frozen until 2026-11-26 10:30 UTC (freeze window: standup)")
+    );
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+    let starts = sim.attempt_starts();
+    assert!(
+        starts.iter().all(|(at, _)| *at < opens || *at >= ends),
+        "a step started inside the window: {starts:?}"
+    );
+    assert!(starts.iter().any(|(at, _)| *at < opens));
+    assert!(
+        starts.iter().any(|(at, _)| *at == ends),
+        "the next step starts when the window ends: {starts:?}"
+    );
+    // The step in flight when the window opened finished inside it.
+    assert!(
+        sim.successes()
+            .iter()
+            .any(|(at, _)| *at >= opens && *at < ends),
+        "{:?}",
+        sim.successes()
+    );
+    assert_eq!(sim.r.frozen_until, None);
+}
+
+#[test]
+fn an_absolute_freeze_window_that_begins_mid_wave_holds_retries_too() {
+    // e00 fails once and its retry falls due inside the window: it waits.
+    let policy = RolloutPolicy {
+        freeze: vec![FreezeWindow::Absolute {
+            from: t("2026-11-26T10:00:05Z"),
+            to: t("2026-11-26T11:00:00Z"),
+            reason: None,
+        }],
+        ..RolloutPolicy::default()
+    };
+    let mut sim = Sim::new(plan_with(
+        vec![wave_n("w", "e", 1)],
+        &[("api", &[])],
+        &[],
+        policy,
+    ));
+    let mut first = true;
+    sim.deploy = Box::new(move |_, _| {
+        std::mem::take(&mut first).then(|| (FailureKind::Transient, "503".into()))
+    });
+    sim.start();
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+    let starts = sim.attempt_starts();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(starts[1].0, t("2026-11-26T11:00:00Z"));
+    assert_eq!(sim.step("e00", "api").attempts, 2);
+}
+
+#[test]
+fn an_emergency_freeze_mid_wave_lets_in_flight_steps_finish_and_starts_nothing() {
+    let mut sim = Sim::new(simple_plan(vec![wave_n("w", "e", 4).parallel(1)]));
+    sim.polls_to_ready = 5;
+    sim.start();
+    // The first environment is done and the second in flight.
+    sim.run_until(|s| s.step("e01", "api").state == StepState::Verifying);
+    let frozen_at = sim.now;
+    let until = frozen_at + chrono::Duration::minutes(20);
+    sim.cmd(Command::Freeze {
+        until: Some(until),
+        reason: Some("incident".into()),
+        by: "bob".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.state(), RolloutState::Frozen);
+    let (w, i) = sim.r.find(&key("e02", "api")).unwrap();
+    assert!(
+        engine::waiting_reason(&sim.r, w, i)
+            .unwrap()
+            .text()
+            .starts_with("emergency freeze by bob until "),
+    );
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+    let e01_done = sim
+        .successes()
+        .into_iter()
+        .find(|(_, k)| *k == key("e01", "api"))
+        .unwrap()
+        .0;
+    assert!(
+        e01_done > frozen_at && e01_done < until,
+        "in flight finished"
+    );
+    let starts = sim.attempt_starts();
+    assert!(
+        starts
+            .iter()
+            .all(|(at, _)| *at <= frozen_at || *at >= until),
+        "{starts:?}"
+    );
+    assert_eq!(sim.step("e02", "api").started_at, Some(until));
+}
+
+#[test]
+fn an_unhealthy_dependency_fails_the_step_at_preflight_with_the_reason() {
+    // api waits for db in the same environment; db deploys fine but is
+    // unhealthy by the time api is about to start.
+    let policy = RolloutPolicy {
+        retries: 0,
+        ..RolloutPolicy::default()
+    };
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["e00", "e01"])],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        policy,
+    ));
+    sim.dep_healthy = Box::new(|k, _| k.environment.as_str() != "e01");
+    sim.start();
+    sim.run();
+    let api = sim.step("e01", "api");
+    assert_eq!(api.state, StepState::Failed);
+    assert_eq!(
+        api.error.as_deref(),
+        Some("preflight: dependency e01/db is unhealthy: probe")
+    );
+    // It never reached the agent's preflight, let alone a deploy.
+    assert!(!sim.log.iter().any(|(_, e)| matches!(
+        e,
+        Effect::RunPreflight { key, .. } | Effect::Deploy { key, .. } if *key == key_of("e01", "api")
+    )));
+    assert_eq!(sim.step("e00", "api").state, StepState::Succeeded);
+    assert_eq!(sim.state(), RolloutState::Halted);
+    // The check asked for exactly the dependency, once per attempt.
+    let asked: Vec<&Vec<StepKey>> = sim
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::CheckDependencies {
+                key, dependencies, ..
+            } if *key == key_of("e01", "api") => Some(dependencies),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![&vec![key("e01", "db")]]);
+    // Steps without dependencies go straight to the agent's preflight.
+    assert!(!sim.log.iter().any(|(_, e)| matches!(
+        e,
+        Effect::CheckDependencies { key, .. } if key.service.as_str() == "db"
+    )));
+}
+
+fn key_of(env: &str, svc: &str) -> StepKey {
+    key(env, svc)
+}
+
+#[test]
+fn a_dependency_in_another_environment_is_rechecked_and_a_recovery_lets_the_retry_pass() {
+    // b depends on environment a (an earlier wave). a's service is at the
+    // wrong version when b starts; by b's retry it is fine again.
+    let mut sim = Sim::new(plan_with(
+        vec![wave("first", &["a"]), wave("second", &["b"])],
+        &[("api", &[])],
+        &[("b", "a")],
+        RolloutPolicy::default(),
+    ));
+    sim.start();
+    sim.run_until(|s| s.step("b", "api").state == StepState::Preflight);
+    // The fleet's answer to b's dependency check: a runs something else.
+    for ev in sim.queue.iter_mut() {
+        if let Event::DependencyHealth { results, .. } = ev {
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].0, key("a", "api"));
+            results[0].1.version = Some("0ddba11".into());
+        }
+    }
+    sim.run_until(|s| s.step("b", "api").retry_at.is_some());
+    assert_eq!(
+        sim.step("b", "api").error.as_deref(),
+        Some(
+            format!(
+                "preflight: dependency a/api runs 0ddba11, not {}",
+                &SHA[..12]
+            )
+            .as_str()
+        )
+    );
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+    assert_eq!(sim.step("b", "api").attempts, 2);
+}
+
+#[test]
+fn recovery_restarts_an_interrupted_preflight_from_its_dependency_check() {
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["e00"])],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        RolloutPolicy::default(),
+    ));
+    sim.start();
+    sim.run_until(|s| s.step("e00", "api").state == StepState::Preflight);
+    // The process died: queued answers are lost.
+    sim.queue.clear();
+    let ctx = sim.ctx();
+    let effects = engine::handle(&mut sim.r, Event::Recover, &ctx);
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::CheckDependencies { key: k, dependencies, .. }
+                if *k == key("e00", "api") && *dependencies == vec![key("e00", "db")]
+        )),
+        "{effects:?}"
+    );
+    sim.absorb(effects);
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Succeeded);
 }
 
 // ---------------------------------------------------------------------------
@@ -1316,7 +1640,10 @@ fn drift_is_handled_per_on_drift() {
         s.error.as_deref(),
         Some("drifted: expected v1, found hotfix")
     );
-    assert_eq!(sim.state(), RolloutState::Halted);
+    assert!(s.held_for_drift);
+    // Held, not broken: no halt, but the rollout does not call it a success.
+    assert!(sim.r.halt.is_none());
+    assert_eq!(sim.state(), RolloutState::Failed);
     assert!(
         sim.effects()
             .any(|e| matches!(e, Effect::DriftDetected { found, .. } if found == "hotfix"))
@@ -1339,6 +1666,52 @@ fn drift_is_handled_per_on_drift() {
     );
     assert_eq!(sim.state(), RolloutState::Succeeded);
     assert!(!sim.effects().any(|e| matches!(e, Effect::Deploy { .. })));
+}
+
+#[test]
+fn a_drift_halt_holds_that_environment_without_spending_the_budget() {
+    // Budget 0 (the default): one hot-fixed environment and the service
+    // that waits for it there are held; the rest of the fleet deploys.
+    let mut sim = Sim::new(plan_with(
+        vec![wave("w", &["a", "b", "c"]), wave("rest", &["d"])],
+        &[("db", &[]), ("api", &["db"])],
+        &[],
+        RolloutPolicy::default(),
+    ));
+    sim.running.insert(key("a", "db"), "hotfix".into());
+    sim.baseline.insert(key("a", "db"), "v1".into());
+    sim.start();
+    sim.run();
+    let a_db = sim.step("a", "db");
+    assert_eq!(a_db.state, StepState::Failed);
+    assert!(a_db.held_for_drift);
+    let a_api = sim.step("a", "api");
+    assert_eq!(a_api.state, StepState::Failed, "waits for a/db");
+    assert!(a_api.held_for_drift);
+    for env in ["b", "c", "d"] {
+        for svc in ["db", "api"] {
+            assert_eq!(
+                sim.step(env, svc).state,
+                StepState::Succeeded,
+                "{env}/{svc}"
+            );
+        }
+    }
+    assert!(sim.r.halt.is_none());
+    assert_eq!(sim.state(), RolloutState::Failed);
+    // A real failure still counts: the budget is there for broken deploys.
+    assert_eq!(sim.r.waves[0].failed_steps(), 0);
+    // `/convoy retry a` after the hot-fix is adopted deploys it.
+    sim.baseline.insert(key("a", "db"), "hotfix".into());
+    sim.cmd(Command::Retry {
+        environments: vec![EnvName::new("a")],
+        by: "alice".into(),
+    })
+    .unwrap();
+    sim.run();
+    assert!(!sim.step("a", "db").held_for_drift);
+    assert_eq!(sim.step("a", "db").state, StepState::Succeeded);
+    assert_eq!(sim.state(), RolloutState::Succeeded);
 }
 
 #[test]
@@ -1548,6 +1921,7 @@ fn make_event(
             result: PreflightResult::Passed {
                 running: (flavor == 3).then(|| "other".into()),
                 baseline: (flavor >= 2).then(|| "base".into()),
+                since: None,
             },
         },
         2 => Event::Preflight {
@@ -1623,10 +1997,28 @@ fn make_event(
             });
         }
         17 => return Err(Command::Approve { wave: None, by }),
-        18 => Event::StatusUnavailable {
+        18 if flavor < 2 => Event::StatusUnavailable {
             key: k,
             attempt,
             error: "down".into(),
+        },
+        18 => Event::DependencyHealth {
+            results: r
+                .step(&k)
+                .map(|s| s.waits_for.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| {
+                    let report = HealthReport {
+                        version: Some(SHA.into()),
+                        healthy: flavor == 3,
+                        message: None,
+                    };
+                    (d, report)
+                })
+                .collect(),
+            key: k,
+            attempt,
         },
         _ => {
             if secs % 50 == 0 {
@@ -1645,7 +2037,13 @@ proptest! {
         auto_rollback in any::<bool>(),
     ) {
         let e = envs("e", 6);
-        let policy = RolloutPolicy { auto_rollback, ..RolloutPolicy::default() };
+        // A freeze window the random clock runs into, mid-wave or not.
+        let freeze = vec![FreezeWindow::Absolute {
+            from: t("2026-11-26T10:20:00Z"),
+            to: t("2026-11-26T10:40:00Z"),
+            reason: None,
+        }];
+        let policy = RolloutPolicy { auto_rollback, freeze, ..RolloutPolicy::default() };
         let plan = plan_with(
             vec![
                 wave("a", &["e00", "e01"]).parallel(1).bake(60),
@@ -1694,6 +2092,14 @@ proptest! {
                     prop_assert!(wave.steps.iter().all(|s| !s.is_in_flight()));
                 }
             }
+            // SPEC 6.3/6.4: no attempt starts inside a freeze window or
+            // under an emergency freeze.
+            let in_window = now >= t("2026-11-26T10:20:00Z") && now < t("2026-11-26T10:40:00Z");
+            if in_window || (before.emergency_freeze.is_some() && r.emergency_freeze.is_some()) {
+                for (bs, as_) in before.steps().zip(r.steps()) {
+                    prop_assert!(as_.attempts <= bs.attempts, "{:?} started while frozen", as_.key());
+                }
+            }
             let _ = engine::view(&r);
         }
     }
@@ -1727,12 +2133,32 @@ fn ten_thousand_environments_times_two_services_complete() {
     while let Some(ev) = queue.pop_front() {
         for e in engine::handle(&mut r, ev, &ctx) {
             match e {
+                Effect::CheckDependencies {
+                    key,
+                    attempt,
+                    dependencies,
+                } => queue.push_back(Event::DependencyHealth {
+                    key,
+                    attempt,
+                    results: dependencies
+                        .into_iter()
+                        .map(|k| {
+                            let report = HealthReport {
+                                version: Some(SHA.into()),
+                                healthy: true,
+                                message: None,
+                            };
+                            (k, report)
+                        })
+                        .collect(),
+                }),
                 Effect::RunPreflight { key, attempt, .. } => queue.push_back(Event::Preflight {
                     key,
                     attempt,
                     result: PreflightResult::Passed {
                         running: None,
                         baseline: None,
+                        since: None,
                     },
                 }),
                 Effect::Deploy { key, attempt, .. } => {

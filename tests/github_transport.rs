@@ -40,6 +40,8 @@ fn cfg() -> PacingConfig {
         writes_per_minute: 60,
         retry_base: s(5.0),
         retry_max: s(300.0),
+        edit_burst: DEFAULT_EDIT_BURST,
+        edit_refill: DEFAULT_EDIT_REFILL,
     }
 }
 
@@ -265,6 +267,398 @@ fn a_restored_ledger_entry_suppresses_the_same_body() {
     assert_eq!(j.object_id, Some(55), "edits the known object");
 }
 
+#[test]
+fn a_lone_failure_goes_promptly_however_old_the_object_but_a_storm_is_spaced_by_the_budget() {
+    let mut sched = Scheduler::new(cfg());
+    let k = key(1, "r1", 7);
+    sched.desire(k.clone(), body("started"), Importance::Matters, s(0.0));
+    assert_eq!(deliver_all(&mut sched, s(0.0)), vec!["started"]);
+    // Forty minutes later a failure still goes within min_update_interval.
+    sched.desire(k.clone(), body("e1 failed"), Importance::Matters, s(2400.0));
+    assert_eq!(deliver_all(&mut sched, s(2400.0)), vec!["e1 failed"]);
+    // A storm of failures, one every 5 s for five minutes: the first go
+    // within min_update_interval while the bucket lasts, then they are
+    // coalesced to about one edit per refill (30 s).
+    let mut t = 2400.0;
+    let mut sent = 0;
+    for i in 2..=61 {
+        t += 5.0;
+        sched.desire(
+            k.clone(),
+            body(&format!("e{i} failed")),
+            Importance::Matters,
+            s(t),
+        );
+        sent += deliver_all(&mut sched, s(t)).len();
+    }
+    assert!(sent >= 14, "the bucket's burst went promptly: {sent}");
+    assert!(sent <= 14 + 10 + 1, "{sent} edits in five minutes");
+    t += 1.0;
+    sched.desire(k.clone(), body("e62 failed"), Importance::Matters, s(t));
+    let Next::WaitUntil(at) = sched.next(s(t)) else {
+        panic!("the bucket is empty")
+    };
+    assert!(at > s(t) && at <= s(t + 30.0), "{at:?}");
+    // A halt (a waiting state) is exempt: min_update_interval after the
+    // last send, and it carries the pending body with it.
+    sched.desire(k.clone(), body("halted"), Importance::Waiting, s(t + 1.0));
+    assert_eq!(deliver_all(&mut sched, s(t + 5.0)), vec!["halted"]);
+    // The end goes at once.
+    sched.desire(k.clone(), body("failed"), Importance::Terminal, s(t + 6.0));
+    assert_eq!(deliver_all(&mut sched, s(t + 6.0)), vec!["failed"]);
+}
+
+#[test]
+fn counts_alone_leave_half_the_bucket_to_changes_that_matter() {
+    let mut sched = Scheduler::new(cfg());
+    let k = key(1, "r1", 7);
+    // Counts every progress_interval for an hour: the bucket never drops
+    // below half, so a failure after that still goes at once.
+    let mut t = 0.0;
+    while t < 3600.0 {
+        sched.desire(
+            k.clone(),
+            body(&format!("{t} done")),
+            Importance::CountsOnly,
+            s(t),
+        );
+        deliver_all(&mut sched, s(t));
+        t += 30.0;
+    }
+    sched.desire(k.clone(), body("e1 failed"), Importance::Matters, s(t));
+    assert_eq!(deliver_all(&mut sched, s(t)), vec!["e1 failed"]);
+    // Counts alone right after a burst of failures wait for the bucket to
+    // refill to half.
+    for i in 2..=12 {
+        t += 5.0;
+        sched.desire(
+            k.clone(),
+            body(&format!("e{i} failed")),
+            Importance::Matters,
+            s(t),
+        );
+        deliver_all(&mut sched, s(t));
+    }
+    sched.desire(
+        k.clone(),
+        body("counts"),
+        Importance::CountsOnly,
+        s(t + 30.0),
+    );
+    assert!(matches!(sched.next(s(t + 30.0)), Next::WaitUntil(_)));
+    // A zero refill turns the budget off.
+    let mut off = Scheduler::new(PacingConfig {
+        edit_refill: Duration::ZERO,
+        ..cfg()
+    });
+    let mut t = 0.0;
+    for i in 0..100 {
+        off.desire(k.clone(), body(&format!("v{i}")), Importance::Matters, s(t));
+        assert_eq!(deliver_all(&mut off, s(t)).len(), 1);
+        t += 5.0;
+    }
+}
+
+/// What a 1,000-environment rollout hands the transport over its life, as
+/// (time, importance, comment text): both objects (comment and check run)
+/// change on every event, as the reporter renders them together.
+/// With `all_matter`, every change is treated as one that matters (a
+/// failure on every step, say): the worst case for the budget.
+fn rollout_updates(duration: Duration, all_matter: bool) -> Vec<(Duration, Importance, String)> {
+    let d = duration.as_secs_f64();
+    let mut out = Vec::new();
+    let mut push = |at: f64, imp: Importance, text: String| {
+        let imp = if all_matter {
+            imp.max(Importance::Matters)
+        } else {
+            imp
+        };
+        out.push((Duration::from_secs_f64(at), imp, text));
+    };
+    push(
+        0.0,
+        Importance::Matters,
+        "running: wave canary started".into(),
+    );
+    let (mut done, mut failed) = (0u32, 0u32);
+    // canary 10 envs in the first 5 %, early 90 in the next 20 %, an
+    // approval wait of 5 %, then 900 in the rest.
+    let waves: [(&str, u32, f64, f64); 3] = [
+        ("canary", 10, 0.0, 0.05),
+        ("early", 90, 0.05, 0.25),
+        ("rest", 900, 0.30, 1.0),
+    ];
+    for (name, n, from, to) in waves {
+        if name == "rest" {
+            push(
+                0.25 * d,
+                Importance::Waiting,
+                format!("awaiting approval of {name}; {done} done"),
+            );
+            push(
+                0.30 * d,
+                Importance::Matters,
+                format!("wave {name} approved and started"),
+            );
+        } else if name != "canary" {
+            push(
+                from * d,
+                Importance::Matters,
+                format!("wave {name} started; {done} done"),
+            );
+        }
+        for i in 0..n {
+            let at = (from + (to - from) * f64::from(i + 1) / f64::from(n + 1)) * d;
+            // Two services per environment: two changes of counts.
+            done += 1;
+            push(
+                at,
+                Importance::CountsOnly,
+                format!("{done} done, {failed} failed (db)"),
+            );
+            if (done + failed) % 37 == 0 {
+                failed += 1;
+                push(
+                    at,
+                    Importance::Matters,
+                    format!("{done} done, {failed} failed"),
+                );
+            } else {
+                push(
+                    at,
+                    Importance::CountsOnly,
+                    format!("{done} done, {failed} failed (api)"),
+                );
+            }
+        }
+        push(
+            to * d,
+            Importance::Matters,
+            format!("wave {name} done; {done} done"),
+        );
+    }
+    push(
+        d,
+        Importance::Terminal,
+        format!("succeeded: {done} done, {failed} failed"),
+    );
+    out
+}
+
+#[derive(Default)]
+struct Tally {
+    /// GitHub requests per rollout: every send, plus the comment search a
+    /// first comment send makes (GET) when no id is known.
+    requests: std::collections::BTreeMap<String, usize>,
+    /// Content-creating requests (POST/PATCH) per installation, by time.
+    writes: std::collections::BTreeMap<i64, Vec<Duration>>,
+    /// Longest wait between a waiting or terminal body being handed over
+    /// and it (or a newer body) going out.
+    worst_urgent_delay: Duration,
+    /// The last body sent per key equals the last one desired.
+    last_sent: std::collections::HashMap<ReportKey, String>,
+    last_desired: std::collections::HashMap<ReportKey, String>,
+}
+
+/// Drives `rollouts` (installation, rollout id), all starting at 0 and
+/// lasting `duration`, through one scheduler with a clock moved by 50 ms
+/// ticks; every send lands at once.
+fn drive(cfg: PacingConfig, rollouts: &[(i64, &str)], duration: Duration) -> Tally {
+    drive_updates(cfg, rollouts, rollout_updates(duration, false), duration)
+}
+
+fn drive_updates(
+    cfg: PacingConfig,
+    rollouts: &[(i64, &str)],
+    updates: Vec<(Duration, Importance, String)>,
+    duration: Duration,
+) -> Tally {
+    let mut sched = Scheduler::new(cfg);
+    let mut tally = Tally::default();
+    let mut next_update = 0;
+    let mut urgent_since: std::collections::HashMap<ReportKey, Duration> = Default::default();
+    let mut ids = 1000u64;
+    let end = duration + Duration::from_secs(600);
+    let mut now = Duration::ZERO;
+    while now <= end {
+        while next_update < updates.len() && updates[next_update].0 <= now {
+            let (_, imp, text) = &updates[next_update];
+            for (inst, id) in rollouts {
+                let ck = key(*inst, id, 7);
+                let rk = ReportKey {
+                    object: ReportObject::CheckRun {
+                        name: "convoy/rollout".into(),
+                        generation: 0,
+                    },
+                    ..ck.clone()
+                };
+                let conclusion =
+                    (*imp == Importance::Terminal).then_some(CheckRunConclusion::Success);
+                let bodies = [(ck, comment(id, text)), (rk, check(text, conclusion))];
+                for (k, d) in bodies {
+                    if *imp >= Importance::Waiting {
+                        urgent_since.entry(k.clone()).or_insert(now);
+                    }
+                    tally.last_desired.insert(k.clone(), d.digest());
+                    sched.desire(k, d, *imp, now);
+                }
+            }
+            next_update += 1;
+        }
+        if let Next::Send(js) = sched.next(now) {
+            for j in js {
+                let rollout = j.key.rollout.as_str().to_owned();
+                let search =
+                    matches!(j.key.object, ReportObject::Comment { .. }) && j.object_id.is_none();
+                *tally.requests.entry(rollout).or_default() += 1 + usize::from(search);
+                tally
+                    .writes
+                    .entry(j.key.installation.0)
+                    .or_default()
+                    .push(now);
+                if let Some(since) = urgent_since.remove(&j.key) {
+                    tally.worst_urgent_delay = tally.worst_urgent_delay.max(now - since);
+                }
+                tally.last_sent.insert(j.key.clone(), j.digest.clone());
+                ids += 1;
+                sched.sent(&j, ids, now);
+            }
+        }
+        now += Duration::from_millis(50);
+    }
+    assert_eq!(sched.pending(), 0, "everything was delivered");
+    tally
+}
+
+fn assert_paced(tally: &Tally, writes_per_minute: usize) {
+    for (inst, writes) in &tally.writes {
+        for (i, w) in writes.iter().enumerate() {
+            let in_minute = writes[i..]
+                .iter()
+                .take_while(|x| **x < *w + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_minute <= writes_per_minute,
+                "installation {inst}: {in_minute} writes in the minute after {w:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_thousand_environment_rollout_of_a_minute_costs_at_most_40_requests() {
+    let tally = drive(cfg(), &[(1, "r1")], s(60.0));
+    let n = tally.requests["r1"];
+    eprintln!("a minute: {n} requests");
+    assert!(n <= 40, "{n} requests");
+    // Not trivially small either: progress was shown along the way.
+    assert!(n >= 10, "{n} requests");
+    assert_eq!(
+        tally.last_sent, tally.last_desired,
+        "the final state is shown"
+    );
+    assert!(
+        tally.worst_urgent_delay <= s(5.0),
+        "{:?}",
+        tally.worst_urgent_delay
+    );
+    assert_paced(&tally, 60);
+}
+
+#[test]
+fn a_thousand_environment_rollout_of_an_hour_costs_at_most_300_requests() {
+    let tally = drive(cfg(), &[(1, "r1")], s(3600.0));
+    let n = tally.requests["r1"];
+    eprintln!("an hour: {n} requests");
+    assert!(n <= 300, "{n} requests");
+    assert!(n >= 100, "progress keeps being shown: {n} requests");
+    assert_eq!(
+        tally.last_sent, tally.last_desired,
+        "the final state is shown"
+    );
+    // The approval wait and the end went out promptly even late in the hour.
+    assert!(
+        tally.worst_urgent_delay <= s(5.0),
+        "{:?}",
+        tally.worst_urgent_delay
+    );
+    assert_paced(&tally, 60);
+}
+
+#[test]
+fn the_budget_holds_when_every_change_matters() {
+    for (duration, limit) in [(s(60.0), 40), (s(3600.0), 300)] {
+        let updates = rollout_updates(duration, true);
+        let tally = drive_updates(cfg(), &[(1, "r1")], updates.clone(), duration);
+        let n = tally.requests["r1"];
+        eprintln!("{duration:?}, every change matters: {n} requests");
+        assert!(n <= limit, "{duration:?}: {n} requests");
+        assert_eq!(tally.last_sent, tally.last_desired);
+        // Without the budget over time, min_update_interval alone would
+        // let an hour of such changes cost far more.
+        let unbudgeted = PacingConfig {
+            edit_refill: Duration::ZERO,
+            ..cfg()
+        };
+        let m = drive_updates(unbudgeted, &[(1, "r1")], updates, duration).requests["r1"];
+        if duration >= s(3600.0) {
+            assert!(m > 2 * limit, "{m} requests without the budget");
+        }
+    }
+}
+
+#[test]
+fn longer_rollouts_stay_within_budget_too() {
+    // Six hours, every change a failure: two objects, each at most the
+    // bucket plus one edit per refill, plus the end and the approval wait.
+    let duration = s(6.0 * 3600.0);
+    let tally = drive_updates(
+        cfg(),
+        &[(1, "r1")],
+        rollout_updates(duration, true),
+        duration,
+    );
+    let n = tally.requests["r1"];
+    eprintln!("six hours: {n} requests");
+    let per_object = DEFAULT_EDIT_BURST as usize + (6 * 3600 / 30);
+    assert!(n <= 2 * per_object + 5, "{n} requests");
+}
+
+#[test]
+fn several_rollouts_of_one_installation_share_writes_per_minute() {
+    // Four rollouts of installation 1 and one of installation 2, at once,
+    // for an hour; 30 writes a minute per installation.
+    let cfg = PacingConfig {
+        writes_per_minute: 30,
+        ..cfg()
+    };
+    let rollouts = [(1, "a"), (1, "b"), (1, "c"), (1, "d"), (2, "e")];
+    let tally = drive(cfg.clone(), &rollouts, s(3600.0));
+    assert_paced(&tally, 30);
+    eprintln!("several for an hour: {:?}", tally.requests);
+    for (_, id) in rollouts {
+        let n = tally.requests[id];
+        assert!(n <= 300, "{id}: {n} requests");
+    }
+    assert_eq!(
+        tally.last_sent, tally.last_desired,
+        "every final state is shown"
+    );
+    // Waiting and terminal bodies go first: even with four rollouts
+    // competing for one pace they wait at most a few write slots.
+    assert!(
+        tally.worst_urgent_delay <= cfg.min_update_interval + 8 * cfg.spacing(),
+        "{:?}",
+        tally.worst_urgent_delay
+    );
+    // And the minute-long case with several at once.
+    let tally = drive(cfg, &rollouts, s(60.0));
+    assert_paced(&tally, 30);
+    for (_, id) in rollouts {
+        assert!(tally.requests[id] <= 40, "{id}: {}", tally.requests[id]);
+    }
+}
+
 // ---- end to end ------------------------------------------------------------
 
 const INST: InstallationId = InstallationId(9);
@@ -276,6 +670,8 @@ fn fast_cfg() -> PacingConfig {
         writes_per_minute: 6000,
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),
+        edit_burst: DEFAULT_EDIT_BURST,
+        edit_refill: Duration::from_millis(200),
     }
 }
 

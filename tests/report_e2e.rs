@@ -363,6 +363,50 @@ async fn preflight_names_unreachable_and_drifted_environments() {
     gh.assert_no_violations();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_shows_an_emergency_freeze_of_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(2).await;
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    // `/convoy freeze 2h incident` earlier, and an expired one of all.
+    let until = chrono::Utc::now() + chrono::Duration::hours(2);
+    running
+        .runtime
+        .freeze(
+            Some(&convoy::domain::RepoName::new(REPO)),
+            Some(until),
+            Some("incident".into()),
+            "bob",
+        )
+        .await
+        .unwrap();
+    let head = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "first");
+    deliver(
+        &running,
+        "pull_request",
+        "pr-3-open",
+        &pr_event("opened", 3, &head),
+    )
+    .await;
+    let run = eventually(30, "preflight posted", || {
+        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
+        runs.first().and_then(|r| r.last().cloned())
+    })
+    .await;
+    assert_eq!(status_of(&run), "completed/success");
+    let summary = run["output"]["summary"].as_str().unwrap();
+    let expected = format!(
+        "An emergency freeze of this repository by `bob` is in force until {} (incident)",
+        until.format("%Y-%m-%d %H:%M UTC")
+    );
+    assert!(summary.contains(&expected), "{summary}");
+    assert!(summary.contains("`/convoy unfreeze` lifts"), "{summary}");
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
 /// SPEC 7.5: a 1,000-environment rollout that runs for about a minute or
 /// less costs at most 40 GitHub requests in all (default intervals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,6 +330,37 @@ fn frozen() {
 }
 
 #[test]
+fn frozen_mid_wave() {
+    // A weekly window began while wave `early` ran: one environment is
+    // still in flight, one done, the third waits for the window to end.
+    let mut r = started(small());
+    finish_wave(&mut r, 0);
+    r.current_wave = 1;
+    let wave = &mut r.waves[1];
+    wave.phase = WavePhase::Running;
+    wave.started_at = Some(t("2026-11-26T10:17:00Z"));
+    for s in wave.steps.iter_mut().take(2) {
+        s.state = StepState::Succeeded;
+        s.attempts = 1;
+    }
+    wave.steps[2].state = StepState::Verifying;
+    wave.steps[2].attempts = 1;
+    r.state = RolloutState::Frozen;
+    r.frozen_until = Some(t("2026-11-27T07:00:00Z"));
+    r.frozen_reason = Some("nightly maintenance".into());
+    let rep = snap("frozen_mid_wave", "frozen", Some(&r));
+    assert_eq!(conclusion(&rep), "in_progress/-");
+    assert!(
+        rep.comment.contains(
+            "wait for the freeze window to end at 2026-11-27 07:00 UTC (nightly maintenance)"
+        ),
+        "{}",
+        rep.comment
+    );
+    assert!(rep.comment.contains("🧊 frozen"), "{}", rep.comment);
+}
+
+#[test]
 fn paused() {
     let mut r = started(small());
     finish_wave(&mut r, 0);
@@ -500,6 +531,7 @@ mod preflight {
     use convoy::engine::freeze::ActiveFreeze;
     use convoy::report::preflight::{PreflightFacts, PreflightOutcome, Probe, render_preflight};
     use convoy::spec::{Pos, SpecError};
+    use convoy::store::Freeze;
 
     fn facts(outcome: PreflightOutcome) -> PreflightFacts {
         PreflightFacts {
@@ -522,7 +554,85 @@ mod preflight {
             plan: Box::new(p),
             probes,
             freeze,
+            emergency_freeze: None,
         }
+    }
+
+    fn stored_freeze(scope: &str, until: Option<&str>, reason: Option<&str>) -> Freeze {
+        Freeze {
+            scope: scope.into(),
+            until: until.map(t),
+            reason: reason.map(Into::into),
+            by: "bob".into(),
+            at: t("2026-11-26T08:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn an_emergency_freeze_of_the_repository_is_shown() {
+        let mut outcome = planned(
+            plan(&[("canary", 2, false), ("rest", 8, false)], &["db", "api"]),
+            vec![],
+            None,
+        );
+        if let PreflightOutcome::Planned {
+            emergency_freeze, ..
+        } = &mut outcome
+        {
+            *emergency_freeze = Some(stored_freeze("acme/app", None, Some("incident 42")));
+        }
+        let run = show("emergency_freeze", &facts(outcome));
+        // A warning, not a failure: the merge may go ahead and wait.
+        assert_eq!(conclusion_of(&run), "completed/success");
+        let summary = &run.output.as_ref().unwrap().summary;
+        assert!(
+            summary.contains(
+                "An emergency freeze of this repository by `bob` is in force until lifted (incident 42)"
+            ),
+            "{summary}"
+        );
+        assert!(summary.contains("`/convoy unfreeze` lifts"), "{summary}");
+    }
+
+    #[test]
+    fn an_operator_freeze_of_all_repositories_is_shown_with_its_end() {
+        let mut outcome = planned(plan(&[("rest", 3, false)], &["api"]), vec![], None);
+        if let PreflightOutcome::Planned {
+            emergency_freeze, ..
+        } = &mut outcome
+        {
+            *emergency_freeze = Some(stored_freeze("*", Some("2026-11-26T12:00:00Z"), None));
+        }
+        let run = render_preflight(&facts(outcome), &opts());
+        let summary = &run.output.as_ref().unwrap().summary;
+        assert!(
+            summary.contains(
+                "An emergency freeze of every repository by `bob` is in force until 2026-11-26 12:00 UTC: a rollout started now starts no step until it ends."
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("`convoy unfreeze --all` lifts it"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn the_freeze_in_force_that_lasts_longest_is_the_one_shown() {
+        use convoy::report::preflight::emergency_freeze;
+        let now = t("2026-11-26T09:00:00Z");
+        let expired = stored_freeze("acme/app", Some("2026-11-26T08:30:00Z"), Some("old"));
+        let short = stored_freeze("acme/app", Some("2026-11-26T10:00:00Z"), Some("short"));
+        let long = stored_freeze("*", Some("2026-11-26T18:00:00Z"), Some("long"));
+        let open = stored_freeze("acme/app", None, Some("open"));
+        assert_eq!(emergency_freeze(&[], now), None);
+        assert_eq!(emergency_freeze(std::slice::from_ref(&expired), now), None);
+        let pick = |fs: &[Freeze]| emergency_freeze(fs, now).and_then(|f| f.reason);
+        assert_eq!(
+            pick(&[expired.clone(), short.clone(), long.clone()]).as_deref(),
+            Some("long")
+        );
+        assert_eq!(pick(&[long, open, short, expired]).as_deref(), Some("open"));
     }
 
     #[test]

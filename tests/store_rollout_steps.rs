@@ -108,12 +108,33 @@ impl Harness {
     async fn run(&mut self) {
         while let Some(effect) = self.pending.pop_front() {
             let event = match effect {
+                Effect::CheckDependencies {
+                    key,
+                    attempt,
+                    dependencies,
+                } => Event::DependencyHealth {
+                    key,
+                    attempt,
+                    results: dependencies
+                        .into_iter()
+                        .map(|k| {
+                            let version = self.rollout.step(&k).map(|s| s.version.to_string());
+                            let report = HealthReport {
+                                version,
+                                healthy: true,
+                                message: None,
+                            };
+                            (k, report)
+                        })
+                        .collect(),
+                },
                 Effect::RunPreflight { key, attempt, .. } => Event::Preflight {
                     key,
                     attempt,
                     result: PreflightResult::Passed {
                         running: None,
                         baseline: None,
+                        since: None,
                     },
                 },
                 Effect::Deploy { key, attempt, .. }

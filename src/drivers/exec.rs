@@ -50,8 +50,8 @@ impl ExecContext<'_> {
     }
 }
 
-/// Carries out a driver effect (`RunPreflight`, `Deploy`, `PollStatus`,
-/// `CheckHealth`) and returns the event that answers it; `None` for effects
+/// Carries out a driver effect (`CheckDependencies`, `RunPreflight`,
+/// `Deploy`, `PollStatus`, `CheckHealth`) and returns the event that answers it; `None` for effects
 /// that are not driver calls (timers, reports, history — the runtime's).
 ///
 /// `baseline` is the last version convoy deployed to the step's
@@ -91,6 +91,15 @@ pub async fn perform(
                 error: e.message,
             },
         }),
+        Effect::CheckDependencies {
+            key,
+            attempt,
+            dependencies,
+        } => Some(Event::DependencyHealth {
+            key: key.clone(),
+            attempt: *attempt,
+            results: health(cx, dependencies).await,
+        }),
         Effect::CheckHealth { wave, round, keys } => Some(Event::BakeHealth {
             wave: *wave,
             round: *round,
@@ -101,9 +110,10 @@ pub async fn perform(
 }
 
 /// SPEC 6.3 for one step: reachable (the status call answers) and what
-/// runs there, then the agent's own preflight. Freezes and dependencies are
-/// the engine's to check; drift is judged by the engine from `running` and
-/// `baseline`.
+/// runs there, then the agent's own preflight. Freezes are the engine's to
+/// check; dependencies' health is asked before this by
+/// `Effect::CheckDependencies` and judged by the engine, as is drift (from
+/// `running` and `baseline`).
 pub async fn preflight(
     cx: &ExecContext<'_>,
     key: &StepKey,
@@ -129,9 +139,11 @@ pub async fn preflight(
         }
     };
     match driver.preflight(&endpoint, &key.service, version).await {
-        Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => {
-            PreflightResult::Passed { running, baseline }
-        }
+        Ok(PreflightOutcome::NotProvided | PreflightOutcome::Ok) => PreflightResult::Passed {
+            running,
+            baseline,
+            since: None,
+        },
         // The agent said no: a human should look (retry when fixed).
         Ok(PreflightOutcome::Refused { reason }) => PreflightResult::Failed {
             reason: format!("the agent refused: {reason}"),

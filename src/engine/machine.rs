@@ -62,6 +62,7 @@ impl Out {
             for e in &self.effects {
                 match e {
                     Effect::RunPreflight { key, .. }
+                    | Effect::CheckDependencies { key, .. }
                     | Effect::Deploy { key, .. }
                     | Effect::RecordAttempt { key, .. }
                     | Effect::DriftDetected { key, .. }
@@ -147,6 +148,7 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
     let mut out = Out::new();
     match &event {
         Event::Preflight { key, .. }
+        | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
         | Event::StepTimedOut { key, .. }
@@ -177,6 +179,11 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
             attempt,
             result,
         } => on_preflight(r, &key, attempt, result, ctx, &mut out),
+        Event::DependencyHealth {
+            key,
+            attempt,
+            results,
+        } => on_dependency_health(r, &key, attempt, results, ctx, &mut out),
         Event::DeployAccepted { key, attempt } => {
             if let Some((w, i)) = current_step(r, &key, attempt, &[StepState::Deploying]) {
                 begin_verify(r, w, i, ctx, &mut out);
@@ -584,7 +591,11 @@ fn on_preflight(
         PreflightResult::Failed { reason, kind } => {
             attempt_failed(r, w, i, kind, format!("preflight: {reason}"), ctx, out);
         }
-        PreflightResult::Passed { running, baseline } => {
+        PreflightResult::Passed {
+            running,
+            baseline,
+            since,
+        } => {
             let target = r.waves[w].steps[i].version.as_str().to_owned();
             if running.as_deref() == Some(target.as_str()) {
                 // Already there (a repeat after a crash, or someone else
@@ -595,7 +606,7 @@ fn on_preflight(
             if let (Some(found), Some(expected)) = (&running, &baseline)
                 && found != expected
             {
-                let drift = format!("drifted: expected {expected}, found {found}");
+                let drift = drift_message(expected, found, since);
                 out.push(Effect::DriftDetected {
                     key: key.clone(),
                     expected: expected.clone(),
@@ -611,6 +622,7 @@ fn on_preflight(
                             succeeded: false,
                             error: Some(drift.clone()),
                         });
+                        r.waves[w].steps[i].held_for_drift = true;
                         fail_step(r, w, i, drift, ctx, out);
                         return;
                     }
@@ -629,6 +641,117 @@ fn on_preflight(
             }
             begin_deploy(r, w, i, ctx, out);
         }
+    }
+}
+
+/// SPEC 6.6's halt message, with when the change outside convoy began.
+pub fn drift_message(
+    expected: &str,
+    found: &str,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    match since {
+        Some(t) => format!(
+            "drifted: expected {expected}, found {found} (changed outside convoy since {})",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("drifted: expected {expected}, found {found}"),
+    }
+}
+
+/// The steps that `(w, i)` waits for and this rollout deployed: their
+/// health is checked before the step starts (SPEC 6.3). Skipped ones were
+/// not deployed by this rollout and have nothing to verify.
+fn dependencies_to_check(r: &Rollout, w: usize, i: usize) -> Vec<StepKey> {
+    r.waves[w].steps[i]
+        .waits_for
+        .iter()
+        .filter(|k| r.step(k).is_some_and(|d| d.state == StepState::Succeeded))
+        .cloned()
+        .collect()
+}
+
+/// The effect that begins the preflight of the step at `(w, i)`, whose
+/// attempt was already counted.
+fn preflight_effect(r: &Rollout, w: usize, i: usize) -> Effect {
+    let s = &r.waves[w].steps[i];
+    let dependencies = dependencies_to_check(r, w, i);
+    if dependencies.is_empty() {
+        Effect::RunPreflight {
+            key: s.key(),
+            attempt: s.attempts,
+            version: s.version.clone(),
+        }
+    } else {
+        Effect::CheckDependencies {
+            key: s.key(),
+            attempt: s.attempts,
+            dependencies,
+        }
+    }
+}
+
+/// Judges the health of a step's dependencies: each must still be healthy
+/// at the version this rollout deployed, else the attempt fails preflight
+/// (transient: a dependency may recover; retried per policy).
+fn on_dependency_health(
+    r: &mut Rollout,
+    key: &StepKey,
+    attempt: u32,
+    results: Vec<(StepKey, HealthReport)>,
+    ctx: &Ctx,
+    out: &mut Out,
+) {
+    let Some((w, i)) = current_step(r, key, attempt, &[StepState::Preflight]) else {
+        return;
+    };
+    let mut problems = Vec::new();
+    for (dep, report) in results {
+        // Only what this rollout deployed and still stands counts; a step
+        // rolled back meanwhile is not this step's business here.
+        let Some(d) = r.step(&dep).filter(|d| d.state == StepState::Succeeded) else {
+            continue;
+        };
+        let detail = report
+            .message
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        if !report.healthy {
+            problems.push(format!("dependency {} is unhealthy{detail}", key_str(&dep)));
+        } else if report.version.as_deref() != Some(d.version.as_str()) {
+            problems.push(format!(
+                "dependency {} runs {}, not {}",
+                key_str(&dep),
+                report.version.as_deref().map(short).unwrap_or("nothing"),
+                short(d.version.as_str())
+            ));
+        }
+    }
+    if problems.is_empty() {
+        let effect = preflight_effect_after_dependencies(r, w, i);
+        out.push(effect);
+        return;
+    }
+    attempt_failed(
+        r,
+        w,
+        i,
+        FailureKind::Transient,
+        format!("preflight: {}", problems.join("; ")),
+        ctx,
+        out,
+    );
+}
+
+/// The step's own preflight, once its dependencies were found healthy.
+fn preflight_effect_after_dependencies(r: &Rollout, w: usize, i: usize) -> Effect {
+    let s = &r.waves[w].steps[i];
+    Effect::RunPreflight {
+        key: s.key(),
+        attempt: s.attempts,
+        version: s.version.clone(),
     }
 }
 
@@ -794,16 +917,17 @@ fn fail_step(r: &mut Rollout, w: usize, i: usize, error: String, ctx: &Ctx, out:
     s.retry_at = None;
     s.finished_at = Some(ctx.now);
     let key = s.key();
+    let held = s.held_for_drift;
     out.mark(Importance::Matters);
-    if cascade_failure(r, key, ctx) {
+    if cascade_failure(r, key, held, ctx) {
         out.all_changed = true;
     }
     check_budgets(r, ctx, out);
 }
 
 /// Fails the pending steps that wait (transitively) for `failed`; whether
-/// any did.
-fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
+/// any did. They are held for drift when `failed` is.
+fn cascade_failure(r: &mut Rollout, failed: StepKey, held: bool, ctx: &Ctx) -> bool {
     let mut any = false;
     let mut queue = vec![failed];
     while let Some(dep) = queue.pop() {
@@ -816,6 +940,7 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, ctx: &Ctx) -> bool {
                     s.state = StepState::Failed;
                     s.error = Some(format!("not started: {} failed", key_str(&dep)));
                     s.blocked_by = Some(dep.clone());
+                    s.held_for_drift = held;
                     s.finished_at = Some(ctx.now);
                     queue.push(s.key());
                     any = true;
@@ -859,6 +984,7 @@ fn reset_steps(r: &mut Rollout, keys: &HashSet<StepKey>, _ctx: &Ctx) {
                 s.run_attempts = 0;
                 s.error = None;
                 s.blocked_by = None;
+                s.held_for_drift = false;
                 s.retry_at = None;
                 s.finished_at = None;
                 touched = true;
@@ -1040,14 +1166,20 @@ fn recover(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
         return;
     }
     let verify_timeout = r.policy.verify_timeout;
+    // A preflight cut short starts again from its dependency check.
+    let mut preflights = Vec::new();
+    for (w, wave) in r.waves.iter().enumerate() {
+        for (i, s) in wave.steps.iter().enumerate() {
+            if s.state == StepState::Preflight {
+                preflights.push(preflight_effect(r, w, i));
+            }
+        }
+    }
+    out.effects.extend(preflights);
     for wave in &mut r.waves {
         for s in &mut wave.steps {
             match s.state {
-                StepState::Preflight => out.push(Effect::RunPreflight {
-                    key: s.key(),
-                    attempt: s.attempts,
-                    version: s.version.clone(),
-                }),
+                StepState::Preflight => {}
                 StepState::Deploying | StepState::Verifying => {
                     if s.state == StepState::Deploying {
                         s.recovering = true;
@@ -1178,7 +1310,9 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 check_budgets(r, ctx, out);
             }
             WavePhase::Running => {
-                if !steps_held(r) {
+                // SPEC 6.3, per step: a freeze window that began while the
+                // wave ran stops new starts too; in-flight steps finish.
+                if !steps_held(r) && !hold_for_freeze(r, cur, ctx, out) {
                     start_steps(r, cur, ctx, out);
                 }
                 if wave_all_terminal(r, cur) && !r.waves[cur].over_budget() {
@@ -1204,11 +1338,57 @@ fn advance(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                 }
                 break;
             }
-            WavePhase::Baking => break,
+            WavePhase::Baking => {
+                // Nothing starts while baking; the next wave checks anew.
+                r.frozen_until = None;
+                r.frozen_reason = None;
+                break;
+            }
             WavePhase::Done => r.current_wave += 1,
         }
     }
     maybe_auto_rollback(r, out);
+}
+
+/// Whether a freeze window in force at `now` holds the running wave `w`'s
+/// steps that have yet to start; records until when (the waiting reason)
+/// and asks for a timer at its end. Clears a freeze that has ended.
+fn hold_for_freeze(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) -> bool {
+    let freeze = if r.policy.freeze.is_empty() {
+        None
+    } else {
+        active_freeze(&r.policy.freeze, ctx.now)
+    };
+    // Only a wave with steps still to start is held: in-flight steps finish
+    // whatever the window says, and a wave with none left is not waiting.
+    let f = match freeze {
+        Some(f)
+            if r.waves[w]
+                .steps
+                .iter()
+                .any(|s| s.state == StepState::Pending) =>
+        {
+            f
+        }
+        _ => {
+            if r.frozen_until.is_some() {
+                r.frozen_until = None;
+                r.frozen_reason = None;
+                out.mark(Importance::Matters);
+            }
+            return false;
+        }
+    };
+    if r.frozen_until != Some(f.until) {
+        out.push(Effect::ScheduleTimer {
+            at: f.until,
+            timer: Timer::FreezeEnd,
+        });
+        out.mark(Importance::Waiting);
+    }
+    r.frozen_until = Some(f.until);
+    r.frozen_reason = f.reason;
+    true
 }
 
 /// Starts the current wave's steps that may start: dependencies done, and
@@ -1223,6 +1403,8 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
     r.index = idx;
     for i in starts {
         start_attempt(&mut r.waves[w].steps[i], ctx, out);
+        let effect = preflight_effect(r, w, i);
+        out.push(effect);
     }
     // Nothing active and nothing startable, yet steps remain: they wait for
     // each other or for steps that will never finish (a cycle the planner
@@ -1244,7 +1426,7 @@ fn start_steps(r: &mut Rollout, w: usize, ctx: &Ctx, out: &mut Out) {
             out.all_changed = true;
             out.mark(Importance::Matters);
             for key in failed {
-                cascade_failure(r, key, ctx);
+                cascade_failure(r, key, false, ctx);
             }
             check_budgets(r, ctx, out);
         }
@@ -1342,11 +1524,6 @@ fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
     if s.started_at.is_none() {
         s.started_at = Some(ctx.now);
     }
-    out.push(Effect::RunPreflight {
-        key: s.key(),
-        attempt: s.attempts,
-        version: s.version.clone(),
-    });
     out.mark(Importance::CountsOnly);
 }
 
@@ -1390,7 +1567,7 @@ fn settle_state(r: &mut Rollout, before: RolloutState, out: &mut Out) {
         } else if r.frozen_until.is_some()
             && r.waves
                 .get(r.current_wave)
-                .is_some_and(|w| w.phase == WavePhase::Pending)
+                .is_some_and(|w| matches!(w.phase, WavePhase::Pending | WavePhase::Running))
         {
             RolloutState::Frozen
         } else {

@@ -159,6 +159,13 @@ pub struct StepRun {
     /// for failed; retrying or skipping that one brings this one back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<StepKey>,
+    /// Failed because its environment drifted and `on_drift` is `halt`
+    /// (or because a step it waits for did): the step is held for a human
+    /// (`adopt`, `resync`, `retry`), not broken, so it does not count
+    /// against the wave's failure budget. One hot-fixed environment must
+    /// neither be overwritten nor stop the rest of the fleet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_for_drift: bool,
 }
 
 impl StepRun {
@@ -213,10 +220,12 @@ impl WaveRun {
         self.failure_budget.allowed(self.steps.len())
     }
 
+    /// Failed steps that count against the budget (not those held for
+    /// drift).
     pub fn failed_steps(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.state == StepState::Failed)
+            .filter(|s| s.state == StepState::Failed && !s.held_for_drift)
             .count()
     }
 
@@ -264,7 +273,9 @@ pub struct Rollout {
     /// end `superseded` when in-flight steps are done.
     pub superseded_by: Option<String>,
     pub aborted_by: Option<String>,
-    /// The freeze window the next wave waits for (for the waiting reason).
+    /// The freeze window the next wave, or the running wave's steps not yet
+    /// started, wait for (for the waiting reason; checked before every step
+    /// starts, SPEC 6.3).
     pub frozen_until: Option<DateTime<Utc>>,
     pub frozen_reason: Option<String>,
     /// Set once the automatic rollback of a halted wave was asked for, so it
@@ -406,6 +417,7 @@ impl Rollout {
                         verify_deadline: None,
                         deploy_deadline: None,
                         recovering: false,
+                        held_for_drift: false,
                         blocked_by: None,
                     })
                     .collect(),
@@ -538,6 +550,10 @@ pub enum PreflightResult {
         /// The last version convoy deployed there (`None`: no history);
         /// a difference from `running` is drift (SPEC 6.6).
         baseline: Option<String>,
+        /// When that drift began as far as convoy knows: when it first saw
+        /// it, else when the baseline was written. For the message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<DateTime<Utc>>,
     },
     /// Unreachable, the agent said no, or similar.
     Failed { reason: String, kind: FailureKind },
@@ -557,6 +573,13 @@ pub enum Event {
         key: StepKey,
         attempt: u32,
         result: PreflightResult,
+    },
+    /// Health of the steps a starting step waits for (answer to
+    /// [`Effect::CheckDependencies`]).
+    DependencyHealth {
+        key: StepKey,
+        attempt: u32,
+        results: Vec<(StepKey, HealthReport)>,
     },
     DeployAccepted {
         key: StepKey,
@@ -681,6 +704,16 @@ pub enum Importance {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
+    /// The first part of a step's preflight when it waits for other steps
+    /// (SPEC 6.3 "dependencies healthy"): ask the status of `dependencies`,
+    /// the steps it waits for that this rollout deployed, and answer with
+    /// [`Event::DependencyHealth`]. The engine judges the answer and then
+    /// asks for [`Effect::RunPreflight`]. One status call per dependency.
+    CheckDependencies {
+        key: StepKey,
+        attempt: u32,
+        dependencies: Vec<StepKey>,
+    },
     /// Reachable? what runs there? the agent's own preflight. Answer with
     /// [`Event::Preflight`].
     RunPreflight {

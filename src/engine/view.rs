@@ -106,10 +106,11 @@ impl Waiting {
                 }
             }
             Waiting::Freeze { until, reason } => {
-                let mut s = format!("freeze window until {}", when(until));
+                let mut s = format!("frozen until {} (freeze window", when(until));
                 if let Some(r) = reason {
-                    s.push_str(&format!(" ({r})"));
+                    s.push_str(&format!(": {r}"));
                 }
+                s.push(')');
                 s
             }
             Waiting::Dependency { step } => {
@@ -167,6 +168,17 @@ fn waiting_with(
             reason: f.reason.clone(),
         });
     }
+    // A freeze window that began while the wave ran holds its unstarted
+    // steps (retries included) until it ends.
+    if w == r.current_wave
+        && wave.phase == WavePhase::Running
+        && let Some(until) = r.frozen_until
+    {
+        return Some(Waiting::Freeze {
+            until,
+            reason: r.frozen_reason.clone(),
+        });
+    }
     if let Some(at) = s.retry_at {
         return Some(Waiting::Retry {
             at,
@@ -218,7 +230,8 @@ pub struct RolloutView {
     pub halt: Option<Halt>,
     pub paused_by: Option<String>,
     pub emergency_freeze: Option<EmergencyFreeze>,
-    /// The freeze window the next wave waits for.
+    /// The freeze window the next wave, or the running wave's steps not
+    /// yet started, wait for.
     pub frozen_until: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -376,6 +389,11 @@ pub fn wave_state(r: &Rollout, w: usize) -> &'static str {
         WavePhase::Running => {
             if r.halt.as_ref().is_some_and(|h| h.wave == wave.name) {
                 "halted"
+            } else if w == r.current_wave
+                && r.state == RolloutState::Frozen
+                && r.frozen_until.is_some()
+            {
+                "frozen"
             } else {
                 "running"
             }

@@ -3,7 +3,8 @@
 //! on its head commit says what merging would do — `convoy.yml` errors as
 //! annotations at their line, the plan, the risk with the five riskiest
 //! environments, the environments that are unreachable, drifted or frozen
-//! right now, and the next steps. It concludes `failure` on configuration
+//! right now (a freeze window of `policy.freeze`, or an emergency freeze of
+//! the repository or of all), and the next steps. It concludes `failure` on configuration
 //! or policy errors, else `success`, so it can be a required status check.
 //!
 //! [`render_preflight`] is pure; [`Preflight::run`] gathers the facts (git,
@@ -32,7 +33,7 @@ use crate::plan::render::{format_percent, plan_markdown};
 use crate::runtime::merges::{TokenSource, branch_configured, history_of, read_change};
 use crate::runtime::worker::HandlerError;
 use crate::spec::SpecError;
-use crate::store::Store;
+use crate::store::{Freeze, Store};
 use crate::webhook::events::PullRequestEvent;
 
 use super::render::{BODY_LIMIT, RenderOptions, fenced_lines, render_template, spec_annotation};
@@ -78,7 +79,21 @@ pub enum PreflightOutcome {
         plan: Box<Plan>,
         probes: Vec<Probe>,
         freeze: Option<ActiveFreeze>,
+        /// The emergency freeze (`/convoy freeze`, or `convoy freeze
+        /// --all`) in force at the check, if any: see [`emergency_freeze`].
+        emergency_freeze: Option<Freeze>,
     },
+}
+
+/// Of a repository's stored freezes (its own and `*`), the one in force at
+/// `now` that lasts longest (one without an end first): that is when a
+/// rollout started now could start its first step.
+pub fn emergency_freeze(freezes: &[Freeze], now: DateTime<Utc>) -> Option<Freeze> {
+    freezes
+        .iter()
+        .filter(|f| f.active(now))
+        .max_by_key(|f| (f.until.is_none(), f.until))
+        .cloned()
 }
 
 /// Everything the preflight shows.
@@ -214,6 +229,7 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
             plan,
             probes,
             freeze,
+            emergency_freeze,
         } => {
             ctx.plan = plan_markdown(plan);
             let steps = plan.step_count();
@@ -320,6 +336,35 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
                             .map(|r| format!(" ({})", inline(r, 200)))
                             .unwrap_or_default()
                     ));
+                }
+                if let Some(f) = emergency_freeze {
+                    let until = f
+                        .until
+                        .map(|u| format!("until {}", u.format("%Y-%m-%d %H:%M UTC")))
+                        .unwrap_or_else(|| "until lifted".into());
+                    let reason = f
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(" ({})", inline(r, 200)))
+                        .unwrap_or_default();
+                    let all = f.scope == Freeze::ALL;
+                    ctx.warnings.push(format!(
+                        "{} by {} is in force {until}{reason}: a rollout started now starts no step until it ends.",
+                        if all {
+                            "An emergency freeze of every repository"
+                        } else {
+                            "An emergency freeze of this repository"
+                        },
+                        code(&f.by),
+                    ));
+                    ctx.next_steps.push(if all {
+                        "The freeze of every repository is the operator's (`convoy freeze --all`); `convoy unfreeze --all` lifts it.".to_owned()
+                    } else {
+                        format!(
+                            "`{} unfreeze` lifts the emergency freeze (write access).",
+                            opts.prefix
+                        )
+                    });
                 }
                 if !ctx.warnings.is_empty() {
                     ctx.emoji = "⚠️";
@@ -503,10 +548,16 @@ impl Preflight {
         };
         let probes = self.probe(&pr.repo, &plan).await;
         let freeze = active_freeze(&plan.policy.freeze, now);
+        let freezes = self
+            .store
+            .freezes_for(&pr.repo)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
         Ok(Some(facts(PreflightOutcome::Planned {
             plan: Box::new(plan),
             probes,
             freeze,
+            emergency_freeze: emergency_freeze(&freezes, now),
         })))
     }
 

@@ -125,6 +125,30 @@ pub(crate) fn tidy(text: &str) -> String {
     out
 }
 
+/// Drift notes (skipped or overwritten steps) shown in the comment at most.
+const MAX_DRIFT_NOTES: usize = 5;
+
+/// Steps whose drift `on_drift` skipped or overwrote, one line each (one
+/// more than shown, to know there are more).
+fn drift_notes(r: &engine::Rollout) -> Vec<String> {
+    let line = |s: &engine::StepRun| {
+        let note = s.note.as_deref()?;
+        let drift = note.starts_with("skipped: drifted") || note.starts_with("overwrote drift");
+        drift.then(|| {
+            format!(
+                "{} {}: {}",
+                code(s.environment.as_str()),
+                code(s.service.as_str()),
+                inline(note, 300)
+            )
+        })
+    };
+    r.steps()
+        .filter_map(line)
+        .take(MAX_DRIFT_NOTES + 1)
+        .collect()
+}
+
 /// Where links point and how commands are written.
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
@@ -628,6 +652,20 @@ impl<'a> Facts<'a> {
                 code(h.wave.as_str())
             ));
         }
+        // Drift that `on_drift` skipped or overwrote (SPEC 6.6) is said, not
+        // only counted: a failure (halt) is listed with the failures.
+        let drift = drift_notes(r);
+        if !drift.is_empty() {
+            let more = if drift.len() > MAX_DRIFT_NOTES {
+                " (and more)"
+            } else {
+                ""
+            };
+            out.push(format!(
+                "Changed outside convoy{more}: {}",
+                drift[..drift.len().min(MAX_DRIFT_NOTES)].join("; ")
+            ));
+        }
         if self.record.kind == RolloutKind::Rollback
             && let Some(parent) = &self.record.parent
         {
@@ -707,6 +745,26 @@ impl<'a> Facts<'a> {
             .into_iter()
             .filter_map(|e| by.remove(&e).map(|steps| (e, steps)))
             .collect()
+    }
+
+    /// An environment's recovery commands; a step that failed on drift
+    /// (SPEC 6.6) is first offered `adopt` (then retry) and `resync`.
+    fn drift_recovery(&self, env: &EnvName, steps: &[FailedStepFacts]) -> Vec<String> {
+        let mut out = Vec::new();
+        if steps
+            .iter()
+            .any(|(_, error, _)| error.starts_with("drifted:"))
+        {
+            out.push(self.line(&Command::Adopt {
+                environment: env.clone(),
+                service: None,
+            }));
+            out.push(self.line(&Command::Resync {
+                environment: env.clone(),
+            }));
+        }
+        out.extend(self.recovery(std::slice::from_ref(env)));
+        out
     }
 
     fn recovery(&self, envs: &[EnvName]) -> Vec<String> {
@@ -920,7 +978,7 @@ impl<'a> Facts<'a> {
                             attempts: *attempts,
                         })
                         .collect(),
-                    commands: self.recovery(std::slice::from_ref(env)),
+                    commands: self.drift_recovery(env, steps),
                 });
             }
         } else if !failed.is_empty() {

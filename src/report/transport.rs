@@ -25,8 +25,8 @@ use crate::github::{
 };
 pub use ledger::{LedgerEntry, LedgerError, MemoryLedger, ReportLedger, SqliteLedger};
 pub use schedule::{
-    Desired, Importance, Job, Next, PacingConfig, REPOSITORY_SCOPE, ReportKey, ReportObject,
-    Scheduler,
+    DEFAULT_EDIT_BURST, DEFAULT_EDIT_REFILL, Desired, Importance, Job, Next, PacingConfig,
+    REPOSITORY_SCOPE, ReportKey, ReportObject, Scheduler,
 };
 
 struct Shared {

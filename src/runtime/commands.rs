@@ -78,6 +78,26 @@ pub trait DriftCommands: Send + Sync + 'static {
         environment: &EnvName,
         by: &str,
     ) -> Result<(), String>;
+
+    /// [`DriftCommands::resync`], answering the rollout it started, so the
+    /// audit log links it.
+    async fn resync_started(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        environment: &EnvName,
+        by: &str,
+    ) -> Result<Option<RolloutId>, String> {
+        self.resync(installation, repo, environment, by)
+            .await
+            .map(|()| None)
+    }
+
+    /// `/convoy status` on the drift issue: check the repository's
+    /// environments again and show the issue as it is now.
+    async fn refresh(&self, _installation: InstallationId, _repo: &RepoName) -> Result<(), String> {
+        Err("this convoy cannot check for drift on demand".into())
+    }
 }
 
 /// Optional capabilities other parts of convoy plug in.
@@ -548,11 +568,20 @@ impl CommandHandler {
             }));
         }
         if verb == Verb::Status && target.venue == Venue::DriftIssue {
-            return Ok(Handled::Problem(Notice::Unavailable {
-                reason: "the drift issue is refreshed by drift detection, which is not part of \
-                         this convoy yet"
-                    .into(),
-            }));
+            // Anyone may ask: the drift issue is checked again and shown now.
+            let Some(drift) = &self.hooks.drift else {
+                return Ok(Handled::Problem(Notice::Unavailable {
+                    reason: "drift detection is not running in this convoy".into(),
+                }));
+            };
+            return Ok(match drift.refresh(asker.installation, asker.repo).await {
+                Ok(()) => Handled::Done {
+                    reply: None,
+                    rollouts: Vec::new(),
+                    detail: Some("drift checked again".into()),
+                },
+                Err(reason) => Handled::Problem(Notice::NotDone { reason }),
+            });
         }
         let needs_rollout = !repo_wide && !drift && verb != Verb::Plan;
         if needs_rollout && target.rollout.is_none() {
@@ -778,10 +807,15 @@ impl CommandHandler {
             },
             Action::Resync { environment } => match &self.hooks.drift {
                 Some(drift) => match drift
-                    .resync(asker.installation, asker.repo, &environment, asker.user)
+                    .resync_started(asker.installation, asker.repo, &environment, asker.user)
                     .await
                 {
-                    Ok(()) => done(None),
+                    Ok(Some(id)) => Handled::Done {
+                        reply: None,
+                        detail: Some(format!("resync rollout {id}")),
+                        rollouts: vec![id],
+                    },
+                    Ok(None) => done(None),
                     Err(reason) => Handled::Problem(Notice::NotDone { reason }),
                 },
                 None => Handled::Problem(Notice::Unavailable {

@@ -1290,7 +1290,11 @@ impl RolloutRuntime {
                     job.locked = held.contains(key);
                     tokio::spawn(job.run_and_answer(effect, tx.clone()));
                 }
-                Effect::CheckHealth { ref keys, .. } => {
+                Effect::CheckHealth { ref keys, .. }
+                | Effect::CheckDependencies {
+                    dependencies: ref keys,
+                    ..
+                } => {
                     let job = self.step_job(meta, rollout, keys);
                     tokio::spawn(job.run_and_answer(effect, tx.clone()));
                 }
@@ -1310,6 +1314,22 @@ impl RolloutRuntime {
                         ?action,
                         "drift found at preflight"
                     );
+                    // Recorded beside the rollout, not in its state: a
+                    // failure to record delays the drift issue, never the
+                    // rollout. Rollbacks and resyncs overwrite on purpose
+                    // (what they replace is convoy's own deploy, or drift
+                    // a human already chose to resync): nothing to record.
+                    if meta.kind != RolloutKind::Deploy {
+                        continue;
+                    }
+                    let store = self.inner.store.clone();
+                    let (repo, id) = (meta.repo.clone(), meta.id.clone());
+                    tokio::spawn(async move {
+                        crate::drift::record_preflight_drift(
+                            &*store, &repo, &id, &key, &expected, &found, action,
+                        )
+                        .await;
+                    });
                 }
                 Effect::StartRollback { wave, environments } => {
                     let runtime = self.clone();
@@ -1483,6 +1503,7 @@ fn arm_timer(tx: mpsc::UnboundedSender<Input>, at: chrono::DateTime<Utc>, timer:
 fn event_key(event: &Event) -> Option<&StepKey> {
     match event {
         Event::Preflight { key, .. }
+        | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
         | Event::StepTimedOut { key, .. }
@@ -1698,7 +1719,7 @@ impl StepJob {
                     .baseline(&self.repo, &key.environment, &key.service)
                     .await
                 {
-                    Ok(b) => b.map(|b| b.version),
+                    Ok(b) => b,
                     Err(e) => {
                         return Some(Event::Preflight {
                             key: key.clone(),
@@ -1710,10 +1731,13 @@ impl StepJob {
                         });
                     }
                 };
+                let since = baseline.as_ref().map(|b| b.at);
                 if !self.lease_ok() {
                     return None;
                 }
-                exec::perform(&cx, &effect, baseline, Utc::now()).await
+                let event =
+                    exec::perform(&cx, &effect, baseline.map(|b| b.version), Utc::now()).await;
+                Some(crate::drift::with_drift_since(&*self.store, &self.repo, event?, since).await)
             }
             Effect::Deploy {
                 key,

@@ -458,6 +458,60 @@ pub trait Store: Send + Sync + 'static {
         per_minute: u32,
         now: DateTime<Utc>,
     ) -> Result<Option<std::time::Duration>>;
+
+    // --- drift (SPEC 6.6) ------------------------------------------------
+
+    /// Every baseline of `repo` (all repositories when `None`), ordered by
+    /// repository, environment, service.
+    async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>>;
+
+    /// The (repository, environment, service) step locks held now: deploys
+    /// in flight, in any rollout of any replica.
+    async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>>;
+
+    /// Records an observation: updates the open record of (repo,
+    /// environment, service, kind) (expected, found, detail, last seen =
+    /// `now`) or opens one (first seen = `now`). Returns the record.
+    async fn observe_drift(
+        &self,
+        repo: &RepoName,
+        observation: &DriftObservation,
+        now: DateTime<Utc>,
+    ) -> Result<DriftRecord>;
+
+    /// Resolves the open records of `kind` for (repo, environment) and, when
+    /// given, only `service`: `how` (adopted, resynced, overwritten,
+    /// converged, reachable) and `by` whom. How many were open.
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: Option<&ServiceName>,
+        kind: DriftKind,
+        how: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+
+    /// The open record of (repo, environment, service, kind), if any.
+    async fn open_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        kind: DriftKind,
+    ) -> Result<Option<DriftRecord>>;
+
+    /// A repository's records: every open one, then (with
+    /// `include_resolved`) resolved ones, newest first; at most `limit` in
+    /// all. Open ones are ordered by environment, service, kind.
+    async fn drift_records(
+        &self,
+        repo: &RepoName,
+        include_resolved: bool,
+        limit: u32,
+    ) -> Result<Vec<DriftRecord>>;
 }
 
 /// A lease as claimed: the generation to carry on writes, and its end.

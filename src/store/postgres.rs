@@ -15,12 +15,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze,
-    InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document,
-    from_millis, to_millis,
+    AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation,
+    DriftRecord, FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery,
+    Result, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
+    StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -1195,5 +1195,126 @@ impl Store for PostgresStore {
         .await?;
         tx.commit().await?;
         Ok((!taken).then_some(wait))
+    }
+
+    async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>> {
+        let rows = sqlx::query(
+            "SELECT repo, environment, service, version, source, at FROM baselines \
+             WHERE ($1::TEXT IS NULL OR repo = $1) \
+             ORDER BY repo COLLATE \"C\", environment COLLATE \"C\", service COLLATE \"C\"",
+        )
+        .bind(repo.map(|r| r.as_str()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::stored_baseline).collect()
+    }
+
+    async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT repo, environment, service FROM step_locks")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(r, e, s)| (RepoName::new(r), EnvName::new(e), ServiceName::new(s)))
+            .collect())
+    }
+
+    async fn observe_drift(
+        &self,
+        repo: &RepoName,
+        o: &DriftObservation,
+        now: DateTime<Utc>,
+    ) -> Result<DriftRecord> {
+        // One statement: two replicas observing at once update the one
+        // open record (the partial unique index) rather than open two.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO drift (repo, environment, service, kind, expected, found, detail, \
+             first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             ON CONFLICT (repo, environment, service, kind) WHERE resolved_at IS NULL \
+             DO UPDATE SET expected = excluded.expected, found = excluded.found, \
+             detail = excluded.detail, last_seen = excluded.last_seen \
+             RETURNING {DRIFT_COLUMNS}"
+        )))
+        .bind(repo.as_str())
+        .bind(o.environment.as_str())
+        .bind(o.service.as_str())
+        .bind(o.kind.as_str())
+        .bind(&o.expected)
+        .bind(o.found.as_deref())
+        .bind(o.detail.as_deref())
+        .bind(to_millis(now))
+        .fetch_one(&self.pool)
+        .await?;
+        rows::drift_record(&row)
+    }
+
+    async fn resolve_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: Option<&ServiceName>,
+        kind: DriftKind,
+        how: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE drift SET resolved_at = $1, resolution = $2, resolved_by = $3 \
+             WHERE repo = $4 AND environment = $5 AND ($6::TEXT IS NULL OR service = $6) \
+             AND kind = $7 AND resolved_at IS NULL",
+        )
+        .bind(to_millis(now))
+        .bind(how)
+        .bind(by)
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.map(|s| s.as_str()))
+        .bind(kind.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn open_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        kind: DriftKind,
+    ) -> Result<Option<DriftRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DRIFT_COLUMNS} FROM drift WHERE repo = $1 AND environment = $2 \
+             AND service = $3 AND kind = $4 AND resolved_at IS NULL"
+        )))
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::drift_record).transpose()
+    }
+
+    async fn drift_records(
+        &self,
+        repo: &RepoName,
+        include_resolved: bool,
+        limit: u32,
+    ) -> Result<Vec<DriftRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DRIFT_COLUMNS} FROM drift WHERE repo = $1 \
+             AND (resolved_at IS NULL OR $2) \
+             ORDER BY resolved_at IS NOT NULL, \
+             CASE WHEN resolved_at IS NULL THEN environment END COLLATE \"C\", \
+             CASE WHEN resolved_at IS NULL THEN service END COLLATE \"C\", \
+             CASE WHEN resolved_at IS NULL THEN kind END COLLATE \"C\", id DESC LIMIT $3"
+        )))
+        .bind(repo.as_str())
+        .bind(include_resolved)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::drift_record).collect()
     }
 }

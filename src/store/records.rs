@@ -170,3 +170,79 @@ impl Freeze {
         self.until.is_none_or(|u| u > now)
     }
 }
+
+/// A baseline with the (repository, environment, service) it belongs to,
+/// as the drift reconciler reads them all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredBaseline {
+    pub repo: RepoName,
+    pub environment: EnvName,
+    pub service: ServiceName,
+    pub baseline: Baseline,
+}
+
+/// What a drift record is about (SPEC 6.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// The agent runs something other than the baseline.
+    Drift,
+    /// The agent did not answer; says nothing about drift.
+    Unreachable,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::Drift => "drift",
+            DriftKind::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn parse(text: &str) -> DriftKind {
+        match text {
+            "unreachable" => DriftKind::Unreachable,
+            _ => DriftKind::Drift,
+        }
+    }
+}
+
+/// One observation to record: opens a record, or updates the open one of
+/// the same (environment, service, kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriftObservation {
+    pub environment: EnvName,
+    pub service: ServiceName,
+    pub kind: DriftKind,
+    pub expected: String,
+    /// What runs there (`Drift`); `None` for `Unreachable`.
+    pub found: Option<String>,
+    /// The error (`Unreachable`).
+    pub detail: Option<String>,
+}
+
+/// A drift record as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DriftRecord {
+    pub id: i64,
+    pub repo: RepoName,
+    pub environment: EnvName,
+    pub service: ServiceName,
+    pub kind: DriftKind,
+    pub expected: String,
+    pub found: Option<String>,
+    pub detail: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// adopted | resynced | overwritten | converged | reachable
+    pub resolution: Option<String>,
+    /// A GitHub login, or `convoy` / `rollout ID` for convoy's own.
+    pub resolved_by: Option<String>,
+}
+
+impl DriftRecord {
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
+    }
+}

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{
-    AuditEntry, Baseline, DeliveryOutcome, DeliveryState, FirstAttempts, Freeze, InboxItem,
-    Payload, Result, RolloutKind, RolloutRecord, RolloutSummary, StoreError, StoredTimer, document,
-    from_millis, to_millis,
+    AuditEntry, Baseline, DeliveryOutcome, DeliveryState, DriftKind, DriftRecord, FirstAttempts,
+    Freeze, InboxItem, Payload, Result, RolloutKind, RolloutRecord, RolloutSummary, StoreError,
+    StoredBaseline, StoredTimer, document, from_millis, to_millis,
 };
-use crate::domain::RolloutId;
-use crate::domain::{BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName};
+use crate::domain::{
+    BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
+};
 
 /// The column types the stores read, for any database's row.
 pub(crate) trait Columns {
@@ -228,4 +229,36 @@ pub(crate) fn first_attempts<R: Columns>(rows: &[R]) -> Result<BTreeMap<EnvName,
         entry.successes += u32::from(row.flag("succeeded")?);
     }
     Ok(out)
+}
+
+/// Every baseline of a repository (or all), with where it is.
+pub(crate) fn stored_baseline(row: &impl Columns) -> Result<StoredBaseline> {
+    Ok(StoredBaseline {
+        repo: RepoName::new(row.text("repo")?),
+        environment: EnvName::new(row.text("environment")?),
+        service: ServiceName::new(row.text("service")?),
+        baseline: baseline(row)?,
+    })
+}
+
+/// The columns a drift record is read with, in both stores.
+pub(crate) const DRIFT_COLUMNS: &str = "id, repo, environment, service, kind, expected, found, \
+    detail, first_seen, last_seen, resolved_at, resolution, resolved_by";
+
+pub(crate) fn drift_record(row: &impl Columns) -> Result<DriftRecord> {
+    Ok(DriftRecord {
+        id: row.int("id")?,
+        repo: RepoName::new(row.text("repo")?),
+        environment: EnvName::new(row.text("environment")?),
+        service: ServiceName::new(row.text("service")?),
+        kind: DriftKind::parse(&row.text("kind")?),
+        expected: row.text("expected")?,
+        found: row.opt_text("found")?,
+        detail: row.opt_text("detail")?,
+        first_seen: row.time("first_seen")?,
+        last_seen: row.time("last_seen")?,
+        resolved_at: row.opt_time("resolved_at")?,
+        resolution: row.opt_text("resolution")?,
+        resolved_by: row.opt_text("resolved_by")?,
+    })
 }

@@ -11,11 +11,12 @@ use sqlx::{Row, SqlitePool};
 
 use std::collections::BTreeMap;
 
-use super::rows::{self, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze, InboxCounts, InboxItem,
-    LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
-    RolloutWrite, Store, StoreError, StoredStep, StoredTimer, document, from_millis, to_millis,
+    AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation, DriftRecord,
+    FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result,
+    RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
+    StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -1169,5 +1170,139 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok((!taken).then_some(wait))
+    }
+
+    async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>> {
+        let rows = sqlx::query(
+            "SELECT repo, environment, service, version, source, at FROM baselines \
+             WHERE (? IS NULL OR repo = ?) ORDER BY repo, environment, service",
+        )
+        .bind(repo.map(|r| r.as_str()))
+        .bind(repo.map(|r| r.as_str()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::stored_baseline).collect()
+    }
+
+    async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT repo, environment, service FROM step_locks")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(r, e, s)| (RepoName::new(r), EnvName::new(e), ServiceName::new(s)))
+            .collect())
+    }
+
+    async fn observe_drift(
+        &self,
+        repo: &RepoName,
+        o: &DriftObservation,
+        now: DateTime<Utc>,
+    ) -> Result<DriftRecord> {
+        let now_ms = to_millis(now);
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO drift (repo, environment, service, kind, expected, found, detail, \
+             first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (repo, environment, service, kind) WHERE resolved_at IS NULL \
+             DO UPDATE SET expected = excluded.expected, found = excluded.found, \
+             detail = excluded.detail, last_seen = excluded.last_seen",
+        )
+        .bind(repo.as_str())
+        .bind(o.environment.as_str())
+        .bind(o.service.as_str())
+        .bind(o.kind.as_str())
+        .bind(&o.expected)
+        .bind(o.found.as_deref())
+        .bind(o.detail.as_deref())
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DRIFT_COLUMNS} FROM drift WHERE repo = ? AND environment = ? \
+             AND service = ? AND kind = ? AND resolved_at IS NULL"
+        )))
+        .bind(repo.as_str())
+        .bind(o.environment.as_str())
+        .bind(o.service.as_str())
+        .bind(o.kind.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = rows::drift_record(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn resolve_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: Option<&ServiceName>,
+        kind: DriftKind,
+        how: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE drift SET resolved_at = ?, resolution = ?, resolved_by = ? \
+             WHERE repo = ? AND environment = ? AND (? IS NULL OR service = ?) AND kind = ? \
+             AND resolved_at IS NULL",
+        )
+        .bind(to_millis(now))
+        .bind(how)
+        .bind(by)
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.map(|s| s.as_str()))
+        .bind(service.map(|s| s.as_str()))
+        .bind(kind.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn open_drift(
+        &self,
+        repo: &RepoName,
+        environment: &EnvName,
+        service: &ServiceName,
+        kind: DriftKind,
+    ) -> Result<Option<DriftRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DRIFT_COLUMNS} FROM drift WHERE repo = ? AND environment = ? \
+             AND service = ? AND kind = ? AND resolved_at IS NULL"
+        )))
+        .bind(repo.as_str())
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::drift_record).transpose()
+    }
+
+    async fn drift_records(
+        &self,
+        repo: &RepoName,
+        include_resolved: bool,
+        limit: u32,
+    ) -> Result<Vec<DriftRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DRIFT_COLUMNS} FROM drift WHERE repo = ? \
+             AND (resolved_at IS NULL OR ?) \
+             ORDER BY resolved_at IS NOT NULL, \
+             CASE WHEN resolved_at IS NULL THEN environment END, \
+             CASE WHEN resolved_at IS NULL THEN service END, \
+             CASE WHEN resolved_at IS NULL THEN kind END, id DESC LIMIT ?"
+        )))
+        .bind(repo.as_str())
+        .bind(include_resolved)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::drift_record).collect()
     }
 }

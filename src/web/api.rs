@@ -88,3 +88,40 @@ pub async fn rollouts(State(state): State<AppState>, Query(q): Query<ListQuery>)
         }
     }
 }
+
+#[derive(Deserialize)]
+pub struct DriftQuery {
+    repo: Option<String>,
+    /// `false`: only open records.
+    resolved: Option<bool>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/drift?repo=owner/name`: the repository's drift records (SPEC
+/// 6.6), open ones first, then resolved ones, newest first.
+pub async fn drift(State(state): State<AppState>, Query(q): Query<DriftQuery>) -> Response {
+    let Some(repo) = q.repo.filter(|r| !r.is_empty()).map(RepoName::new) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "repo is required: /api/drift?repo=owner/name",
+        );
+    };
+    if repo.split().is_none() {
+        return error(StatusCode::BAD_REQUEST, "repo must be owner/name");
+    }
+    let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
+    match state
+        .store
+        .drift_records(&repo, q.resolved.unwrap_or(true), limit)
+        .await
+    {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading drift records failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database does not answer",
+            )
+        }
+    }
+}

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}", get(pages::rollout))
         .route("/api/rollouts", get(api::rollouts))
         .route("/api/rollouts/{id}", get(api::rollout))
+        .route("/api/drift", get(api::drift))
         // The extractor enforces 25 MiB itself and answers 413; axum's
         // default 2 MB limit would refuse large real payloads first.
         .layer(DefaultBodyLimit::disable())

@@ -303,7 +303,23 @@ struct RolloutPageView {
     waiting: Vec<WaitRow>,
     audit: Vec<AuditRow>,
     audit_more: usize,
+    /// The repository's open drift (SPEC 6.6), with the commands.
+    drift: Vec<DriftRow>,
+    drift_more: usize,
 }
+
+#[derive(Serialize)]
+struct DriftRow {
+    environment: String,
+    service: String,
+    expected: String,
+    found: String,
+    since: String,
+    commands: Vec<String>,
+}
+
+/// Drift rows shown on a rollout page at most.
+const MAX_DRIFT_ROWS: usize = 50;
 
 fn labels_text(rollout: &Rollout, env: &EnvName) -> String {
     rollout
@@ -367,6 +383,17 @@ pub fn rollout_page(
     audit: &[AuditEntry],
     message: Option<&CommitMessage>,
     options: &PageOptions,
+) -> Result<String, String> {
+    rollout_page_with_drift(record, audit, message, options, &[])
+}
+
+/// [`rollout_page`] with the repository's open drift records shown.
+pub fn rollout_page_with_drift(
+    record: &RolloutRecord,
+    audit: &[AuditEntry],
+    message: Option<&CommitMessage>,
+    options: &PageOptions,
+    drift: &[crate::store::DriftRecord],
 ) -> Result<String, String> {
     let rollout = record
         .document
@@ -589,6 +616,29 @@ pub fn rollout_page(
         waiting,
         audit,
         audit_more,
+        drift: drift
+            .iter()
+            .filter(|d| d.is_open() && d.kind == crate::store::DriftKind::Drift)
+            .take(MAX_DRIFT_ROWS)
+            .map(|d| DriftRow {
+                environment: d.environment.to_string(),
+                service: d.service.to_string(),
+                expected: crate::drift::issue::short(&d.expected),
+                found: clip(&crate::drift::issue::short(
+                    d.found.as_deref().unwrap_or(""),
+                )),
+                since: ts(&d.first_seen),
+                commands: vec![
+                    format!("{prefix} adopt {} {}", d.environment, d.service),
+                    format!("{prefix} resync {}", d.environment),
+                ],
+            })
+            .collect(),
+        drift_more: drift
+            .iter()
+            .filter(|d| d.is_open() && d.kind == crate::store::DriftKind::Drift)
+            .count()
+            .saturating_sub(MAX_DRIFT_ROWS),
     };
     let mut context = Context::new();
     context.insert("r", &page);
@@ -739,9 +789,14 @@ pub async fn rollout(State(state): State<AppState>, UrlPath(id): UrlPath<String>
             .ok()
             .flatten();
     let options = PageOptions::from_config(&state.config);
+    let drift = state
+        .store
+        .drift_records(&record.repo, false, 1000)
+        .await
+        .unwrap_or_default();
     // Rendering a large fleet is CPU work: keep it off the async threads.
     let rendered = tokio::task::spawn_blocking(move || {
-        rollout_page(&record, &audit, message.as_ref(), &options)
+        rollout_page_with_drift(&record, &audit, message.as_ref(), &options, &drift)
     })
     .await
     .map_err(|e| e.to_string())

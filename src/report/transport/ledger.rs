@@ -78,19 +78,6 @@ impl ReportLedger for MemoryLedger {
     }
 }
 
-/// The ledger in SQLite, table `report_ledger` (migrations/0002_report.sql).
-#[derive(Clone, Debug)]
-pub struct SqliteLedger {
-    pool: SqlitePool,
-}
-
-impl SqliteLedger {
-    /// The pool's database must have the migrations applied.
-    pub fn new(pool: SqlitePool) -> Self {
-        SqliteLedger { pool }
-    }
-}
-
 fn object_columns(o: &ReportObject) -> (&'static str, &str, i64) {
     match o {
         ReportObject::CheckRun { name, generation } => ("check_run", name, i64::from(*generation)),
@@ -145,122 +132,84 @@ fn entry(r: &impl Columns) -> Result<LedgerEntry, LedgerError> {
     })
 }
 
-#[async_trait]
-impl ReportLedger for SqliteLedger {
-    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        let (kind, name, number) = object_columns(&key.object);
-        let row = sqlx::query(
-            "SELECT github_id, body_hash FROM report_ledger \
-             WHERE repo = ? AND rollout_id = ? AND object_kind = ? AND object_name = ? AND object_number = ?",
-        )
-        .bind(key.repo.as_str())
-        .bind(key.rollout.as_str())
-        .bind(kind)
-        .bind(name)
-        .bind(number)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entry).transpose()
-    }
+// The statements, written once for both databases: numbered parameters
+// (`$1`) are PostgreSQL's and are understood by SQLite too.
+const GET: &str = "SELECT github_id, body_hash FROM report_ledger WHERE repo = $1 \
+    AND rollout_id = $2 AND object_kind = $3 AND object_name = $4 AND object_number = $5";
+const RECORD: &str = "INSERT INTO report_ledger (repo, rollout_id, object_kind, object_name, \
+    object_number, installation_id, github_id, body_hash, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE SET \
+    github_id = excluded.github_id, body_hash = excluded.body_hash, updated_at = excluded.updated_at";
+const LOAD_ALL: &str = "SELECT rollout_id, object_kind, object_name, object_number, \
+    installation_id, repo, github_id, body_hash FROM report_ledger";
 
-    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
-        let (kind, name, number) = object_columns(&key.object);
-        sqlx::query(
-            "INSERT INTO report_ledger (rollout_id, object_kind, object_name, object_number, \
-               installation_id, repo, github_id, body_hash, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE SET \
-               github_id = excluded.github_id, body_hash = excluded.body_hash, \
-               updated_at = excluded.updated_at",
-        )
-        .bind(key.rollout.as_str())
-        .bind(kind)
-        .bind(name)
-        .bind(number)
-        .bind(key.installation.0)
-        .bind(key.repo.as_str())
-        .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
-        .bind(&entry.digest)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+/// A ledger kept in table `report_ledger` of a database (migration 0002),
+/// one type per database: the same statements through its pool.
+macro_rules! sql_ledger {
+    ($(#[$doc:meta])* $name:ident, $pool:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            pool: $pool,
+        }
 
-    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT rollout_id, object_kind, object_name, object_number, installation_id, repo, \
-               github_id, body_hash FROM report_ledger",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        entries(&rows)
-    }
+        impl $name {
+            /// The pool's database must have the migrations applied.
+            pub fn new(pool: $pool) -> Self {
+                $name { pool }
+            }
+        }
+
+        #[async_trait]
+        impl ReportLedger for $name {
+            async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
+                let (kind, name, number) = object_columns(&key.object);
+                let row = sqlx::query(GET)
+                    .bind(key.repo.as_str())
+                    .bind(key.rollout.as_str())
+                    .bind(kind)
+                    .bind(name)
+                    .bind(number)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(entry).transpose()
+            }
+
+            async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
+                let (kind, name, number) = object_columns(&key.object);
+                sqlx::query(RECORD)
+                    .bind(key.repo.as_str())
+                    .bind(key.rollout.as_str())
+                    .bind(kind)
+                    .bind(name)
+                    .bind(number)
+                    .bind(key.installation.0)
+                    .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
+                    .bind(&entry.digest)
+                    .bind(chrono::Utc::now().timestamp_millis())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
+                let rows = sqlx::query(LOAD_ALL).fetch_all(&self.pool).await?;
+                entries(&rows)
+            }
+        }
+    };
 }
 
-/// The ledger in PostgreSQL, table `report_ledger`
-/// (migrations/postgres/0002_report.sql): shared by every replica.
-#[derive(Clone, Debug)]
-pub struct PostgresLedger {
-    pool: PgPool,
-}
+sql_ledger!(
+    /// The ledger in the SQLite file (migrations/0002_report.sql).
+    SqliteLedger,
+    SqlitePool
+);
 
-impl PostgresLedger {
-    /// The pool's database must have the migrations applied.
-    pub fn new(pool: PgPool) -> Self {
-        PostgresLedger { pool }
-    }
-}
-
-#[async_trait]
-impl ReportLedger for PostgresLedger {
-    async fn get(&self, key: &ReportKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        let (kind, name, number) = object_columns(&key.object);
-        let row = sqlx::query(
-            "SELECT github_id, body_hash FROM report_ledger WHERE repo = $1 AND rollout_id = $2 \
-             AND object_kind = $3 AND object_name = $4 AND object_number = $5",
-        )
-        .bind(key.repo.as_str())
-        .bind(key.rollout.as_str())
-        .bind(kind)
-        .bind(name)
-        .bind(number)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entry).transpose()
-    }
-
-    async fn record(&self, key: &ReportKey, entry: &LedgerEntry) -> Result<(), LedgerError> {
-        let (kind, name, number) = object_columns(&key.object);
-        sqlx::query(
-            "INSERT INTO report_ledger (repo, rollout_id, object_kind, object_name, \
-               object_number, installation_id, github_id, body_hash, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repo, rollout_id, object_kind, object_name, object_number) DO UPDATE \
-             SET github_id = excluded.github_id, body_hash = excluded.body_hash, \
-               updated_at = excluded.updated_at",
-        )
-        .bind(key.repo.as_str())
-        .bind(key.rollout.as_str())
-        .bind(kind)
-        .bind(name)
-        .bind(number)
-        .bind(key.installation.0)
-        .bind(entry.object_id.and_then(|i| i64::try_from(i).ok()))
-        .bind(&entry.digest)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn load_all(&self) -> Result<Vec<(ReportKey, LedgerEntry)>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT rollout_id, object_kind, object_name, object_number, installation_id, repo, \
-               github_id, body_hash FROM report_ledger",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        entries(&rows)
-    }
-}
+sql_ledger!(
+    /// The ledger in PostgreSQL (migrations/postgres/0002_report.sql):
+    /// shared by every replica.
+    PostgresLedger,
+    PgPool
+);

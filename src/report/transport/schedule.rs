@@ -9,6 +9,15 @@
 //!   state) goes at once after a quiet period, else `min_update_interval`
 //!   after the previous send; a change of counts alone waits
 //!   `progress_interval` after the previous send;
+//! - the request budget over time, per object: a token bucket of
+//!   `edit_burst` edits refilled one per `edit_refill` (a GCRA, kept as one
+//!   time per object). Every send spends a token; edits that are neither
+//!   terminal nor waiting (halted, awaiting approval, frozen, paused) wait
+//!   for one, and a change of counts alone leaves half the bucket to
+//!   changes that matter. So a lone failure is shown within
+//!   `min_update_interval` however old the rollout, a storm of them is
+//!   coalesced to one edit per `edit_refill`, and an object costs at most
+//!   `edit_burst + duration / edit_refill` edits (docs/reporting.md);
 //! - all writes of one installation share one pace, `writes_per_minute`,
 //!   and the most important waiting body goes first;
 //! - a failed send is retried with backoff; the newest body is what is
@@ -118,7 +127,19 @@ pub struct PacingConfig {
     /// First retry delay after a failed send; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// The request budget over time, per object: at most this many edits
+    /// at once after a quiet period...
+    pub edit_burst: u32,
+    /// ...and one more per this much time. Zero turns the budget off.
+    pub edit_refill: Duration,
 }
+
+/// The default [`PacingConfig::edit_burst`] and [`PacingConfig::edit_refill`]:
+/// two objects per rollout (comment and check run) then cost at most
+/// 2 × (14 + 2) edits in a minute and 2 × (14 + 120) in an hour, inside the
+/// 40 and 300 requests a 1,000-environment rollout may cost (SPEC 7.5).
+pub const DEFAULT_EDIT_BURST: u32 = 14;
+pub const DEFAULT_EDIT_REFILL: Duration = Duration::from_secs(30);
 
 impl Default for PacingConfig {
     fn default() -> Self {
@@ -128,6 +149,8 @@ impl Default for PacingConfig {
             writes_per_minute: 60,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(5 * 60),
+            edit_burst: DEFAULT_EDIT_BURST,
+            edit_refill: DEFAULT_EDIT_REFILL,
         }
     }
 }
@@ -138,7 +161,23 @@ impl PacingConfig {
             min_update_interval: github.min_update_interval,
             progress_interval: github.progress_interval,
             writes_per_minute: github.writes_per_minute,
+            // Steady progress (one edit per progress_interval) then never
+            // drains the bucket; the burst stays for changes that matter.
+            edit_refill: github.progress_interval,
             ..Default::default()
+        }
+    }
+
+    /// How far ahead of `now` an object's budget time may run while an
+    /// edit of this importance still conforms: the whole bucket for a
+    /// change that matters, half of it for counts alone.
+    fn tolerance(&self, importance: Importance) -> Duration {
+        let whole = self
+            .edit_refill
+            .saturating_mul(self.edit_burst.saturating_sub(1));
+        match importance {
+            Importance::CountsOnly => whole / 2,
+            _ => whole,
         }
     }
 
@@ -167,6 +206,10 @@ struct Entry {
     in_flight: Option<String>,
     failures: u32,
     retry_at: Option<Duration>,
+    /// The budget's theoretical arrival time (GCRA): every send moves it
+    /// `edit_refill` past `max(it, now)`; an edit conforms while it is at
+    /// most the importance's tolerance ahead of now.
+    budget_at: Duration,
 }
 
 /// A send the I/O loop should perform.
@@ -260,10 +303,15 @@ impl Scheduler {
         }
         let p = e.pending.as_ref()?;
         let after = |gap: Duration| e.last_sent_at.map_or(p.since, |t| (t + gap).max(p.since));
+        // The budget over time: routine edits wait for a token. Terminal
+        // and waiting states are exempt: they are few (each needs a human
+        // or a wave to move) and must go promptly.
+        let token = e.budget_at.saturating_sub(self.cfg.tolerance(p.importance));
         let due = match p.importance {
             Importance::Terminal => p.since,
-            Importance::Waiting | Importance::Matters => after(self.cfg.min_update_interval),
-            Importance::CountsOnly => after(self.cfg.progress_interval),
+            Importance::Waiting => after(self.cfg.min_update_interval),
+            Importance::Matters => after(self.cfg.min_update_interval).max(token),
+            Importance::CountsOnly => after(self.cfg.progress_interval).max(token),
         };
         Some(e.retry_at.map_or(due, |r| due.max(r)))
     }
@@ -328,6 +376,7 @@ impl Scheduler {
         e.sent = Some(job.digest.clone());
         e.object_id = Some(object_id);
         e.last_sent_at = Some(now);
+        e.budget_at = e.budget_at.max(now) + self.cfg.edit_refill;
         e.failures = 0;
         e.retry_at = None;
         if e.pending.as_ref().is_some_and(|p| p.digest == job.digest) {
