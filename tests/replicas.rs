@@ -735,3 +735,114 @@ async fn paused_past_its_lease(db: Db) {
     s.assert_fleet_right();
     s.assert_github_right(pr, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_command_reaches_the_rollout_through_the_replica_driving_it() {
+    command_through_the_driver(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_command_reaches_the_rollout_through_the_replica_driving_it() {
+    command_through_the_driver(Db::Sqlite).await;
+}
+
+/// Two replicas in this process (two `convoy::app` instances on one
+/// database): a command given to the one that does not drive the rollout
+/// is applied by the one that does, and its verdict comes back.
+async fn command_through_the_driver(db: Db) {
+    use convoy::engine::Command as Cmd;
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let envs: Vec<String> = (0..12).map(|i| format!("env-{i:03}")).collect();
+    let fleet = Fleet::start(envs.clone(), 5).await.unwrap();
+    for name in &envs {
+        fleet.update_knobs(name, |k| k.deploy_duration = Duration::from_millis(300));
+    }
+    let sha = git.commit(&[("convoy.yml", &spec(&fleet, &envs))], "first");
+    let url = match db {
+        Db::Sqlite => format!("sqlite://{}", dir.path().join("convoy.db").display()),
+        Db::Postgres => tokio::task::spawn_blocking(convoy::testkit::postgres::fresh_database)
+            .await
+            .unwrap()
+            .expect("a throwaway PostgreSQL"),
+    };
+    let config = |name: &str| {
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+lease = "2s"
+[github]
+webhook_secret = "{SECRET}"
+git_url = "{git_url}"
+[database]
+url = "{url}"
+[drivers.agent]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+timeout = "5s"
+"#,
+            data = dir.path().join(format!("data-{name}")).display(),
+            git_url = git.url_template(),
+        );
+        convoy::config::Config::from_toml(&text, "replica.toml", &[]).unwrap()
+    };
+    let a = common::start(config("a")).await;
+    let b = common::start(config("b")).await;
+    assert_eq!(
+        common::deliver(&a, "pull_request", "merge-pr", &merged_pr(3, &sha)).await,
+        202
+    );
+    let rollout = common::rollout_of(&a, &sha).await;
+    let id = rollout.id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (driver, other) = loop {
+        match (a.runtime.is_live(&id), b.runtime.is_live(&id)) {
+            (true, false) => break (&a, &b),
+            (false, true) => break (&b, &a),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "nobody drives the rollout");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let by = "alice".to_owned();
+    other
+        .runtime
+        .command(&id, Cmd::Pause { by: by.clone() })
+        .await
+        .expect("paused through the driving replica");
+    assert!(
+        driver.runtime.is_live(&id),
+        "still driven by the same replica"
+    );
+    assert!(!other.runtime.is_live(&id), "not taken over");
+    assert_eq!(
+        other.store.rollout(&id).await.unwrap().unwrap().state,
+        "paused"
+    );
+    // The engine's refusal comes back too.
+    let refused = other
+        .runtime
+        .command(&id, Cmd::Pause { by: by.clone() })
+        .await
+        .expect_err("pausing a paused rollout is refused");
+    assert!(!refused.to_string().is_empty());
+    other
+        .runtime
+        .command(&id, Cmd::Resume { by })
+        .await
+        .expect("resumed");
+    let done = common::wait_state(driver, &id, &["succeeded", "failed", "halted"], 60).await;
+    assert_eq!(done.state, "succeeded");
+    for name in &envs {
+        assert_eq!(
+            fleet.version_of(name, "web").as_deref(),
+            Some(sha.as_str()),
+            "{name}"
+        );
+    }
+    assert!(fleet.overlapping_deploys().is_empty());
+    a.stop().await;
+    b.stop().await;
+}

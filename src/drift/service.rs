@@ -170,8 +170,8 @@ impl DriftService {
     /// its lease runs out within an interval and another takes over.
     async fn my_turn(&self, now: DateTime<Utc>) -> bool {
         let replica = self.inner.runtime.replica();
-        let interval = chrono::Duration::from_std(self.inner.interval)
-            .unwrap_or(chrono::Duration::minutes(5));
+        let interval =
+            chrono::Duration::from_std(self.inner.interval).unwrap_or(chrono::Duration::minutes(5));
         // A little shorter than the interval: the holder's next tick finds
         // it free even when its clock runs a bit ahead of the database's.
         let until = now + interval - interval / 10;
