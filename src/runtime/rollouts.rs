@@ -26,7 +26,10 @@ use crate::store::{
     RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
 };
 
-use super::leases::{DEFAULT_LEASE, HeldLease, Replica, branch_key};
+use super::leases::{HeldLease, Replica, branch_key};
+
+/// The lease of a runtime alone on its database and never renewed.
+const SOLE_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Told when a rollout's state changed, so the comment and check run can
 /// follow (the reporter decides when to send what).
@@ -160,14 +163,16 @@ fn decode(record: &RolloutRecord) -> Result<Rollout, RuntimeError> {
 
 impl RolloutRuntime {
     /// A runtime that is the only one on its database (tests, tools): a
-    /// replica id of its own, the default lease.
+    /// replica id of its own and leases that do not run out in its
+    /// lifetime, since nothing may renew them ([`RolloutRuntime::keep_leases`]
+    /// is what `convoy serve` runs beside a replica's runtime).
     pub fn new(
         store: Arc<dyn Store>,
         drivers: Drivers,
         reporter: Option<Arc<dyn ReportSink>>,
     ) -> RolloutRuntime {
         let id = format!("local-{:08x}", fastrand::u32(..));
-        Self::with_replica(store, drivers, reporter, Replica::new(id, DEFAULT_LEASE))
+        Self::with_replica(store, drivers, reporter, Replica::new(id, SOLE_LEASE))
     }
 
     /// A runtime that drives rollouts as `replica`, beside others on the
