@@ -283,6 +283,107 @@ impl Store for Counting {
             .unlock_step(repo, environment, service, rollout)
             .await
     }
+    async fn claim_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<Option<convoy::store::Lease>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.claim_lease(kind, key, owner, now, until).await
+    }
+    async fn renew_leases(
+        &self,
+        kind: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.renew_leases(kind, owner, until).await
+    }
+    async fn lease(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<(Option<String>, convoy::store::Lease)>> {
+        self.inner.lease(kind, key).await
+    }
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.release_lease(kind, key, owner, generation).await
+    }
+    async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.release_all_leases(owner, now).await
+    }
+    async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RolloutId>> {
+        self.inner.orphaned_rollouts(now).await
+    }
+    async fn idle_queued_branches(&self) -> StoreResult<Vec<(RepoName, BranchName)>> {
+        self.inner.idle_queued_branches().await
+    }
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxItem>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.claim_deliveries(owner, now, until, limit).await
+    }
+    async fn renew_delivery_claims(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.renew_delivery_claims(owner, ids, until).await
+    }
+    async fn push_rollout_input(
+        &self,
+        rollout: &RolloutId,
+        input: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.push_rollout_input(rollout, input, now).await
+    }
+    async fn open_rollout_inputs(&self, owner: &str) -> StoreResult<Vec<(i64, RolloutId, String)>> {
+        self.inner.open_rollout_inputs(owner).await
+    }
+    async fn answer_rollout_input(
+        &self,
+        id: i64,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.answer_rollout_input(id, answer, now).await
+    }
+    async fn rollout_input_answer(&self, id: i64) -> StoreResult<Option<String>> {
+        self.inner.rollout_input_answer(id).await
+    }
+    async fn take_write_token(
+        &self,
+        installation: InstallationId,
+        per_minute: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<std::time::Duration>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .take_write_token(installation, per_minute, now)
+            .await
+    }
     async fn baselines(
         &self,
         repo: Option<&RepoName>,

@@ -15,6 +15,7 @@ use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::metrics::Metrics;
 use crate::runtime::commands::{CommandHandler, CommandHooks};
 use crate::runtime::intake::InboxWriter;
+use crate::runtime::leases::Replica;
 use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
 use crate::runtime::worker::{Chain, Dispatcher, EventHandler, Worker};
@@ -80,13 +81,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops taking requests, lets the worker finish its round, and returns
-    /// when everything has stopped.
+    /// Stops taking requests, lets the worker finish its round, gives this
+    /// replica's leases back (other replicas take its rollouts over at
+    /// once) and returns when everything has stopped.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.runtime.release_leases().await;
     }
 
     /// Waits until the process is asked to stop (Ctrl-C or SIGTERM).
@@ -150,6 +153,8 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let config = Arc::new(config);
+    let replica = Replica::for_data_dir(&config.server.data_dir, config.server.lease);
+    tracing::info!(replica = %replica.id, lease = ?replica.lease, "replica");
     // Check runs and the PR comment, when the App's key is configured and
     // the caller brought no reporter of its own.
     let reporting = match services.reporter {
@@ -158,11 +163,19 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
             .await
             .map_err(StartError::Config)?,
     };
+    if let Some(r) = &reporting {
+        r.reporter.set_replica(replica.id.clone());
+    }
     let reporter = services
         .reporter
         .clone()
         .or_else(|| reporting.as_ref().map(|r| r.sink()));
-    let runtime = RolloutRuntime::new(store.clone(), drivers.clone(), reporter.clone());
+    let runtime = RolloutRuntime::with_replica(
+        store.clone(),
+        drivers.clone(),
+        reporter.clone(),
+        replica.clone(),
+    );
     // Git fetches authenticate with the App's installation token when the
     // App is configured; without it only open remotes (file://) work.
     let tokens = services
@@ -244,7 +257,8 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         runtime.watch_freezes(std::time::Duration::from_secs(2), shutdown_rx.clone());
     report_tasks.push(freeze_watch);
     report_tasks.push(drift.spawn(shutdown_rx.clone()));
-    let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake);
+    report_tasks.push(runtime.keep_leases(shutdown_rx.clone()));
+    let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake).as_replica(replica);
     let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

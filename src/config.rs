@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Where convoy keeps its git cache and other files it owns.
     pub data_dir: PathBuf,
+    /// How long a replica's claim on a piece of work (a delivery, a
+    /// rollout) lasts without renewal: the longest a replica that died
+    /// holds up its work before another takes it over.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +179,7 @@ struct RawServer {
     listen: Option<String>,
     public_url: Option<String>,
     data_dir: Option<String>,
+    lease: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -278,7 +283,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The keys of each fixed section, so an override can name them and a typo
 /// in an override is caught like a typo in the file.
 const SECTION_KEYS: &[(&str, &[&str])] = &[
-    ("SERVER", &["LISTEN", "PUBLIC_URL", "DATA_DIR"]),
+    ("SERVER", &["LISTEN", "PUBLIC_URL", "DATA_DIR", "LEASE"]),
     (
         "GITHUB",
         &[
@@ -345,6 +350,7 @@ fn apply_env_overrides(raw: &mut RawConfig, env: &[(String, String)]) -> Result<
             ("SERVER", "LISTEN") => raw.server.listen = v,
             ("SERVER", "PUBLIC_URL") => raw.server.public_url = v,
             ("SERVER", "DATA_DIR") => raw.server.data_dir = v,
+            ("SERVER", "LEASE") => raw.server.lease = v,
             ("GITHUB", "APP_ID") => raw.github.app_id = Some(parse_num(var, value)?),
             ("GITHUB", "PRIVATE_KEY_PATH") => raw.github.private_key_path = v,
             ("GITHUB", "WEBHOOK_SECRET") => raw.github.webhook_secret = Some(Secret(value.clone())),
@@ -649,6 +655,7 @@ fn build(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError
             listen,
             public_url,
             data_dir: PathBuf::from(raw.server.data_dir.unwrap_or_else(|| "data".into())),
+            lease: lease_key(raw.server.lease)?,
         },
         github,
         database: DatabaseConfig { url },
@@ -664,6 +671,20 @@ fn build(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError
             max_environments: raw.limits.max_environments.unwrap_or(10_000),
         },
     })
+}
+
+/// `server.lease`: at least 1 s (renewals come every third of it, and a
+/// database round must fit), at most 10 minutes (a dead replica's work
+/// waits that long).
+fn lease_key(raw: Option<String>) -> Result<Duration, ConfigError> {
+    let lease = duration_key("server.lease", raw, Duration::from_secs(15))?;
+    if lease < Duration::from_secs(1) || lease > Duration::from_secs(600) {
+        return Err(err(format!(
+            "server.lease: {} is out of range; use between 1s and 10m (default 15s)",
+            crate::duration::format_duration(lease)
+        )));
+    }
+    Ok(lease)
 }
 
 /// Whether `host` is allowed by a list of exact names and `*.suffix`
@@ -890,5 +911,29 @@ permanent_exit_codes = [3]
         )
         .unwrap();
         assert!(c.drivers.contains_key("agent"));
+    }
+
+    #[test]
+    fn lease_defaults_to_15s_reads_the_file_and_the_environment_and_has_bounds() {
+        let secret = env(&[("CONVOY_GITHUB_WEBHOOK_SECRET", "s")]);
+        let c = Config::from_toml("", "t.toml", &secret).unwrap();
+        assert_eq!(c.server.lease, Duration::from_secs(15));
+        let c = Config::from_toml("[server]\nlease = \"2s\"\n", "t.toml", &secret).unwrap();
+        assert_eq!(c.server.lease, Duration::from_secs(2));
+        let c = Config::from_toml(
+            "",
+            "t.toml",
+            &env(&[
+                ("CONVOY_GITHUB_WEBHOOK_SECRET", "s"),
+                ("CONVOY_SERVER_LEASE", "1m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.lease, Duration::from_secs(60));
+        for bad in ["100ms", "2h", "soon"] {
+            let e = Config::from_toml(&format!("[server]\nlease = \"{bad}\"\n"), "t.toml", &secret)
+                .unwrap_err();
+            assert!(e.0.contains("server.lease"), "{bad}: {e}");
+        }
     }
 }

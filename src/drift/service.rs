@@ -147,6 +147,10 @@ impl DriftService {
                     continue;
                 }
                 let started = Utc::now();
+                if !me.my_turn(started).await {
+                    ticker.passed(started, Utc::now());
+                    continue;
+                }
                 let pass = me.pass();
                 tokio::select! {
                     summary = pass => match summary {
@@ -158,6 +162,36 @@ impl DriftService {
                 ticker.passed(started, Utc::now());
             }
         })
+    }
+
+    /// Whether this replica makes this interval's pass: one replica a
+    /// pass, however many run (a lease of one interval, kind `drift`). The
+    /// replica that made the last pass keeps making them; when it is gone
+    /// its lease runs out within an interval and another takes over.
+    async fn my_turn(&self, now: DateTime<Utc>) -> bool {
+        let replica = self.inner.runtime.replica();
+        let interval =
+            chrono::Duration::from_std(self.inner.interval).unwrap_or(chrono::Duration::minutes(5));
+        // A little shorter than the interval: the holder's next tick finds
+        // it free even when its clock runs a bit ahead of the database's.
+        let until = now + interval - interval / 10;
+        match self
+            .inner
+            .store
+            .claim_lease("drift", "pass", &replica.id, now, until)
+            .await
+        {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                tracing::debug!("another replica makes this drift pass");
+                false
+            }
+            Err(e) => {
+                // Better a pass twice than none.
+                tracing::warn!(error = %e, "claiming the drift pass failed; passing anyway");
+                true
+            }
+        }
     }
 
     /// One reconciliation over every repository with baselines: ask the

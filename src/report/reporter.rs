@@ -104,6 +104,9 @@ struct Inner {
     wake: Notify,
     rendering: AtomicUsize,
     stopped: AtomicBool,
+    /// This replica's id, when several may run: a rollout another replica
+    /// drives is reported by that replica, not from here.
+    replica: std::sync::OnceLock<String>,
 }
 
 /// The reporter. Cheap to clone; implements [`ReportSink`].
@@ -154,10 +157,34 @@ impl Reporter {
                 wake: Notify::new(),
                 rendering: AtomicUsize::new(0),
                 stopped: AtomicBool::new(false),
+                replica: std::sync::OnceLock::new(),
             }),
         };
         let task = tokio::spawn(reporter.clone().run());
         Ok((reporter, vec![transport_task, task]))
+    }
+
+    /// Reports only rollouts that no other replica drives (several
+    /// replicas on one database): two replicas rendering the same rollout
+    /// would each create its check run and comment.
+    pub fn set_replica(&self, id: String) {
+        let _ = self.inner.replica.set(id);
+    }
+
+    /// Whether another replica holds the rollout's lease (and so reports it).
+    async fn driven_elsewhere(&self, id: &RolloutId) -> bool {
+        let Some(me) = self.inner.replica.get() else {
+            return false;
+        };
+        match self
+            .inner
+            .store
+            .lease(crate::store::LEASE_ROLLOUT, id.as_str())
+            .await
+        {
+            Ok(Some((Some(owner), lease))) => owner != *me && lease.expires_at > chrono::Utc::now(),
+            _ => false,
+        }
     }
 
     pub fn transport(&self) -> &Transport {
@@ -254,6 +281,9 @@ impl Reporter {
 
     /// Renders one rollout now and hands its bodies to the transport.
     pub async fn render(&self, id: &RolloutId, importance: Importance) {
+        if self.driven_elsewhere(id).await {
+            return;
+        }
         let record = match self.inner.store.rollout(id).await {
             Ok(Some(r)) => r,
             Ok(None) => return,

@@ -71,7 +71,12 @@ pub async fn from_config(
         return Ok(None);
     };
     let client = Arc::new(GitHubClient::new(client_config).map_err(|e| format!("github: {e}"))?);
-    let api: Arc<dyn GitHubApi> = client.clone();
+    // Writes paced per installation across every replica (SPEC 7.5).
+    let api: Arc<dyn GitHubApi> = Arc::new(crate::runtime::leases::SharedWritePacing::new(
+        client.clone(),
+        store.clone(),
+        config.github.writes_per_minute,
+    ));
     let tokens: Arc<dyn TokenSource> = client;
     let ledger = ledger_for(config).await?;
     let (reporter, tasks) = Reporter::start(

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod intake;
+pub mod leases;
 pub mod merges;
 pub mod plans;
 pub mod rollouts;

@@ -22,9 +22,14 @@ use crate::engine::{
 };
 use crate::plan::model::{EnvTarget, StepKey};
 use crate::store::{
-    AttemptRecord, Created, Freeze, RolloutKind, RolloutRecord, RolloutWrite, Store, StoreError,
-    StoredStep, StoredTimer,
+    AttemptRecord, Created, Freeze, LEASE_BRANCH, LEASE_ROLLOUT, RolloutKind, RolloutRecord,
+    RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
 };
+
+use super::leases::{HeldLease, Replica, branch_key};
+
+/// The lease of a runtime alone on its database and never renewed.
+const SOLE_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Told when a rollout's state changed, so the comment and check run can
 /// follow (the reporter decides when to send what).
@@ -36,6 +41,10 @@ pub trait ReportSink: Send + Sync + 'static {
 /// How long a deploy waits between tries for the lock of its (environment,
 /// service) while another rollout holds it.
 const LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// How often inputs queued by other replicas are looked for: a command on
+/// a rollout another replica drives waits about this long.
+const INPUT_POLL: Duration = Duration::from_millis(200);
 
 /// At most this many queued inputs are applied before one persist: bounds
 /// how long the first of them waits for its effects.
@@ -54,6 +63,25 @@ fn merge_changed(into: &mut Changed, more: Changed) {
 enum Input {
     Event(Event),
     Command(Command, oneshot::Sender<Result<(), CommandError>>),
+    /// The rollout's lease is lost (taken over, or given up at shutdown):
+    /// the task stops at once, without another write or driver call.
+    LeaseLost,
+}
+
+/// An input for a rollout another replica drives, as queued in the
+/// database (`rollout_inputs`).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RemoteInput {
+    Event(Event),
+    Command(Command),
+}
+
+/// How long a command for a rollout that another replica drives waits for
+/// that replica's answer before the sender gives up waiting (the command
+/// stays queued and still takes effect).
+fn remote_answer_wait(replica: &Replica) -> Duration {
+    replica.lease * 2 + Duration::from_secs(10)
 }
 
 /// The parts of a rollout's record an actor needs besides the engine state.
@@ -81,8 +109,12 @@ struct Inner {
     drivers: Drivers,
     reporter: Option<Arc<dyn ReportSink>>,
     actors: Mutex<HashMap<RolloutId, (RepoName, mpsc::UnboundedSender<Input>)>>,
-    /// Admission decisions (which rollout of a branch runs) one at a time.
+    /// Admission decisions (which rollout of a branch runs) one at a time
+    /// in this process; across replicas the branch's lease does it.
     admission: tokio::sync::Mutex<()>,
+    replica: Replica,
+    /// The lease of every rollout a task here drives.
+    held: Mutex<HashMap<RolloutId, Arc<HeldLease>>>,
 }
 
 /// The rollout runtime. Cheap to clone.
@@ -130,10 +162,26 @@ fn decode(record: &RolloutRecord) -> Result<Rollout, RuntimeError> {
 }
 
 impl RolloutRuntime {
+    /// A runtime that is the only one on its database (tests, tools): a
+    /// replica id of its own and leases that do not run out in its
+    /// lifetime, since nothing may renew them ([`RolloutRuntime::keep_leases`]
+    /// is what `convoy serve` runs beside a replica's runtime).
     pub fn new(
         store: Arc<dyn Store>,
         drivers: Drivers,
         reporter: Option<Arc<dyn ReportSink>>,
+    ) -> RolloutRuntime {
+        let id = format!("local-{:08x}", fastrand::u32(..));
+        Self::with_replica(store, drivers, reporter, Replica::new(id, SOLE_LEASE))
+    }
+
+    /// A runtime that drives rollouts as `replica`, beside others on the
+    /// same database: it drives a rollout only while it holds its lease.
+    pub fn with_replica(
+        store: Arc<dyn Store>,
+        drivers: Drivers,
+        reporter: Option<Arc<dyn ReportSink>>,
+        replica: Replica,
     ) -> RolloutRuntime {
         RolloutRuntime {
             inner: Arc::new(Inner {
@@ -142,8 +190,14 @@ impl RolloutRuntime {
                 reporter,
                 actors: Mutex::new(HashMap::new()),
                 admission: tokio::sync::Mutex::new(()),
+                replica,
+                held: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.inner.replica
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -166,24 +220,16 @@ impl RolloutRuntime {
         let unfinished = self.inner.store.unfinished_rollouts().await?;
         let mut resumed = 0;
         for record in &unfinished {
-            if record.state == RolloutState::Queued.as_str() {
+            if record.state == RolloutState::Queued.as_str() || self.is_live(&record.id) {
                 continue;
             }
-            let rollout = match decode(record) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(rollout = %record.id, error = %e, "cannot resume rollout");
-                    continue;
-                }
+            // A rollout another replica drives is left to it.
+            let Some(held) = self.claim(&record.id).await else {
+                continue;
             };
-            let tx = self.spawn_actor(Meta::of(record), rollout);
-            for t in self.inner.store.timers(&record.id).await? {
-                if let Ok(timer) = serde_json::from_str::<Timer>(&t.timer) {
-                    arm_timer(tx.clone(), t.at, timer);
-                }
+            if self.resume(record, held).await.is_some() {
+                resumed += 1;
             }
-            let _ = tx.send(Input::Event(Event::Recover));
-            resumed += 1;
         }
         let mut branches: Vec<(RepoName, BranchName)> = unfinished
             .iter()
@@ -200,15 +246,170 @@ impl RolloutRuntime {
         Ok(resumed)
     }
 
+    /// Claims the lease of driving rollout `id`; `None` while another
+    /// replica holds it (or the database did not answer: tried again later).
+    async fn claim(&self, id: &RolloutId) -> Option<Arc<HeldLease>> {
+        let replica = &self.inner.replica;
+        let now = Utc::now();
+        match self
+            .inner
+            .store
+            .claim_lease(
+                LEASE_ROLLOUT,
+                id.as_str(),
+                &replica.id,
+                now,
+                replica.until(now),
+            )
+            .await
+        {
+            Ok(Some(lease)) => Some(Arc::new(HeldLease::new(lease, replica))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(rollout = %id, error = %e, "claiming the rollout's lease failed");
+                None
+            }
+        }
+    }
+
+    /// Gives a rollout's lease up, so another replica (or this one) may
+    /// take the rollout at once.
+    async fn give_up(&self, id: &RolloutId, held: &HeldLease) {
+        held.revoke();
+        let replica = &self.inner.replica;
+        if let Err(e) = self
+            .inner
+            .store
+            .release_lease(LEASE_ROLLOUT, id.as_str(), &replica.id, held.generation)
+            .await
+        {
+            tracing::warn!(rollout = %id, error = %e, "releasing the rollout's lease failed; it expires");
+        }
+    }
+
+    /// Starts a task for a started rollout from its stored state, under
+    /// `held`: its stored timers re-armed, then [`Event::Recover`] (steps
+    /// that were in flight are re-verified through the driver first).
+    async fn resume(
+        &self,
+        record: &RolloutRecord,
+        held: Arc<HeldLease>,
+    ) -> Option<mpsc::UnboundedSender<Input>> {
+        let loaded = match decode(record) {
+            Ok(rollout) => self
+                .inner
+                .store
+                .timers(&record.id)
+                .await
+                .map(|timers| (rollout, timers))
+                .map_err(RuntimeError::from),
+            Err(e) => Err(e),
+        };
+        let (rollout, timers) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(rollout = %record.id, error = %e, "cannot resume rollout");
+                self.give_up(&record.id, &held).await;
+                return None;
+            }
+        };
+        let tx = self.spawn_actor(Meta::of(record), rollout, held);
+        for t in timers {
+            if let Ok(timer) = serde_json::from_str::<Timer>(&t.timer) {
+                arm_timer(tx.clone(), t.at, timer);
+            }
+        }
+        let _ = tx.send(Input::Event(Event::Recover));
+        Some(tx)
+    }
+
+    /// Takes over a rollout nobody drives (its replica died or gave it up).
+    async fn take_over(&self, id: &RolloutId) -> bool {
+        if self.is_live(id) {
+            return false;
+        }
+        let Some(held) = self.claim(id).await else {
+            return false;
+        };
+        match self.inner.store.rollout(id).await {
+            Ok(Some(record))
+                if record.state != RolloutState::Queued.as_str()
+                    && !is_terminal_state(&record.state) =>
+            {
+                tracing::info!(rollout = %id, generation = held.generation, "taking over the rollout");
+                self.resume(&record, held).await.is_some()
+            }
+            Ok(_) => {
+                self.give_up(id, &held).await;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(rollout = %id, error = %e, "reading the rollout to take over failed");
+                self.give_up(id, &held).await;
+                false
+            }
+        }
+    }
+
+    /// Takes the admission lease of a branch, waiting while another
+    /// replica decides on it (those decisions take milliseconds). Answers
+    /// the generation to release.
+    async fn lock_branch(&self, repo: &RepoName, branch: &BranchName) -> Option<(String, i64)> {
+        let replica = &self.inner.replica;
+        let key = branch_key(repo.as_str(), branch.as_str());
+        let give_up_at = std::time::Instant::now() + replica.lease * 3;
+        loop {
+            let now = Utc::now();
+            match self
+                .inner
+                .store
+                .claim_lease(LEASE_BRANCH, &key, &replica.id, now, replica.until(now))
+                .await
+            {
+                Ok(Some(lease)) => return Some((key, lease.generation)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming the branch's lease failed"),
+            }
+            if std::time::Instant::now() > give_up_at {
+                // Only a replica stuck mid-decision holds it this long;
+                // deciding anyway beats never starting anything.
+                tracing::warn!(%repo, %branch, "the branch's admission lease stays taken; deciding without it");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn unlock_branch(&self, held: Option<(String, i64)>) {
+        if let Some((key, generation)) = held {
+            let _ = self
+                .inner
+                .store
+                .release_lease(LEASE_BRANCH, &key, &self.inner.replica.id, generation)
+                .await;
+        }
+    }
+
     /// Stores a new rollout and admits it (SPEC 6.5): it starts now, queues
     /// behind the branch's active rollout, or supersedes it. Returns
     /// `Created::Existing` when the same commit already has its rollout.
     pub async fn submit(
         &self,
-        mut record: RolloutRecord,
+        record: RolloutRecord,
         rollout: Rollout,
     ) -> Result<Created, RuntimeError> {
         let _admission = self.inner.admission.lock().await;
+        let branch = self.lock_branch(&record.repo, &record.branch).await;
+        let result = self.submit_admitted(record, rollout).await;
+        self.unlock_branch(branch).await;
+        result
+    }
+
+    async fn submit_admitted(
+        &self,
+        mut record: RolloutRecord,
+        rollout: Rollout,
+    ) -> Result<Created, RuntimeError> {
         record.state = rollout.state.as_str().to_owned();
         record.document =
             Some(
@@ -249,7 +450,8 @@ impl RolloutRuntime {
                 }
                 // Starts when the superseded ones have ended (`Finished`).
                 if !self.branch_has_active(&record.repo, &record.branch).await? {
-                    self.start_next(&record.repo, &record.branch).await?;
+                    self.start_next_admitted(&record.repo, &record.branch)
+                        .await?;
                 }
             }
         }
@@ -258,51 +460,234 @@ impl RolloutRuntime {
 
     async fn supersede(&self, other: &RolloutRecord, by: &RolloutId) -> Result<(), RuntimeError> {
         let event = Event::Superseded { by: by.to_string() };
-        if let Some(tx) = lock(&self.inner.actors).get(&other.id).map(|a| a.1.clone()) {
-            let _ = tx.send(Input::Event(event));
-            return Ok(());
-        }
-        // A queued rollout has no task: end it here.
-        let mut rollout = decode(other)?;
-        let t = engine::apply(&mut rollout, event, &ctx_now());
-        self.persist(&other.id, &mut rollout, &t.changed, &t.effects)
-            .await;
-        self.report(&other.id, Importance::Terminal).await;
-        Ok(())
+        // Called while admitting: the branch is ours already.
+        self.deliver(&other.id, RemoteInput::Event(event), false, true)
+            .await
     }
 
     /// Sends a human command to a rollout and waits for the engine's verdict.
     pub async fn command(&self, id: &RolloutId, cmd: Command) -> Result<(), RuntimeError> {
-        let live = lock(&self.inner.actors).get(id).map(|a| a.1.clone());
-        if let Some(tx) = live {
-            let (reply, answer) = oneshot::channel();
-            if tx.send(Input::Command(cmd.clone(), reply)).is_ok()
-                && let Ok(result) = answer.await
-            {
-                return result.map_err(RuntimeError::from);
+        self.deliver(id, RemoteInput::Command(cmd), true, false)
+            .await
+    }
+
+    /// Hands `input` to whoever drives rollout `id`: the task here when
+    /// there is one; else, once this replica holds the rollout's lease, the
+    /// stored state here (a rollout nobody drove is taken over); else the
+    /// replica holding the lease, through the database (`rollout_inputs`).
+    /// With `wait`, answers the engine's verdict on a command. `admitted`:
+    /// the caller holds the admission of the rollout's branch.
+    ///
+    /// Boxed: delivering may revive a rollout, whose effects may start a
+    /// rollback, which delivers again; the cycle needs a named future type.
+    fn deliver<'a>(
+        &'a self,
+        id: &'a RolloutId,
+        input: RemoteInput,
+        wait: bool,
+        admitted: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RuntimeError>> + Send + 'a>>
+    {
+        Box::pin(self.deliver_inner(id, input, wait, admitted))
+    }
+
+    async fn deliver_inner(
+        &self,
+        id: &RolloutId,
+        input: RemoteInput,
+        wait: bool,
+        admitted: bool,
+    ) -> Result<(), RuntimeError> {
+        // A task that ends while the input is on its way loses it: then
+        // the stored state (or its new driver) gets it. Bounded rounds.
+        for _ in 0..3 {
+            let live = lock(&self.inner.actors).get(id).map(|a| a.1.clone());
+            if let Some(tx) = live {
+                match &input {
+                    RemoteInput::Event(event) => {
+                        if tx.send(Input::Event(event.clone())).is_ok() {
+                            return Ok(());
+                        }
+                    }
+                    RemoteInput::Command(cmd) => {
+                        let (reply, answer) = oneshot::channel();
+                        if tx.send(Input::Command(cmd.clone(), reply)).is_ok()
+                            && let Ok(result) = answer.await
+                        {
+                            return result.map_err(RuntimeError::from);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
+            if let Some(held) = self.claim(id).await {
+                return self.apply_here(id, input, held, admitted).await;
+            }
+            // Another replica drives it: queue it there.
+            let json = serde_json::to_string(&input).map_err(|e| {
+                RuntimeError::Command(CommandError(format!("cannot queue the input: {e}")))
+            })?;
+            let queued = self
+                .inner
+                .store
+                .push_rollout_input(id, &json, Utc::now())
+                .await?;
+            tracing::info!(rollout = %id, input = queued, "input queued for the replica driving the rollout");
+            if !wait {
+                return Ok(());
+            }
+            return self.await_answer(id, queued, input, admitted).await;
         }
-        // Not running (queued, or ended): apply to the stored state.
-        let _admission = self.inner.admission.lock().await;
-        let record = self
-            .inner
-            .store
-            .rollout(id)
-            .await?
-            .ok_or_else(|| CommandError(format!("there is no rollout {id}")))?;
-        let mut rollout = decode(&record)?;
+        Err(RuntimeError::Command(CommandError(format!(
+            "rollout {id} is changing hands; try again"
+        ))))
+    }
+
+    /// Waits for the answer to a queued input. When the replica that held
+    /// the rollout let go of it meanwhile (the input still open), this one
+    /// takes the input back and applies it itself.
+    async fn await_answer(
+        &self,
+        id: &RolloutId,
+        queued: i64,
+        input: RemoteInput,
+        admitted: bool,
+    ) -> Result<(), RuntimeError> {
+        let store = &self.inner.store;
+        let deadline = std::time::Instant::now() + remote_answer_wait(&self.inner.replica);
+        let mut round = 0u32;
+        loop {
+            if let Some(answer) = store.rollout_input_answer(queued).await? {
+                return if answer.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Command(CommandError(answer)))
+                };
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(RuntimeError::Command(CommandError(format!(
+                    "the replica driving rollout {id} has not answered yet; \
+                     the command stays queued and takes effect when it does"
+                ))));
+            }
+            round += 1;
+            if round.is_multiple_of(10)
+                && let Some(held) = self.claim(id).await
+            {
+                if store.answer_rollout_input(queued, "", Utc::now()).await? {
+                    return self.apply_here(id, input, held, admitted).await;
+                }
+                // Answered meanwhile: read it next round.
+                self.give_up(id, &held).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Applies an input to a rollout no task here drives, under its lease
+    /// (`held`, just claimed): a started rollout is taken over (a task
+    /// resumes it and gets the input); a queued or ended one changes in
+    /// the database, and runs again if the input revived it.
+    async fn apply_here(
+        &self,
+        id: &RolloutId,
+        input: RemoteInput,
+        held: Arc<HeldLease>,
+        admitted: bool,
+    ) -> Result<(), RuntimeError> {
+        let record = match self.inner.store.rollout(id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.give_up(id, &held).await;
+                return Err(CommandError(format!("there is no rollout {id}")).into());
+            }
+            Err(e) => {
+                self.give_up(id, &held).await;
+                return Err(e.into());
+            }
+        };
+        let started =
+            record.state != RolloutState::Queued.as_str() && !is_terminal_state(&record.state);
+        if started {
+            tracing::info!(rollout = %id, "taking over the rollout to apply an input");
+            let Some(tx) = self.resume(&record, held).await else {
+                return Err(CommandError(format!("rollout {id} cannot be resumed")).into());
+            };
+            return match input {
+                RemoteInput::Event(event) => {
+                    let _ = tx.send(Input::Event(event));
+                    Ok(())
+                }
+                RemoteInput::Command(cmd) => {
+                    let (reply, answer) = oneshot::channel();
+                    let _ = tx.send(Input::Command(cmd, reply));
+                    match answer.await {
+                        Ok(result) => result.map_err(RuntimeError::from),
+                        Err(_) => Err(CommandError(format!(
+                            "rollout {id} changed hands; try again"
+                        ))
+                        .into()),
+                    }
+                }
+            };
+        }
+        // Queued or ended: apply to the stored state, one decision at a
+        // time with admissions here.
+        let _admission = if admitted {
+            None
+        } else {
+            Some(self.inner.admission.lock().await)
+        };
+        let mut rollout = match decode(&record) {
+            Ok(r) => r,
+            Err(e) => {
+                self.give_up(id, &held).await;
+                return Err(e);
+            }
+        };
         let was_terminal = rollout.state.is_terminal();
-        let t = engine::apply_command(&mut rollout, cmd, &ctx_now())?;
+        let t = match input {
+            RemoteInput::Event(event) => engine::apply(&mut rollout, event, &ctx_now()),
+            RemoteInput::Command(cmd) => match engine::apply_command(&mut rollout, cmd, &ctx_now())
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    self.give_up(id, &held).await;
+                    return Err(e.into());
+                }
+            },
+        };
         let effects = t.effects;
-        self.persist(id, &mut rollout, &t.changed, &effects).await;
+        if !self
+            .persist(id, &mut rollout, &t.changed, &effects, &held)
+            .await
+        {
+            return Err(CommandError(format!("rollout {id} changed hands; try again")).into());
+        }
         if was_terminal && !rollout.state.is_terminal() {
             // e.g. a retry after the rollout failed: it runs again.
             let meta = Meta::of(&record);
-            let tx = self.spawn_actor(meta.clone(), rollout.clone());
+            let tx = self.spawn_actor(meta.clone(), rollout.clone(), held);
             self.execute_with(&tx, &meta, &rollout, effects, &HashSet::new())
                 .await;
+            return Ok(());
+        }
+        self.give_up(id, &held).await;
+        let importance = if rollout.state.is_terminal() && !was_terminal {
+            Importance::Terminal
         } else {
-            self.report(id, Importance::Matters).await;
+            Importance::Matters
+        };
+        self.report(id, importance).await;
+        drop(_admission);
+        if !admitted
+            && record.kind == RolloutKind::Deploy
+            && record.state == RolloutState::Queued.as_str()
+        {
+            // A queued rollout could not start while its lease was held
+            // here: let the branch go on.
+            self.start_next(&record.repo, &record.branch).await?;
         }
         Ok(())
     }
@@ -336,6 +721,17 @@ impl RolloutRuntime {
 
     /// Starts the oldest queued rollout of the branch, if none is active.
     async fn start_next(&self, repo: &RepoName, branch: &BranchName) -> Result<(), RuntimeError> {
+        let held = self.lock_branch(repo, branch).await;
+        let result = self.start_next_admitted(repo, branch).await;
+        self.unlock_branch(held).await;
+        result
+    }
+
+    async fn start_next_admitted(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<(), RuntimeError> {
         let rollouts = self.branch_rollouts(repo, branch).await?;
         if rollouts
             .iter()
@@ -359,13 +755,20 @@ impl RolloutRuntime {
     /// Starts a rollout that was not running: an active emergency freeze of
     /// its repository (or of all) is applied first, so no step starts.
     async fn start_rollout(&self, meta: Meta, rollout: Rollout) {
+        if self.is_live(&meta.id) {
+            return;
+        }
+        let Some(held) = self.claim(&meta.id).await else {
+            tracing::info!(rollout = %meta.id, "another replica drives the rollout");
+            return;
+        };
         let freezes = self
             .inner
             .store
             .freezes_for(&meta.repo)
             .await
             .unwrap_or_default();
-        let tx = self.spawn_actor(meta, rollout);
+        let tx = self.spawn_actor(meta, rollout, held);
         let now = Utc::now();
         if let Some(f) = freezes.iter().find(|f| f.active(now)) {
             let (reply, _) = oneshot::channel();
@@ -506,6 +909,182 @@ impl RolloutRuntime {
         })
     }
 
+    /// Keeps this replica's share of the work, until `shutdown`: renews
+    /// the leases of the rollouts it drives (a task whose lease was taken
+    /// over stops at once), takes over rollouts nobody drives any more
+    /// (their replica died: the lease expired), starts the next queued
+    /// rollout of a branch left without one, and applies inputs other
+    /// replicas queued for its rollouts.
+    pub fn keep_leases(
+        &self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let replica = runtime.inner.replica.clone();
+            let mut last_renew = std::time::Instant::now();
+            // The first look for orphans comes one interval after start:
+            // `recover` has just done it.
+            let mut last_scan = std::time::Instant::now();
+            let mut dispatched: HashSet<i64> = HashSet::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(INPUT_POLL) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                if last_renew.elapsed() >= replica.renew_every() {
+                    last_renew = std::time::Instant::now();
+                    runtime.renew().await;
+                }
+                if last_scan.elapsed() >= replica.scan_every() {
+                    last_scan = std::time::Instant::now();
+                    match runtime.inner.store.orphaned_rollouts(Utc::now()).await {
+                        Ok(ids) => {
+                            for id in ids {
+                                runtime.take_over(&id).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "looking for orphaned rollouts failed")
+                        }
+                    }
+                    match runtime.inner.store.idle_queued_branches().await {
+                        Ok(branches) => {
+                            for (repo, branch) in branches {
+                                if let Err(e) = runtime.start_next(&repo, &branch).await {
+                                    tracing::warn!(%repo, %branch, error = %e, "starting a queued rollout failed");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "looking for queued rollouts failed"),
+                    }
+                }
+                if let Err(e) = runtime.drain_inputs(&mut dispatched).await {
+                    tracing::warn!(error = %e, "reading queued rollout inputs failed");
+                }
+            }
+        })
+    }
+
+    /// Renews every rollout lease this replica holds; a task whose lease
+    /// is gone (taken over while this replica was paused or cut off) is
+    /// told to stop.
+    async fn renew(&self) {
+        let replica = &self.inner.replica;
+        let until = replica.until(Utc::now());
+        let kept = match self
+            .inner
+            .store
+            .renew_leases(LEASE_ROLLOUT, &replica.id, until)
+            .await
+        {
+            Ok(kept) => kept.into_iter().collect::<HashMap<String, i64>>(),
+            Err(e) => {
+                // Leases run out by themselves; tasks stop acting when
+                // theirs is no longer safe.
+                tracing::warn!(error = %e, "renewing leases failed");
+                return;
+            }
+        };
+        let held: Vec<(RolloutId, Arc<HeldLease>)> = lock(&self.inner.held)
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, h) in held {
+            if kept.get(id.as_str()) == Some(&h.generation) {
+                h.extended(until, replica);
+            } else {
+                h.revoke();
+                if let Some(tx) = lock(&self.inner.actors).get(&id).map(|a| a.1.clone()) {
+                    let _ = tx.send(Input::LeaseLost);
+                }
+            }
+        }
+    }
+
+    /// Hands inputs that other replicas queued to the tasks here that
+    /// drive their rollouts; answers once each is applied and stored.
+    async fn drain_inputs(&self, dispatched: &mut HashSet<i64>) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        let open = store.open_rollout_inputs(&self.inner.replica.id).await?;
+        dispatched.retain(|id| open.iter().any(|(i, _, _)| i == id));
+        for (input_id, rollout, json) in open {
+            if dispatched.contains(&input_id) {
+                continue;
+            }
+            let Some(tx) = lock(&self.inner.actors).get(&rollout).map(|a| a.1.clone()) else {
+                continue; // held for a moment without a task: later.
+            };
+            let input = match serde_json::from_str::<RemoteInput>(&json) {
+                Ok(input) => input,
+                Err(e) => {
+                    store
+                        .answer_rollout_input(
+                            input_id,
+                            &format!("unreadable input: {e}"),
+                            Utc::now(),
+                        )
+                        .await?;
+                    continue;
+                }
+            };
+            dispatched.insert(input_id);
+            match input {
+                RemoteInput::Event(event) => {
+                    if tx.send(Input::Event(event)).is_ok() {
+                        store.answer_rollout_input(input_id, "", Utc::now()).await?;
+                    }
+                }
+                RemoteInput::Command(cmd) => {
+                    let (reply, answer) = oneshot::channel();
+                    if tx.send(Input::Command(cmd, reply)).is_ok() {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            // No answer (the task ended first): the input
+                            // stays open for whoever drives the rollout next.
+                            let text = match answer.await {
+                                Ok(Ok(())) => String::new(),
+                                Ok(Err(e)) => e.0,
+                                Err(_) => return,
+                            };
+                            if let Err(e) = store
+                                .answer_rollout_input(input_id, &text, Utc::now())
+                                .await
+                            {
+                                tracing::warn!(input = input_id, error = %e, "answering a queued input failed");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A graceful stop: every rollout task here stops, and every lease and
+    /// inbox claim of this replica is given back, so other replicas take
+    /// the work at once rather than after the lease.
+    pub async fn release_leases(&self) {
+        let held: Vec<(RolloutId, Arc<HeldLease>)> = lock(&self.inner.held)
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, h) in held {
+            h.revoke();
+            if let Some(tx) = lock(&self.inner.actors).get(&id).map(|a| a.1.clone()) {
+                let _ = tx.send(Input::LeaseLost);
+            }
+        }
+        if let Err(e) = self
+            .inner
+            .store
+            .release_all_leases(&self.inner.replica.id, Utc::now())
+            .await
+        {
+            tracing::warn!(error = %e, "releasing leases failed; they expire");
+        }
+    }
+
     fn live_in(&self, repo: Option<&RepoName>) -> Vec<(RolloutId, mpsc::UnboundedSender<Input>)> {
         lock(&self.inner.actors)
             .iter()
@@ -514,9 +1093,16 @@ impl RolloutRuntime {
             .collect()
     }
 
-    fn spawn_actor(&self, meta: Meta, rollout: Rollout) -> mpsc::UnboundedSender<Input> {
+    /// Starts the task that drives a rollout, under its lease `held`.
+    fn spawn_actor(
+        &self,
+        meta: Meta,
+        rollout: Rollout,
+        held: Arc<HeldLease>,
+    ) -> mpsc::UnboundedSender<Input> {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.actors).insert(meta.id.clone(), (meta.repo.clone(), tx.clone()));
+        lock(&self.inner.held).insert(meta.id.clone(), held);
         let runtime = self.clone();
         let own = tx.clone();
         let span = tracing::info_span!("rollout", rollout = %meta.id, repo = %meta.repo);
@@ -531,7 +1117,12 @@ impl RolloutRuntime {
         tx: mpsc::UnboundedSender<Input>,
         mut rx: mpsc::UnboundedReceiver<Input>,
     ) {
-        while let Some(first) = rx.recv().await {
+        let Some(held) = lock(&self.inner.held).get(&meta.id).cloned() else {
+            lock(&self.inner.actors).remove(&meta.id);
+            return;
+        };
+        let mut lost = false;
+        'inputs: while let Some(first) = rx.recv().await {
             // Everything already queued is applied before one persist: under
             // load many driver answers arrive together, and one transaction
             // for all of them is what keeps the database off the critical
@@ -539,6 +1130,12 @@ impl RolloutRuntime {
             let mut batch = Batch::default();
             let mut next = Some(first);
             while let Some(input) = next.take() {
+                if matches!(input, Input::LeaseLost) || !held.valid(Utc::now()) {
+                    // Another replica may drive it now: not one more write
+                    // or driver call from here.
+                    lost = true;
+                    break 'inputs;
+                }
                 batch.apply(&mut rollout, input);
                 if rollout.state.is_terminal() || batch.inputs >= MAX_BATCH {
                     // Whatever follows a terminal state is for the stored
@@ -576,8 +1173,11 @@ impl RolloutRuntime {
                     _ => None,
                 })
                 .collect();
-            let locked = self.save(&meta.id, &write).await;
-            let held: HashSet<StepKey> = write
+            let Some(locked) = self.save(&meta.id, &mut write, &held).await else {
+                lost = true;
+                break;
+            };
+            let held_locks: HashSet<StepKey> = write
                 .lock
                 .into_iter()
                 .zip(locked)
@@ -595,13 +1195,21 @@ impl RolloutRuntime {
                 .effects
                 .iter()
                 .any(|e| matches!(e, Effect::Finished { .. }));
-            self.execute_with(&tx, &meta, &rollout, batch.effects, &held)
+            self.execute_with(&tx, &meta, &rollout, batch.effects, &held_locks)
                 .await;
             if finished || rollout.state.is_terminal() {
                 break;
             }
         }
         lock(&self.inner.actors).remove(&meta.id);
+        lock(&self.inner.held).remove(&meta.id);
+        if lost {
+            // Whoever drives it now recovers from the stored state; the
+            // lease goes back (if still ours) so that happens at once.
+            tracing::warn!(rollout = %meta.id, generation = held.generation, "lease lost; this replica stops driving the rollout");
+            self.give_up(&meta.id, &held).await;
+            return;
+        }
         // Release every lock this rollout may still hold, then let the
         // branch's next rollout go.
         let _ = self.release_all(&meta, &rollout).await;
@@ -610,6 +1218,7 @@ impl RolloutRuntime {
         {
             tracing::error!(rollout = %meta.id, error = %e, "starting the next rollout failed");
         }
+        self.give_up(&meta.id, &held).await;
     }
 
     async fn release_all(&self, meta: &Meta, rollout: &Rollout) -> Result<(), StoreError> {
@@ -627,24 +1236,38 @@ impl RolloutRuntime {
     /// Writes the new state (with its timers and attempt history) before
     /// anything is acted on. A database that fails is retried until it
     /// answers: acting on unsaved state could deploy twice after a crash.
+    /// `false` when the lease was lost (nothing written).
     async fn persist(
         &self,
         id: &RolloutId,
         rollout: &mut Rollout,
         changed: &Changed,
         effects: &[Effect],
-    ) {
-        let write = rollout_write(rollout, changed, effects);
-        self.save(id, &write).await;
+        held: &HeldLease,
+    ) -> bool {
+        let mut write = rollout_write(rollout, changed, effects);
+        self.save(id, &mut write, held).await.is_some()
     }
 
-    /// Saves, retrying until the database answers; which of `write.lock`
-    /// this rollout holds now.
-    async fn save(&self, id: &RolloutId, write: &RolloutWrite) -> Vec<bool> {
+    /// Saves under the rollout's lease, retrying until the database
+    /// answers; which of `write.lock` this rollout holds now. `None` when
+    /// the lease is no longer this replica's (fenced: nothing written).
+    async fn save(
+        &self,
+        id: &RolloutId,
+        write: &mut RolloutWrite,
+        held: &HeldLease,
+    ) -> Option<Vec<bool>> {
+        write.fence = Some(held.fence(&self.inner.replica));
         let mut delay = Duration::from_millis(100);
         loop {
             match self.inner.store.save_rollout(id, write, Utc::now()).await {
-                Ok(locked) => return locked,
+                Ok(locked) => return Some(locked),
+                Err(StoreError::Fenced(what)) => {
+                    tracing::warn!(rollout = %id, %what, "write refused: the lease is no longer ours");
+                    held.revoke();
+                    return None;
+                }
                 Err(e) => {
                     tracing::error!(rollout = %id, error = %e, "saving rollout state failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -670,12 +1293,7 @@ impl RolloutRuntime {
                 | Effect::PollStatus { ref key, .. } => {
                     let mut job = self.step_job(meta, rollout, std::slice::from_ref(key));
                     job.locked = held.contains(key);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        if let Some(event) = job.run(effect).await {
-                            let _ = tx.send(Input::Event(event));
-                        }
-                    });
+                    tokio::spawn(job.run_and_answer(effect, tx.clone()));
                 }
                 Effect::CheckHealth { ref keys, .. }
                 | Effect::CheckDependencies {
@@ -683,12 +1301,7 @@ impl RolloutRuntime {
                     ..
                 } => {
                     let job = self.step_job(meta, rollout, keys);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        if let Some(event) = job.run(effect).await {
-                            let _ = tx.send(Input::Event(event));
-                        }
-                    });
+                    tokio::spawn(job.run_and_answer(effect, tx.clone()));
                 }
                 Effect::ScheduleTimer { at, timer } => arm_timer(tx.clone(), at, timer),
                 Effect::RecordAttempt { .. } => {} // written with the state
@@ -773,6 +1386,7 @@ impl RolloutRuntime {
             repo: meta.repo.clone(),
             targets,
             locked: false,
+            lease: lock(&self.inner.held).get(&meta.id).cloned(),
         }
     }
 
@@ -854,18 +1468,25 @@ impl RolloutRuntime {
         let event = Event::RolledBack {
             environments: targets.clone(),
         };
-        if let Some(tx) = lock(&self.inner.actors).get(id).map(|a| a.1.clone()) {
-            let _ = tx.send(Input::Event(event));
-        } else {
-            let mut original = original;
-            let t = engine::apply(&mut original, event, &ctx_now());
-            self.persist(id, &mut original, &t.changed, &t.effects)
-                .await;
-            self.report(id, Importance::Matters).await;
-        }
+        drop(original);
+        self.deliver(id, RemoteInput::Event(event), false, false)
+            .await?;
         tracing::info!(rollout = %id, rollback = %rb_id, by, "rollback started");
         Ok(rb_id)
     }
+}
+
+/// SPEC 8's terminal states, as stored.
+fn is_terminal_state(state: &str) -> bool {
+    [
+        RolloutState::Succeeded,
+        RolloutState::Failed,
+        RolloutState::Aborted,
+        RolloutState::Superseded,
+        RolloutState::Noop,
+    ]
+    .iter()
+    .any(|s| s.as_str() == state)
 }
 
 fn ctx_now() -> Ctx {
@@ -929,6 +1550,7 @@ impl Batch {
                 }
                 engine::apply(rollout, event, &ctx)
             }
+            Input::LeaseLost => return,
             Input::Command(cmd, reply) => match engine::apply_command(rollout, cmd, &ctx) {
                 Ok(t) => {
                     self.replies.push(reply);
@@ -1060,9 +1682,35 @@ struct StepJob {
     targets: BTreeMap<EnvName, EnvTarget>,
     /// The step's lock was taken with the persist that started the deploy.
     locked: bool,
+    /// The rollout's lease: no driver call starts once it is not safe.
+    lease: Option<Arc<HeldLease>>,
 }
 
 impl StepJob {
+    fn lease_ok(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.valid(Utc::now()))
+    }
+
+    /// Runs the effect and sends its answer to the rollout's task; or,
+    /// when the lease is no longer safe to act under, tells the task to
+    /// stop instead of calling the driver.
+    async fn run_and_answer(self, effect: Effect, tx: mpsc::UnboundedSender<Input>) {
+        if !self.lease_ok() {
+            let _ = tx.send(Input::LeaseLost);
+            return;
+        }
+        let lease = self.lease.clone();
+        match self.run(effect).await {
+            Some(event) => {
+                let _ = tx.send(Input::Event(event));
+            }
+            None if lease.is_some_and(|l| !l.valid(Utc::now())) => {
+                let _ = tx.send(Input::LeaseLost);
+            }
+            None => {}
+        }
+    }
+
     async fn run(self, effect: Effect) -> Option<Event> {
         let cx = ExecContext {
             rollout: &self.rollout,
@@ -1089,6 +1737,9 @@ impl StepJob {
                     }
                 };
                 let since = baseline.as_ref().map(|b| b.at);
+                if !self.lease_ok() {
+                    return None;
+                }
                 let event =
                     exec::perform(&cx, &effect, baseline.map(|b| b.version), Utc::now()).await;
                 Some(crate::drift::with_drift_since(&*self.store, &self.repo, event?, since).await)
@@ -1106,6 +1757,10 @@ impl StepJob {
                         key: key.clone(),
                         attempt: *attempt,
                     });
+                }
+                if !self.lease_ok() {
+                    // The wait outlasted the lease: not this replica's to deploy.
+                    return None;
                 }
                 exec::perform(&cx, &effect, None, Utc::now()).await
             }

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::domain::{DeliveryId, InstallationId};
 use crate::metrics::Metrics;
+use crate::runtime::leases::{DEFAULT_LEASE, Replica};
 use crate::store::{DeliveryOutcome, InboxItem, Store};
 use crate::webhook::{Envelope, Event, events};
 
@@ -20,9 +21,9 @@ use crate::webhook::{Envelope, Event, events};
 pub const MAX_ATTEMPTS: u32 = 8;
 /// Deliveries taken per round.
 const BATCH: u32 = 64;
-/// The longest the worker sleeps without looking at the inbox, in case a
-/// wake-up was missed.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The longest the worker sleeps without looking at the inbox: a wake-up
+/// may be missed, and deliveries another replica took in wake nobody here.
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -193,6 +194,8 @@ pub struct Worker {
     handler: Arc<dyn EventHandler>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    /// Deliveries are claimed as this replica, for a lease each.
+    replica: Replica,
 }
 
 impl Worker {
@@ -207,7 +210,15 @@ impl Worker {
             handler,
             metrics,
             wake,
+            replica: Replica::new(format!("local-{:08x}", fastrand::u32(..)), DEFAULT_LEASE),
         }
+    }
+
+    /// Claims deliveries as `replica` (beside other replicas on the same
+    /// database).
+    pub fn as_replica(mut self, replica: Replica) -> Worker {
+        self.replica = replica;
+        self
     }
 
     /// Runs until `shutdown` turns true.
@@ -237,14 +248,33 @@ impl Worker {
     }
 
     /// Processes one batch of due deliveries; `true` when there was any.
+    /// The batch is claimed first, so no other replica takes the same
+    /// deliveries, and the claims are renewed while the batch is worked on;
+    /// the claims of a replica that died run out and another takes them.
     pub async fn round(&self) -> Result<bool, crate::store::StoreError> {
-        let items = self.store.due_deliveries(Utc::now(), BATCH).await?;
+        let now = Utc::now();
+        let items = self
+            .store
+            .claim_deliveries(&self.replica.id, now, self.replica.until(now), BATCH)
+            .await?;
         if items.is_empty() {
             return Ok(false);
         }
-        let mut results = Vec::with_capacity(items.len());
-        for item in &items {
-            let outcome = self.process(item).await;
+        let (done_tx, done_rx) = watch::channel(0usize);
+        let renewer = self.renew_claims(&items, done_rx);
+        let work = async {
+            let mut results = Vec::with_capacity(items.len());
+            for (n, item) in items.iter().enumerate() {
+                let outcome = self.process(item).await;
+                let _ = done_tx.send(n + 1);
+                results.push((item, outcome));
+            }
+            drop(done_tx);
+            results
+        };
+        let (processed, ()) = tokio::join!(work, renewer);
+        let mut results = Vec::with_capacity(processed.len());
+        for (item, outcome) in processed {
             let label = match &outcome {
                 DeliveryOutcome::Done => "done",
                 DeliveryOutcome::Dropped(_) => "dropped",
@@ -268,6 +298,39 @@ impl Worker {
             self.metrics.inbox_failed.set(counts.failed as i64);
         }
         Ok(true)
+    }
+
+    /// Renews the claims of the batch's deliveries not yet processed, every
+    /// third of a lease, until the batch is done (`done` closes).
+    async fn renew_claims(&self, items: &[InboxItem], mut done: watch::Receiver<usize>) {
+        // An interval, not a sleep: items finishing must not put the next
+        // renewal off.
+        let mut tick = tokio::time::interval(self.replica.renew_every());
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = done.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let from = *done.borrow();
+            let left: Vec<DeliveryId> = items[from.min(items.len())..]
+                .iter()
+                .map(|i| i.id.clone())
+                .collect();
+            let until = self.replica.until(Utc::now());
+            if let Err(e) = self
+                .store
+                .renew_delivery_claims(&self.replica.id, &left, until)
+                .await
+            {
+                tracing::warn!(error = %e, "renewing delivery claims failed");
+            }
+        }
     }
 
     async fn process(&self, item: &InboxItem) -> DeliveryOutcome {

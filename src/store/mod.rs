@@ -43,6 +43,10 @@ pub enum StoreError {
     Unsupported(String),
     #[error("stored rollout {id} cannot be read: {message}")]
     Corrupt { id: String, message: String },
+    /// A write carried a lease this replica no longer holds (another
+    /// replica took the work over): nothing was written.
+    #[error("lease lost: {0}")]
+    Fenced(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -353,6 +357,108 @@ pub trait Store: Send + Sync + 'static {
         rollout: &RolloutId,
     ) -> Result<()>;
 
+    // --- several replicas: leases and claims ------------------------------
+
+    /// Claims the lease (`kind`, `key`) for `owner` until `until`: taken
+    /// when nobody holds it, when it expired (at `now`), or when `owner`
+    /// holds it already. Every claim raises the generation. `None` while
+    /// another replica holds it.
+    async fn claim_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends to `until` every lease of `kind` that `owner` still holds;
+    /// answers those (key, generation). One that is missing was taken over.
+    async fn renew_leases(
+        &self,
+        kind: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>>;
+
+    /// Who holds the lease (`kind`, `key`), if anyone ever did: the owner
+    /// (`None` once released) and the lease (for operators and tests).
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>>;
+
+    /// Gives the lease up, if `owner` still holds it at `generation`.
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> Result<()>;
+
+    /// Gives up every lease and inbox claim of `owner` (a graceful stop):
+    /// other replicas take the work at once instead of after the lease.
+    async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// Unfinished rollouts nobody drives: started (not queued) and without
+    /// a lease that is held at `now`. Oldest first.
+    async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>>;
+
+    /// Branches (repository, branch) with a queued deploy rollout and no
+    /// started one: their next rollout should start (its replica may have
+    /// died between finishing one rollout and starting the next).
+    async fn idle_queued_branches(&self) -> Result<Vec<(RepoName, BranchName)>>;
+
+    /// Claims up to `limit` deliveries due at `now` for `owner` until
+    /// `until`, oldest first: no other replica gets them before the claim
+    /// expires or they are finished.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>>;
+
+    /// Extends `owner`'s claims on these deliveries to `until` (while it is
+    /// still processing them).
+    async fn renew_delivery_claims(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+        until: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Queues an input (a command or event, as JSON) for the replica that
+    /// drives the rollout; its id, to wait for the answer.
+    async fn push_rollout_input(
+        &self,
+        rollout: &RolloutId,
+        input: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64>;
+
+    /// Unanswered inputs of rollouts whose lease `owner` holds, in order:
+    /// (input id, rollout, input).
+    async fn open_rollout_inputs(&self, owner: &str) -> Result<Vec<(i64, RolloutId, String)>>;
+
+    /// Records the answer to an input: empty when accepted, else why not.
+    /// `false` when it had an answer already (the first answer stands).
+    async fn answer_rollout_input(&self, id: i64, answer: &str, now: DateTime<Utc>)
+    -> Result<bool>;
+
+    /// The answer to an input, once there is one.
+    async fn rollout_input_answer(&self, id: i64) -> Result<Option<String>>;
+
+    /// Takes one GitHub write from the installation's bucket, shared by all
+    /// replicas (SPEC 7.5): the bucket holds at most `per_minute` and
+    /// refills at `per_minute` a minute. `None` when a write was taken, else
+    /// how long until one is available.
+    async fn take_write_token(
+        &self,
+        installation: InstallationId,
+        per_minute: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>>;
+
     // --- drift (SPEC 6.6) ------------------------------------------------
 
     /// Every baseline of `repo` (all repositories when `None`), ordered by
@@ -408,6 +514,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DriftRecord>>;
 }
 
+/// A lease as claimed: the generation to carry on writes, and its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub generation: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The lease a rollout write is made under: `save_rollout` writes only
+/// while `owner` holds the rollout's lease at `generation`, unexpired;
+/// otherwise it fails with [`StoreError::Fenced`] and writes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub generation: i64,
+}
+
+/// The lease kind of driving a rollout (key: the rollout id).
+pub const LEASE_ROLLOUT: &str = "rollout";
+/// The lease kind of an admission decision on a branch (key: repo#branch).
+pub const LEASE_BRANCH: &str = "branch";
+
 /// Opens (creating when needed) the database named by the configuration and
 /// applies the migrations.
 pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>> {
@@ -425,4 +552,64 @@ pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// The token bucket behind [`Store::take_write_token`], pure so both
+/// stores decide the same way and it is tested without a database.
+pub mod pacing {
+    /// With `tokens` in the bucket last written at `updated_ms`, at
+    /// `now_ms`: whether a write may go, the tokens left, and (when it may
+    /// not) how long until one is there. The bucket never holds more than
+    /// `capacity`; a clock that went backwards refills nothing.
+    pub fn take(
+        tokens: f64,
+        updated_ms: i64,
+        now_ms: i64,
+        capacity: f64,
+        per_ms: f64,
+    ) -> (bool, f64, std::time::Duration) {
+        let elapsed = (now_ms - updated_ms).max(0) as f64;
+        let tokens = (tokens + elapsed * per_ms).min(capacity);
+        if tokens >= 1.0 {
+            (true, tokens - 1.0, std::time::Duration::ZERO)
+        } else {
+            let wait_ms = ((1.0 - tokens) / per_ms.max(f64::MIN_POSITIVE)).ceil();
+            (
+                false,
+                tokens,
+                std::time::Duration::from_millis(wait_ms.min(3_600_000.0) as u64),
+            )
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::take;
+
+        #[test]
+        fn a_full_bucket_gives_its_capacity_then_refills_at_the_rate() {
+            let per_ms = 60.0 / 60_000.0; // 60 a minute: one a second
+            let mut tokens = 60.0;
+            for _ in 0..60 {
+                let (ok, left, _) = take(tokens, 0, 0, 60.0, per_ms);
+                assert!(ok);
+                tokens = left;
+            }
+            let (ok, _, wait) = take(tokens, 0, 0, 60.0, per_ms);
+            assert!(!ok);
+            assert_eq!(wait.as_millis(), 1000);
+            let (ok, _, _) = take(tokens, 0, 1000, 60.0, per_ms);
+            assert!(ok, "a second later one write is due");
+        }
+
+        #[test]
+        fn never_more_than_capacity_and_no_refill_backwards() {
+            let per_ms = 1.0 / 60_000.0;
+            let (_, left, _) = take(0.5, 0, 10_000_000, 1.0, per_ms);
+            assert_eq!(left, 0.0, "capped at one, one taken");
+            let (ok, left, _) = take(0.5, 1_000, 0, 1.0, per_ms);
+            assert!(!ok);
+            assert_eq!(left, 0.5);
+        }
+    }
 }

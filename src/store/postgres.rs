@@ -18,9 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation,
-    DriftRecord, FirstAttempts, Freeze, InboxCounts, InboxItem, NewDelivery, Result, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline, StoredStep, StoredTimer,
-    document, from_millis, to_millis,
+    DriftRecord, FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery,
+    Result, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
+    StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -30,6 +30,10 @@ use crate::domain::{
 /// PostgreSQL server's default `max_connections` (100) leaves room for
 /// several replicas and the operator's own sessions.
 const MAX_CONNECTIONS: u32 = 10;
+
+/// How long a session may sit inside a transaction without sending
+/// anything before the server ends it (ms).
+const IDLE_IN_TRANSACTION: &str = "2000";
 
 /// Reads that span several statements (a rollout's header and its steps)
 /// see one snapshot. PostgreSQL's default, READ COMMITTED, takes a new
@@ -219,7 +223,16 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.application_name("convoy"))
+            .connect_with(
+                options
+                    .application_name("convoy")
+                    // A replica stopped inside a transaction (SIGSTOP, a
+                    // frozen VM) would hold its row locks, and with them
+                    // the takeover of its rollouts, until it continued. The
+                    // server ends such a session instead; convoy's own
+                    // transactions never wait on the client this long.
+                    .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]),
+            )
             .await?;
         super::migrations::postgres().run(&pool).await?;
         Ok(PostgresStore { pool })
@@ -324,7 +337,7 @@ impl Store for PostgresStore {
             let (state, error, next, processed) = rows::outcome_columns(outcome, now);
             sqlx::query(
                 "UPDATE inbox SET state = $1, attempts = attempts + 1, last_error = $2, \
-                 next_attempt_at = $3, processed_at = $4 WHERE delivery_id = $5",
+                 next_attempt_at = $3, processed_at = $4, claimed_by = NULL WHERE delivery_id = $5",
             )
             .bind(state.as_str())
             .bind(error)
@@ -591,6 +604,27 @@ impl Store for PostgresStore {
         let Some(repo) = repo else {
             return Err(StoreError::Unsupported(format!("no rollout {id} to save")));
         };
+        if let Some(fence) = &write.fence {
+            // FOR SHARE: a replica taking the lease over (an UPDATE of this
+            // row) waits until this save is committed, and then reads it.
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM leases WHERE kind = $1 AND key = $2 AND owner = $3 \
+                 AND generation = $4 AND expires_at > $5 FOR SHARE",
+            )
+            .bind(LEASE_ROLLOUT)
+            .bind(id.as_str())
+            .bind(&fence.owner)
+            .bind(fence.generation)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced(format!(
+                    "rollout {id} (generation {})",
+                    fence.generation
+                )));
+            }
+        }
         sqlx::query("UPDATE rollouts SET state = $1, document = $2, updated_at = $3 WHERE id = $4")
             .bind(&write.state)
             .bind(&write.document)
@@ -877,6 +911,290 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn claim_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        // One conditional upsert: of two replicas claiming at once, the
+        // second waits on the row and then finds it held.
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "INSERT INTO leases (kind, key, owner, generation, expires_at) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, \
+             generation = leases.generation + 1, expires_at = excluded.expires_at \
+             WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= $5 \
+             RETURNING generation, expires_at",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(generation, at)| Lease {
+            generation,
+            expires_at: from_millis(at),
+        }))
+    }
+
+    async fn renew_leases(
+        &self,
+        kind: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "UPDATE leases SET expires_at = $1 WHERE kind = $2 AND owner = $3 \
+             RETURNING key, generation",
+        )
+        .bind(to_millis(until))
+        .bind(kind)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>> {
+        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT owner, generation, expires_at FROM leases WHERE kind = $1 AND key = $2",
+        )
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(owner, generation, at)| {
+            (
+                owner,
+                Lease {
+                    generation,
+                    expires_at: from_millis(at),
+                },
+            )
+        }))
+    }
+
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET owner = NULL, expires_at = 0 \
+             WHERE kind = $1 AND key = $2 AND owner = $3 AND generation = $4",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
+             WHERE claimed_by = $2 AND state = 'pending'",
+        )
+        .bind(to_millis(now))
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>> {
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT r.id FROM rollouts r LEFT JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
+             WHERE r.state NOT IN {TERMINAL} AND r.state <> 'queued' \
+               AND (l.owner IS NULL OR l.expires_at <= $1) \
+             ORDER BY r.created_at, r.id"
+        )))
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RolloutId::new).collect())
+    }
+
+    async fn idle_queued_branches(&self) -> Result<Vec<(RepoName, BranchName)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT q.repo, q.branch FROM rollouts q \
+             WHERE q.kind = 'deploy' AND q.state = 'queued' AND NOT EXISTS \
+               (SELECT 1 FROM rollouts r WHERE r.repo = q.repo AND r.branch = q.branch \
+                AND r.kind = 'deploy' AND r.state <> 'queued' AND r.state NOT IN {TERMINAL}) \
+             ORDER BY q.repo, q.branch"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(repo, branch)| (RepoName::new(repo), BranchName::new(branch)))
+            .collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        // SKIP LOCKED: replicas claiming at the same moment each take other
+        // rows instead of waiting for one another.
+        let rows = sqlx::query(
+            "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
+               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
+                ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
+        )
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(rows::inbox_item)
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no order.
+        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
+        Ok(items)
+    }
+
+    async fn renew_delivery_claims(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(|d| d.as_str()).collect();
+        sqlx::query(
+            "UPDATE inbox SET next_attempt_at = $1 \
+             WHERE delivery_id = ANY($2) AND claimed_by = $3 AND state = 'pending'",
+        )
+        .bind(to_millis(until))
+        .bind(ids)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn push_rollout_input(
+        &self,
+        rollout: &RolloutId,
+        input: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rollout_inputs (rollout_id, input, created_at) VALUES ($1, $2, $3) \
+             RETURNING id",
+        )
+        .bind(rollout.as_str())
+        .bind(input)
+        .bind(to_millis(now))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn open_rollout_inputs(&self, owner: &str) -> Result<Vec<(i64, RolloutId, String)>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT i.id, i.rollout_id, i.input FROM rollout_inputs i JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = i.rollout_id \
+             WHERE i.answered_at IS NULL AND l.owner = $1 ORDER BY i.id"
+        )))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, rollout, input)| (id, RolloutId::new(rollout), input))
+            .collect())
+    }
+
+    async fn answer_rollout_input(
+        &self,
+        id: i64,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollout_inputs SET answer = $1, answered_at = $2 \
+             WHERE id = $3 AND answered_at IS NULL",
+        )
+        .bind(answer)
+        .bind(to_millis(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rollout_input_answer(&self, id: i64) -> Result<Option<String>> {
+        let answer: Option<Option<String>> =
+            sqlx::query_scalar("SELECT answer FROM rollout_inputs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(answer.flatten())
+    }
+
+    async fn take_write_token(
+        &self,
+        installation: InstallationId,
+        per_minute: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>> {
+        let capacity = f64::from(per_minute.max(1));
+        let per_ms = capacity / 60_000.0;
+        let now_ms = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO write_pacing (installation_id, tokens, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (installation_id) DO NOTHING",
+        )
+        .bind(installation.0)
+        .bind(capacity)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        // The row lock makes replicas take from the bucket one at a time.
+        let (tokens, updated): (f64, i64) = sqlx::query_as(
+            "SELECT tokens, updated_at FROM write_pacing WHERE installation_id = $1 FOR UPDATE",
+        )
+        .bind(installation.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (taken, left, wait) = super::pacing::take(tokens, updated, now_ms, capacity, per_ms);
+        sqlx::query(
+            "UPDATE write_pacing SET tokens = $1, updated_at = $2 WHERE installation_id = $3",
+        )
+        .bind(left)
+        .bind(now_ms.max(updated))
+        .bind(installation.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((!taken).then_some(wait))
     }
 
     async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>> {

@@ -123,6 +123,9 @@ pub struct RolloutWrite {
     /// rollout may hold one). Taking them here rather than one transaction
     /// each is what keeps writes per step near zero.
     pub lock: Vec<(EnvName, ServiceName)>,
+    /// When set, the write happens only under this lease (several
+    /// replicas): a replica that lost the rollout writes nothing.
+    pub fence: Option<super::Fence>,
 }
 
 /// One step of a rollout as stored: its place (wave index, index in the

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation, DriftRecord,
-    FirstAttempts, Freeze, InboxCounts, InboxItem, NewDelivery, Result, RolloutKind, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline, StoredStep, StoredTimer,
-    document, from_millis, to_millis,
+    FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result,
+    RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
+    StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -164,6 +164,14 @@ impl SqliteStore {
     pub fn write_pool(&self) -> &SqlitePool {
         &self.writer
     }
+
+    /// A write transaction that takes SQLite's write lock at once. A
+    /// deferred one that reads first fails outright (SQLITE_BUSY_SNAPSHOT,
+    /// not retried) when another process on the same file wrote since it
+    /// began: with two replicas on one file that is common.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 /// A bound value of [`SqliteStore::one_rollout`]'s filter.
@@ -205,7 +213,7 @@ impl Store for SqliteStore {
         // Many rows per statement: each statement is a round trip to
         // SQLite's thread, and intake commits hundreds of rows at a time.
         const ROWS_PER_STATEMENT: usize = 100;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut inserted = std::collections::HashSet::new();
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
@@ -259,12 +267,12 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = to_millis(now);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (id, outcome) in results {
             let (state, error, next, processed) = rows::outcome_columns(outcome, now);
             sqlx::query(
                 "UPDATE inbox SET state = ?, attempts = attempts + 1, last_error = ?, \
-                 next_attempt_at = ?, processed_at = ? WHERE delivery_id = ?",
+                 next_attempt_at = ?, processed_at = ?, claimed_by = NULL WHERE delivery_id = ?",
             )
             .bind(state.as_str())
             .bind(error)
@@ -348,7 +356,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_installation(&self, id: InstallationId) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
             .bind(id.0)
             .execute(&mut *tx)
@@ -362,7 +370,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for repo in repos {
             sqlx::query(
                 "INSERT INTO installation_repositories (repo, installation_id) VALUES (?, ?) \
@@ -382,7 +390,7 @@ impl Store for SqliteStore {
         id: InstallationId,
         repos: &[RepoName],
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for repo in repos {
             sqlx::query(
                 "DELETE FROM installation_repositories WHERE repo = ? AND installation_id = ?",
@@ -449,7 +457,7 @@ impl Store for SqliteStore {
         // Split before taking the writer: parsing a large document should
         // not hold up other writes.
         let split = r.document.as_deref().and_then(document::split);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         if r.kind == RolloutKind::Deploy {
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM rollouts WHERE repo = ? AND branch = ? AND commit_sha = ? \
@@ -514,7 +522,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<bool>> {
         let now_ms = to_millis(now);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM rollouts WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -522,6 +530,25 @@ impl Store for SqliteStore {
         let Some(repo) = repo else {
             return Err(StoreError::Unsupported(format!("no rollout {id} to save")));
         };
+        if let Some(fence) = &write.fence {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM leases WHERE kind = ? AND key = ? AND owner = ? \
+                 AND generation = ? AND expires_at > ?",
+            )
+            .bind(super::LEASE_ROLLOUT)
+            .bind(id.as_str())
+            .bind(&fence.owner)
+            .bind(fence.generation)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced(format!(
+                    "rollout {id} (generation {})",
+                    fence.generation
+                )));
+            }
+        }
         sqlx::query("UPDATE rollouts SET state = ?, document = ?, updated_at = ? WHERE id = ?")
             .bind(&write.state)
             .bind(&write.document)
@@ -797,7 +824,7 @@ impl Store for SqliteStore {
         rollout: &RolloutId,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let locked = lock_step(
             &mut tx,
             repo.as_str(),
@@ -865,6 +892,286 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+
+    async fn claim_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        // One conditional statement: atomic however many replicas try.
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "INSERT INTO leases (kind, key, owner, generation, expires_at) VALUES (?, ?, ?, 1, ?) \
+             ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, \
+             generation = leases.generation + 1, expires_at = excluded.expires_at \
+             WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= ? \
+             RETURNING generation, expires_at",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|(generation, at)| Lease {
+            generation,
+            expires_at: from_millis(at),
+        }))
+    }
+
+    async fn renew_leases(
+        &self,
+        kind: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "UPDATE leases SET expires_at = ? WHERE kind = ? AND owner = ? \
+             RETURNING key, generation",
+        )
+        .bind(to_millis(until))
+        .bind(kind)
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?)
+    }
+
+    async fn lease(&self, kind: &str, key: &str) -> Result<Option<(Option<String>, Lease)>> {
+        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT owner, generation, expires_at FROM leases WHERE kind = ? AND key = ?",
+        )
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(owner, generation, at)| {
+            (
+                owner,
+                Lease {
+                    generation,
+                    expires_at: from_millis(at),
+                },
+            )
+        }))
+    }
+
+    async fn release_lease(
+        &self,
+        kind: &str,
+        key: &str,
+        owner: &str,
+        generation: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET owner = NULL, expires_at = 0 \
+             WHERE kind = ? AND key = ? AND owner = ? AND generation = ?",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(owner)
+        .bind(generation)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = ?")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = ? \
+             WHERE claimed_by = ? AND state = 'pending'",
+        )
+        .bind(to_millis(now))
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>> {
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT r.id FROM rollouts r LEFT JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
+             WHERE r.state NOT IN {TERMINAL} AND r.state <> 'queued' \
+               AND (l.owner IS NULL OR l.expires_at <= ?) \
+             ORDER BY r.created_at, r.id"
+        )))
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RolloutId::new).collect())
+    }
+
+    async fn idle_queued_branches(&self) -> Result<Vec<(RepoName, BranchName)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT q.repo, q.branch FROM rollouts q \
+             WHERE q.kind = 'deploy' AND q.state = 'queued' AND NOT EXISTS \
+               (SELECT 1 FROM rollouts r WHERE r.repo = q.repo AND r.branch = q.branch \
+                AND r.kind = 'deploy' AND r.state <> 'queued' AND r.state NOT IN {TERMINAL}) \
+             ORDER BY q.repo, q.branch"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(repo, branch)| (RepoName::new(repo), BranchName::new(branch)))
+            .collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        // One statement: SQLite runs one writer at a time, so two replicas
+        // cannot both see an item as due and claim it.
+        let rows = sqlx::query(
+            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE delivery_id IN \
+               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
+                ORDER BY next_attempt_at, received_at LIMIT ?) \
+             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
+        )
+        .bind(owner)
+        .bind(to_millis(until))
+        .bind(to_millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(rows::inbox_item)
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no order.
+        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
+        Ok(items)
+    }
+
+    async fn renew_delivery_claims(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE inbox SET next_attempt_at = ? \
+                 WHERE delivery_id = ? AND claimed_by = ? AND state = 'pending'",
+            )
+            .bind(to_millis(until))
+            .bind(id.as_str())
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn push_rollout_input(
+        &self,
+        rollout: &RolloutId,
+        input: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rollout_inputs (rollout_id, input, created_at) VALUES (?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(rollout.as_str())
+        .bind(input)
+        .bind(to_millis(now))
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn open_rollout_inputs(&self, owner: &str) -> Result<Vec<(i64, RolloutId, String)>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT i.id, i.rollout_id, i.input FROM rollout_inputs i JOIN leases l \
+               ON l.kind = '{LEASE_ROLLOUT}' AND l.key = i.rollout_id \
+             WHERE i.answered_at IS NULL AND l.owner = ? ORDER BY i.id"
+        )))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, rollout, input)| (id, RolloutId::new(rollout), input))
+            .collect())
+    }
+
+    async fn answer_rollout_input(
+        &self,
+        id: i64,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollout_inputs SET answer = ?, answered_at = ? \
+             WHERE id = ? AND answered_at IS NULL",
+        )
+        .bind(answer)
+        .bind(to_millis(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rollout_input_answer(&self, id: i64) -> Result<Option<String>> {
+        let answer: Option<Option<String>> =
+            sqlx::query_scalar("SELECT answer FROM rollout_inputs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(answer.flatten())
+    }
+
+    async fn take_write_token(
+        &self,
+        installation: InstallationId,
+        per_minute: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>> {
+        let capacity = f64::from(per_minute.max(1));
+        let per_ms = capacity / 60_000.0;
+        let now_ms = to_millis(now);
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO write_pacing (installation_id, tokens, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (installation_id) DO NOTHING",
+        )
+        .bind(installation.0)
+        .bind(capacity)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let (tokens, updated): (f64, i64) =
+            sqlx::query_as("SELECT tokens, updated_at FROM write_pacing WHERE installation_id = ?")
+                .bind(installation.0)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (taken, left, wait) = super::pacing::take(tokens, updated, now_ms, capacity, per_ms);
+        sqlx::query("UPDATE write_pacing SET tokens = ?, updated_at = ? WHERE installation_id = ?")
+            .bind(left)
+            .bind(now_ms.max(updated))
+            .bind(installation.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((!taken).then_some(wait))
+    }
+
     async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>> {
         let rows = sqlx::query(
             "SELECT repo, environment, service, version, source, at FROM baselines \
