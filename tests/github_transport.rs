@@ -750,6 +750,50 @@ async fn idle(t: &Transport) {
 }
 
 #[tokio::test]
+async fn a_body_the_gate_refuses_is_dropped_and_others_still_go() {
+    // Several replicas: a replica that lost rollout r1 to another must not
+    // send what it rendered before; its other rollouts are unaffected.
+    let s = standin().await;
+    let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    t.set_gate(Arc::new(move |key: ReportKey| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { key.rollout.as_str() != "r1" })
+    }));
+    t.desire(
+        comment_key("r1"),
+        comment("r1", "stale"),
+        Importance::Terminal,
+    );
+    t.desire(
+        comment_key("r2"),
+        comment("r2", "fresh"),
+        Importance::Terminal,
+    );
+    idle(&t).await;
+    assert_eq!(t.pending(), 0, "the refused body is not kept pending");
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let state = s.state();
+    assert!(
+        state
+            .comments_on("acme/app", 7)
+            .iter()
+            .all(|c| { !c["body"].as_str().unwrap_or_default().contains("stale") })
+    );
+    assert!(
+        state
+            .comments_on("acme/app", 7)
+            .iter()
+            .any(|c| c["body"].as_str().unwrap_or_default().contains("fresh"))
+    );
+    t.stop();
+    let _ = task.await;
+}
+
+#[tokio::test]
 async fn end_to_end_coalesced_through_the_standin() {
     let s = standin().await;
     let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())

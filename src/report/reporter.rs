@@ -31,7 +31,8 @@ use crate::store::{RolloutRecord, Store};
 
 use super::render::{RenderOptions, check_run_name, render_rollout};
 use super::transport::{
-    Desired, LedgerError, PacingConfig, ReportKey, ReportLedger, ReportObject, Transport,
+    Desired, LedgerError, PacingConfig, REPOSITORY_SCOPE, ReportKey, ReportLedger, ReportObject,
+    Transport,
 };
 
 /// The shortest time between two renderings of the same rollout.
@@ -169,6 +170,22 @@ impl Reporter {
     /// would each create its check run and comment.
     pub fn set_replica(&self, id: String) {
         let _ = self.inner.replica.set(id);
+        // Checked again right before each send: the lease may move between
+        // rendering and sending (a replica paused past its lease).
+        let weak = Arc::downgrade(&self.inner);
+        self.inner
+            .transport
+            .set_gate(Arc::new(move |key: ReportKey| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    match weak.upgrade() {
+                        Some(inner) if key.rollout.as_str() != REPOSITORY_SCOPE => {
+                            !(Reporter { inner }).driven_elsewhere(&key.rollout).await
+                        }
+                        _ => true,
+                    }
+                })
+            }));
     }
 
     /// Whether another replica holds the rollout's lease (and so reports it).

@@ -29,11 +29,17 @@ pub use schedule::{
     REPOSITORY_SCOPE, ReportKey, ReportObject, Scheduler,
 };
 
+/// Asked right before each send whether this process may still report the
+/// key's rollout (several replicas: only the one driving a rollout may).
+pub type SendGate =
+    Arc<dyn Fn(ReportKey) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
 struct Shared {
     sched: Mutex<Scheduler>,
     wake: Notify,
     start: tokio::time::Instant,
     stopped: AtomicBool,
+    gate: std::sync::OnceLock<SendGate>,
 }
 
 impl Shared {
@@ -76,6 +82,7 @@ impl Transport {
             wake: Notify::new(),
             start: tokio::time::Instant::now(),
             stopped: AtomicBool::new(false),
+            gate: std::sync::OnceLock::new(),
         });
         let task = tokio::spawn(run(shared.clone(), api, ledger));
         Ok((Transport { shared }, task))
@@ -105,6 +112,14 @@ impl Transport {
         while self.pending() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Installs the check made before every send (set once). A body the
+    /// gate refuses is dropped with everything pending for its key: after a
+    /// pause, a replica that lost a rollout must not send what it rendered
+    /// before over what the new owner shows.
+    pub fn set_gate(&self, gate: SendGate) {
+        let _ = self.shared.gate.set(gate);
     }
 
     /// Stops the loop; sends in flight finish.
@@ -149,6 +164,17 @@ async fn deliver(
     ledger: Arc<dyn ReportLedger>,
     job: Job,
 ) {
+    if let Some(gate) = shared.gate.get()
+        && !gate(job.key.clone()).await
+    {
+        tracing::info!(
+            rollout = %job.key.rollout,
+            "another replica reports this rollout now; dropping this one's update"
+        );
+        shared.sched().forget(&job.key);
+        shared.wake.notify_one();
+        return;
+    }
     let outcome = execute(api.as_ref(), ledger.as_ref(), &job).await;
     let now = shared.now();
     {

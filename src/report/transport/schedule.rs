@@ -432,6 +432,12 @@ impl Scheduler {
         }
     }
 
+    /// Drops everything known of a key (its body in flight was not sent);
+    /// a later `desire` starts it afresh, reading the ledger again.
+    pub fn forget(&mut self, key: &ReportKey) {
+        self.entries.remove(key);
+    }
+
     /// Bodies waiting or in flight.
     pub fn pending(&self) -> usize {
         self.entries
