@@ -846,3 +846,100 @@ timeout = "5s"
     a.stop().await;
     b.stop().await;
 }
+
+/// Approved on one replica (a second check run of the same name, SPEC
+/// 7.2), finished by the other after the first stops: the second replica
+/// has never seen either check run, and must finish the newer one, not
+/// overwrite the first's `action_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_that_takes_over_continues_the_newest_check_run() {
+    use convoy::engine::Command as Cmd;
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let envs: Vec<String> = (0..6).map(|i| format!("env-{i:03}")).collect();
+    let fleet = Fleet::start(envs.clone(), 17).await.unwrap();
+    let pairs: Vec<(String, String)> = envs.iter().map(|e| (e.clone(), fleet.url(e))).collect();
+    let sha = git.commit(
+        &[(
+            "convoy.yml",
+            &common::fleet_spec(&pairs, "", "    approval: true\n"),
+        )],
+        "first",
+    );
+    let pr = 21;
+    let (gh, _) = common::github_standin().await;
+    gh.add_pull_request(REPO, pr, "dev", sha.as_str(), "feature", "main", true);
+    let config = |name: &str| {
+        let data = dir.path().join(format!("data-{name}"));
+        let data = data.display().to_string();
+        common::config_with_github(
+            dir.path(),
+            &git,
+            "",
+            &gh.url(),
+            &[
+                ("CONVOY_SERVER_LEASE", "2s"),
+                ("CONVOY_SERVER_DATA_DIR", data.as_str()),
+                ("CONVOY_GITHUB_MIN_UPDATE_INTERVAL", "100ms"),
+                ("CONVOY_GITHUB_PROGRESS_INTERVAL", "200ms"),
+            ],
+        )
+    };
+    let a = common::start(config("a")).await;
+    let b = common::start(config("b")).await;
+    assert_eq!(
+        common::deliver(&a, "pull_request", "merge-pr", &merged_pr(pr, &sha)).await,
+        202
+    );
+    let id = common::rollout_of(&a, &sha).await.id;
+    common::wait_state(&a, &id, &["awaiting_approval"], 60).await;
+    common::eventually(30, "the check run asks for the approval", || {
+        runs_for(&gh.state(), sha.as_str())
+            .iter()
+            .any(|r| r["conclusion"] == "action_required")
+            .then_some(())
+    })
+    .await;
+    // The last wave's deploys take a while, so the approval's replica is
+    // stopped while it runs.
+    for name in &envs {
+        fleet.update_knobs(name, |k| k.deploy_duration = Duration::from_millis(1500));
+    }
+    let (leaving, staying) = if a.runtime.is_live(&id) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    leaving
+        .runtime
+        .command(
+            &id,
+            Cmd::Approve {
+                wave: None,
+                by: "alice".into(),
+            },
+        )
+        .await
+        .expect("approved");
+    common::eventually(30, "a second check run, in progress", || {
+        let runs = runs_for(&gh.state(), sha.as_str());
+        (runs.len() == 2 && runs.iter().any(|r| r["status"] == "in_progress")).then_some(())
+    })
+    .await;
+    leaving.stop().await;
+    let done = common::wait_state(&staying, &id, &["succeeded", "failed", "halted"], 90).await;
+    assert_eq!(done.state, "succeeded");
+    let runs = common::eventually(30, "the newer check run succeeds", || {
+        let runs = runs_for(&gh.state(), sha.as_str());
+        runs.iter()
+            .any(|r| r["conclusion"] == "success")
+            .then_some(runs)
+    })
+    .await;
+    assert_eq!(runs.len(), 2, "no third check run: {runs:#?}");
+    assert!(
+        runs.iter().any(|r| r["conclusion"] == "action_required"),
+        "the first still shows what it asked: {runs:#?}"
+    );
+    staying.stop().await;
+}

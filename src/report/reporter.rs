@@ -98,6 +98,9 @@ pub fn after_lookup(number: u32, was_action_required: Option<bool>) -> u32 {
 struct Inner {
     store: Arc<dyn Store>,
     api: Arc<dyn GitHubApi>,
+    /// Read for rollouts another replica reported on before this one took
+    /// them over (the transport's copy is from this replica's start).
+    ledger: Arc<dyn ReportLedger>,
     transport: Transport,
     opts: RenderOptions,
     generations: Mutex<HashMap<RolloutId, Generation>>,
@@ -146,11 +149,13 @@ impl Reporter {
                 g.number = g.number.max(generation);
             }
         }
-        let (transport, transport_task) = Transport::start(api.clone(), ledger, pacing).await?;
+        let (transport, transport_task) =
+            Transport::start(api.clone(), ledger.clone(), pacing).await?;
         let reporter = Reporter {
             inner: Arc::new(Inner {
                 store,
                 api,
+                ledger,
                 transport,
                 opts,
                 generations: Mutex::new(generations),
@@ -375,7 +380,11 @@ impl Reporter {
         name: &str,
         action_required: bool,
     ) -> u32 {
-        let prev = lock(&self.inner.generations).get(&record.id).copied();
+        let mut prev = lock(&self.inner.generations).get(&record.id).copied();
+        if prev.is_none() && self.inner.replica.get().is_some() {
+            // Taken over from another replica: continue its check runs.
+            prev = self.newest_generation(record, installation, name).await;
+        }
         let number = match choose_generation(prev, action_required) {
             GenerationChoice::Use(n) => n,
             GenerationChoice::Lookup(n) => {
@@ -395,6 +404,46 @@ impl Reporter {
         number
     }
 
+    fn check_run_key(
+        record: &RolloutRecord,
+        installation: InstallationId,
+        name: &str,
+        generation: u32,
+    ) -> ReportKey {
+        ReportKey {
+            installation,
+            repo: record.repo.clone(),
+            rollout: record.id.clone(),
+            object: ReportObject::CheckRun {
+                name: name.to_owned(),
+                generation,
+            },
+        }
+    }
+
+    /// The newest check-run generation the shared ledger knows for the
+    /// rollout (whatever replica created it), state unknown.
+    async fn newest_generation(
+        &self,
+        record: &RolloutRecord,
+        installation: InstallationId,
+        name: &str,
+    ) -> Option<Generation> {
+        let mut newest = None;
+        // Each generation needs a human's resume; a few dozen is plenty.
+        for n in 0..64 {
+            let key = Self::check_run_key(record, installation, name, n);
+            match self.inner.ledger.get(&key).await {
+                Ok(Some(_)) => newest = Some(n),
+                _ => break,
+            }
+        }
+        newest.map(|number| Generation {
+            number,
+            action_required: None,
+        })
+    }
+
     /// Whether generation `n` of the rollout's check run ended with
     /// `action_required` on GitHub.
     async fn shows_action_required(
@@ -404,16 +453,11 @@ impl Reporter {
         name: &str,
         n: u32,
     ) -> Option<bool> {
-        let key = ReportKey {
-            installation,
-            repo: record.repo.clone(),
-            rollout: record.id.clone(),
-            object: ReportObject::CheckRun {
-                name: name.to_owned(),
-                generation: n,
-            },
+        let key = Self::check_run_key(record, installation, name, n);
+        let id = match self.inner.transport.object_id(&key) {
+            Some(id) => id,
+            None => self.inner.ledger.get(&key).await.ok()??.object_id?,
         };
-        let id = self.inner.transport.object_id(&key)?;
         let runs = self
             .inner
             .api
