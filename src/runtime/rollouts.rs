@@ -62,6 +62,10 @@ fn merge_changed(into: &mut Changed, more: Changed) {
 
 enum Input {
     Event(Event),
+    /// An event handed over by another task or replica: acknowledged only
+    /// once the state it led to is stored, so a task that loses its lease
+    /// first leaves it to the next driver instead of dropping it.
+    AckedEvent(Event, oneshot::Sender<Result<(), CommandError>>),
     Command(Command, oneshot::Sender<Result<(), CommandError>>),
     /// The rollout's lease is lost (taken over, or given up at shutdown):
     /// the task stops at once, without another write or driver call.
@@ -505,8 +509,11 @@ impl RolloutRuntime {
             if let Some(tx) = live {
                 match &input {
                     RemoteInput::Event(event) => {
-                        if tx.send(Input::Event(event.clone())).is_ok() {
-                            return Ok(());
+                        let (reply, answer) = oneshot::channel();
+                        if tx.send(Input::AckedEvent(event.clone(), reply)).is_ok()
+                            && let Ok(result) = answer.await
+                        {
+                            return result.map_err(RuntimeError::from);
                         }
                     }
                     RemoteInput::Command(cmd) => {
@@ -1029,33 +1036,28 @@ impl RolloutRuntime {
                 }
             };
             dispatched.insert(input_id);
-            match input {
-                RemoteInput::Event(event) => {
-                    if tx.send(Input::Event(event)).is_ok() {
-                        store.answer_rollout_input(input_id, "", Utc::now()).await?;
+            let (reply, answer) = oneshot::channel();
+            let input = match input {
+                RemoteInput::Event(event) => Input::AckedEvent(event, reply),
+                RemoteInput::Command(cmd) => Input::Command(cmd, reply),
+            };
+            if tx.send(input).is_ok() {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    // No answer (the task ended first): the input stays
+                    // open for whoever drives the rollout next.
+                    let text = match answer.await {
+                        Ok(Ok(())) => String::new(),
+                        Ok(Err(e)) => e.0,
+                        Err(_) => return,
+                    };
+                    if let Err(e) = store
+                        .answer_rollout_input(input_id, &text, Utc::now())
+                        .await
+                    {
+                        tracing::warn!(input = input_id, error = %e, "answering a queued input failed");
                     }
-                }
-                RemoteInput::Command(cmd) => {
-                    let (reply, answer) = oneshot::channel();
-                    if tx.send(Input::Command(cmd, reply)).is_ok() {
-                        let store = store.clone();
-                        tokio::spawn(async move {
-                            // No answer (the task ended first): the input
-                            // stays open for whoever drives the rollout next.
-                            let text = match answer.await {
-                                Ok(Ok(())) => String::new(),
-                                Ok(Err(e)) => e.0,
-                                Err(_) => return,
-                            };
-                            if let Err(e) = store
-                                .answer_rollout_input(input_id, &text, Utc::now())
-                                .await
-                            {
-                                tracing::warn!(input = input_id, error = %e, "answering a queued input failed");
-                            }
-                        });
-                    }
-                }
+                });
             }
         }
         Ok(())
@@ -1537,6 +1539,14 @@ struct Batch {
 impl Batch {
     fn apply(&mut self, rollout: &mut Rollout, input: Input) {
         self.inputs += 1;
+        let input = match input {
+            Input::AckedEvent(event, reply) => {
+                // Answered with the commands, once the state is stored.
+                self.replies.push(reply);
+                Input::Event(event)
+            }
+            other => other,
+        };
         let ctx = ctx_now();
         let t = match input {
             Input::Event(event) => {
@@ -1550,7 +1560,8 @@ impl Batch {
                 }
                 engine::apply(rollout, event, &ctx)
             }
-            Input::LeaseLost => return,
+            // Turned into a plain event above.
+            Input::LeaseLost | Input::AckedEvent(..) => return,
             Input::Command(cmd, reply) => match engine::apply_command(rollout, cmd, &ctx) {
                 Ok(t) => {
                     self.replies.push(reply);
