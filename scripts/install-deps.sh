@@ -4,8 +4,7 @@
 # build real repositories), chromium (the browser test loads the rollout
 # page headless; it never skips, so the browser must be here), postgresql
 # (the server programs: the PostgreSQL tests start a throwaway server with
-# initdb and pg_ctl; they never skip either), openssl (a certificate so
-# that test server also speaks TLS).
+# initdb and pg_ctl; they never skip either).
 set -euo pipefail
 
 missing=()
@@ -14,7 +13,6 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v git >/dev/null 2>&1 || missing+=(git)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

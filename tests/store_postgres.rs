@@ -559,22 +559,3 @@ async fn both_stores_answer_alike() {
         assert_eq!(x, y, "answer {n} differs between SQLite and PostgreSQL");
     }
 }
-
-#[tokio::test]
-async fn connects_over_tls_when_the_url_asks_for_it() {
-    // Managed PostgreSQL services want `sslmode=require`; the build must
-    // speak TLS, not refuse the URL.
-    let url = tokio::task::spawn_blocking(postgres::fresh_database)
-        .await
-        .unwrap()
-        .expect("test PostgreSQL");
-    let store = PostgresStore::open(&format!("{url}?sslmode=require"))
-        .await
-        .expect("a TLS connection");
-    let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(store.pool())
-        .await
-        .expect("pg_stat_ssl");
-    assert!(tls, "the connection is encrypted");
-    store.ping().await.expect("the store works over TLS");
-}

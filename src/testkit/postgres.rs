@@ -122,42 +122,6 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("free port: {e}"))
 }
 
-/// A throwaway certificate in the data folder, so the server also speaks
-/// TLS and tests can connect with `sslmode=require` the way operators of a
-/// managed PostgreSQL do. Made by the server's owner: PostgreSQL refuses a
-/// key file that anyone else can read.
-fn self_signed_certificate(data: &Path) -> Result<(), String> {
-    let mut openssl = as_owner(Path::new("openssl"));
-    openssl
-        .args([
-            "req",
-            "-new",
-            "-x509",
-            "-days",
-            "2",
-            "-nodes",
-            "-newkey",
-            "rsa:2048",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-        ])
-        .current_dir(data);
-    run(
-        openssl,
-        "openssl (a certificate for the test server; scripts/install-deps.sh installs it)",
-    )?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        data.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .map_err(|e| format!("server.key: {e}"))
-}
-
 /// The server's pid, from the first line of `postmaster.pid`.
 fn read_pid(data: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
@@ -214,7 +178,7 @@ impl TestPostgres {
                 "--no-instructions",
             ])
             .current_dir(&base);
-        if let Err(e) = run(initdb, "initdb").and_then(|()| self_signed_certificate(&data)) {
+        if let Err(e) = run(initdb, "initdb") {
             let _ = std::fs::remove_dir_all(&base);
             return Err(e);
         }
@@ -231,7 +195,7 @@ impl TestPostgres {
                 .arg(base.join("log"))
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
-                    "-k {} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=400 -c ssl=on {}",
+                    "-k {} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=400 {}",
                     base.display(),
                     durability()
                 ))
