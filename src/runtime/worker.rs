@@ -261,10 +261,22 @@ impl Worker {
             return Ok(false);
         }
         let (done_tx, done_rx) = watch::channel(0usize);
-        let renewer = self.renew_claims(&items, done_rx);
+        // Until when (by this process's clock) the claims are surely ours.
+        let held = std::sync::Mutex::new(std::time::Instant::now() + self.replica.lease);
+        let renewer = self.renew_claims(&items, done_rx, &held);
         let work = async {
             let mut results = Vec::with_capacity(items.len());
             for (n, item) in items.iter().enumerate() {
+                let until = *held.lock().unwrap_or_else(|e| e.into_inner());
+                if !claim_still_ours(std::time::Instant::now(), until, self.replica.lease) {
+                    // Paused or cut off past the lease: another replica may
+                    // have taken the rest; leave it to whoever holds it.
+                    tracing::warn!(
+                        left = items.len() - n,
+                        "delivery claims lapsed; leaving the rest of the batch"
+                    );
+                    break;
+                }
                 let outcome = self.process(item).await;
                 let _ = done_tx.send(n + 1);
                 results.push((item, outcome));
@@ -302,7 +314,12 @@ impl Worker {
 
     /// Renews the claims of the batch's deliveries not yet processed, every
     /// third of a lease, until the batch is done (`done` closes).
-    async fn renew_claims(&self, items: &[InboxItem], mut done: watch::Receiver<usize>) {
+    async fn renew_claims(
+        &self,
+        items: &[InboxItem],
+        mut done: watch::Receiver<usize>,
+        held: &std::sync::Mutex<std::time::Instant>,
+    ) {
         // An interval, not a sleep: items finishing must not put the next
         // renewal off.
         let mut tick = tokio::time::interval(self.replica.renew_every());
@@ -322,13 +339,22 @@ impl Worker {
                 .iter()
                 .map(|i| i.id.clone())
                 .collect();
+            let started = std::time::Instant::now();
             let until = self.replica.until(Utc::now());
-            if let Err(e) = self
+            match self
                 .store
                 .renew_delivery_claims(&self.replica.id, &left, until)
                 .await
             {
-                tracing::warn!(error = %e, "renewing delivery claims failed");
+                Ok(()) => {
+                    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                    // A claim that lapsed (this process was paused past
+                    // it) is not ours to revive: someone may hold it now.
+                    if started < *h {
+                        *h = started + self.replica.lease;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing delivery claims failed"),
             }
         }
     }
@@ -382,8 +408,40 @@ impl Worker {
     }
 }
 
+/// Whether a batch's claims, surely held until `until`, leave enough of the
+/// lease (a quarter) to start processing another delivery. Pure.
+pub fn claim_still_ours(
+    now: std::time::Instant,
+    until: std::time::Instant,
+    lease: Duration,
+) -> bool {
+    now + lease / 4 < until
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_claim_needs_a_quarter_of_the_lease_left() {
+        let lease = Duration::from_secs(15);
+        let t0 = std::time::Instant::now();
+        let until = t0 + lease;
+        assert!(super::claim_still_ours(t0, until, lease));
+        assert!(super::claim_still_ours(
+            t0 + Duration::from_secs(11),
+            until,
+            lease
+        ));
+        assert!(!super::claim_still_ours(
+            t0 + Duration::from_secs(12),
+            until,
+            lease
+        ));
+        assert!(!super::claim_still_ours(
+            t0 + Duration::from_secs(60),
+            until,
+            lease
+        ));
+    }
     use super::*;
 
     #[test]
