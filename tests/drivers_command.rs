@@ -230,3 +230,24 @@ async fn status_argv_prints_the_status_json() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_program_still_open_for_writing_a_moment_is_run_once_it_closes() {
+    // "Text file busy": a script being written (or a descriptor a forked
+    // child holds until it execs) must not fail a deploy.
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(dir.path(), "deploy.sh", "exit 0");
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&prog)
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(40));
+        drop(writer);
+    });
+    let d = driver(vec![prog], Duration::from_secs(10), vec![]);
+    d.deploy(&request("acme-eu"))
+        .await
+        .expect("run once the file is closed");
+    release.join().unwrap();
+}

@@ -113,6 +113,28 @@ impl CommandDriverImpl {
     }
 }
 
+/// Linux's "Text file busy": the program file is still open for writing
+/// somewhere, typically because another thread forked while a script was
+/// being written (the child holds the descriptor until it execs). It
+/// clears by itself within moments; a deploy must not fail on it.
+const ETXTBSY: i32 = 26;
+
+async fn spawn_retrying_busy(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..6 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    cmd.spawn()
+}
+
 /// Runs `argv` in its own process group with a timeout; on timeout the
 /// whole group is killed.
 async fn run_argv(
@@ -133,8 +155,8 @@ async fn run_argv(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd
-        .spawn()
+    let child = spawn_retrying_busy(&mut cmd)
+        .await
         .map_err(|e| DriverError::permanent(format!("{what}: cannot run `{program}`: {e}")))?;
     let pid = child.id();
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
