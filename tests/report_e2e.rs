@@ -46,6 +46,29 @@ fn runs_named(state: &StandInState, sha: &str, name: &str) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// Opens pull request `number` with head `head` and waits for its
+/// `convoy/preflight` check run.
+async fn open_and_preflight(
+    running: &convoy::app::Running,
+    gh: &GitHubStandIn,
+    number: u64,
+    head: &convoy::domain::CommitSha,
+) -> Value {
+    let delivery = format!("pr-{number}-open");
+    deliver(
+        running,
+        "pull_request",
+        &delivery,
+        &pr_event("opened", number, head),
+    )
+    .await;
+    eventually(30, "preflight posted", || {
+        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
+        runs.first().and_then(|r| r.last().cloned())
+    })
+    .await
+}
+
 fn status_of(run: &Value) -> String {
     format!(
         "{}/{}",
@@ -257,19 +280,7 @@ async fn a_pull_request_with_a_broken_convoy_yml_fails_preflight_with_annotation
     let head = git.commit(&[("convoy.yml", &broken)], "break it");
     let config = config_with_github(dir.path(), &git, "", &gh.url(), &[]);
     let running = start(config).await;
-    deliver(
-        &running,
-        "pull_request",
-        "pr-9-open",
-        &pr_event("opened", 9, &head),
-    )
-    .await;
-
-    let run = eventually(30, "preflight posted", || {
-        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
-        runs.first().and_then(|r| r.last().cloned())
-    })
-    .await;
+    let run = open_and_preflight(&running, &gh, 9, &head).await;
     assert_eq!(status_of(&run), "completed/failure");
     let id = run["id"].as_u64().unwrap();
     let annotations = gh.state().annotations.get(&id).cloned().unwrap_or_default();
@@ -342,18 +353,7 @@ async fn preflight_names_unreachable_and_drifted_environments() {
         .map(|(n, _)| (n.clone(), fleet.url(n)))
         .collect();
     let head = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "move");
-    deliver(
-        &running,
-        "pull_request",
-        "pr-2-open",
-        &pr_event("opened", 2, &head),
-    )
-    .await;
-    let run = eventually(30, "preflight posted", || {
-        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
-        runs.first().and_then(|r| r.last().cloned())
-    })
-    .await;
+    let run = open_and_preflight(&running, &gh, 2, &head).await;
     assert_eq!(status_of(&run), "completed/success");
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("unreachable: `cust-0004`"), "{summary}");
@@ -383,18 +383,7 @@ async fn preflight_shows_an_emergency_freeze_of_the_repository() {
         .await
         .unwrap();
     let head = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "first");
-    deliver(
-        &running,
-        "pull_request",
-        "pr-3-open",
-        &pr_event("opened", 3, &head),
-    )
-    .await;
-    let run = eventually(30, "preflight posted", || {
-        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
-        runs.first().and_then(|r| r.last().cloned())
-    })
-    .await;
+    let run = open_and_preflight(&running, &gh, 3, &head).await;
     assert_eq!(status_of(&run), "completed/success");
     let summary = run["output"]["summary"].as_str().unwrap();
     let expected = format!(
