@@ -252,23 +252,29 @@ fn main() {
         non_2xx: results.iter().map(|r| r.non_2xx).sum(),
         total: results.iter().map(|r| r.total).sum(),
     };
-    let stored: i64 = runtime.block_on(async {
-        // Give in-flight requests a moment to finish their commit.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if postgres {
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        } else {
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    });
+    // Deliveries the worker had finished when the load stopped, then all
+    // of them.
+    let count = |sql: &'static str| {
+        runtime.block_on(async {
+            if postgres {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            } else {
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        })
+    };
+    let processed = count("SELECT COUNT(*) FROM inbox WHERE state <> 'pending'");
+    // Give in-flight requests a moment to finish their commit.
+    std::thread::sleep(Duration::from_millis(500));
+    let stored = count("SELECT COUNT(*) FROM inbox");
     for running in servers {
         runtime.block_on(running.stop());
     }
@@ -296,6 +302,10 @@ fn main() {
         convoy_result.total,
         stored,
         100.0 * convoy_result.requests_per_sec / bare_result.requests_per_sec.max(1.0)
+    );
+    println!(
+        "worker: {processed} deliveries processed while the load ran ({:.0}/s)",
+        processed as f64 / seconds as f64
     );
     if (stored as u64) < convoy_result.total.saturating_sub(convoy_result.non_2xx) {
         eprintln!("ERROR: fewer deliveries stored than acknowledged");

@@ -36,8 +36,8 @@ use convoy::plan::{Change, History, affected_services, build_plan};
 use convoy::runtime::rollouts::{RolloutRuntime, new_rollout_id};
 use convoy::spec::{CheckContext, parse_spec};
 use convoy::store::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, FirstAttempts, Freeze, InboxCounts, InboxItem,
-    NewDelivery, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, SqliteStore, Store,
+    AuditEntry, Baseline, Created, FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite,
+    InboxWritten, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, SqliteStore, Store,
     StoredTimer,
 };
 
@@ -64,20 +64,19 @@ impl Store for Counting {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
-    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> StoreResult<Vec<bool>> {
+    async fn write_inbox(
+        &self,
+        write: InboxWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<InboxWritten> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.insert_deliveries(batch).await
+        self.inner.write_inbox(write, now).await
+    }
+    async fn deliveries(&self, ids: &[DeliveryId]) -> StoreResult<Vec<InboxItem>> {
+        self.inner.deliveries(ids).await
     }
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InboxItem>> {
         self.inner.due_deliveries(now, limit).await
-    }
-    async fn finish_deliveries(
-        &self,
-        results: &[(DeliveryId, DeliveryOutcome)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.finish_deliveries(results, now).await
     }
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         self.inner.next_delivery_due().await

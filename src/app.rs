@@ -14,7 +14,7 @@ use crate::drivers::Drivers;
 use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::metrics::Metrics;
 use crate::runtime::commands::{CommandHandler, CommandHooks};
-use crate::runtime::intake::InboxWriter;
+use crate::runtime::intake::{HANDOFF, InboxWriter, handoff};
 use crate::runtime::leases::Replica;
 use crate::runtime::merges::{MergeHandler, NoToken, TokenSource};
 use crate::runtime::rollouts::{ReportSink, RolloutRuntime};
@@ -149,12 +149,14 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     }
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
-    let writer = InboxWriter::spawn(store.clone(), wake.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let config = Arc::new(config);
     let replica = Replica::for_data_dir(&config.server.data_dir, config.server.lease);
     tracing::info!(replica = %replica.id, lease = ?replica.lease, "replica");
+    // New deliveries reach this replica's worker in memory, claimed for it.
+    let (handoff_tx, handoff_rx) = handoff(replica.clone(), HANDOFF);
+    let writer = InboxWriter::spawn(store.clone(), wake.clone(), Some(handoff_tx));
     // Check runs and the PR comment, when the App's key is configured and
     // the caller brought no reporter of its own.
     let reporting = match services.reporter {
@@ -259,7 +261,11 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     report_tasks.push(drift.spawn(shutdown_rx.clone()));
     report_tasks.push(runtime.keep_leases(shutdown_rx.clone()));
     let worker = Worker::new(store.clone(), dispatcher, metrics.clone(), wake).as_replica(replica);
-    let worker_task = tokio::spawn(worker.run(shutdown_rx.clone()));
+    let worker_task = tokio::spawn(
+        worker
+            .with_intake(handoff_rx, writer.clone())
+            .run(shutdown_rx.clone()),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

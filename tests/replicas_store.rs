@@ -8,8 +8,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use convoy::domain::{BranchName, CommitSha, DeliveryId, InstallationId, RepoName, RolloutId};
 use convoy::store::{
-    Created, DeliveryOutcome, Fence, LEASE_ROLLOUT, NewDelivery, Payload, PostgresStore,
-    RolloutKind, RolloutRecord, RolloutWrite, SqliteStore, Store, StoreError,
+    Claim, ClaimDue, Created, DeliveryOutcome, DeliveryState, Fence, InboxWrite, LEASE_ROLLOUT,
+    NewDelivery, Payload, PostgresStore, RolloutKind, RolloutRecord, RolloutWrite, SqliteStore,
+    Store, StoreError,
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -56,6 +57,8 @@ on_both!(
     a_lease_is_held_by_one_until_it_expires_and_every_claim_raises_the_generation,
     a_write_under_a_lost_lease_is_refused_and_changes_nothing,
     deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired,
+    a_delivery_stored_claimed_is_nobody_elses_until_its_claim_runs_out,
+    one_inbox_write_stores_finishes_and_claims_together,
     inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once,
     github_writes_of_an_installation_share_one_bucket_across_replicas,
     a_branch_left_with_only_queued_rollouts_is_found,
@@ -198,6 +201,7 @@ fn delivery(n: usize) -> NewDelivery {
         event: "ping".into(),
         payload: Payload::compress("{}"),
         received_at: t(0),
+        claim: None,
     }
 }
 
@@ -253,6 +257,95 @@ async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expir
         back.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         vec![by_a[2].id.clone()]
     );
+}
+
+/// What the intake does for its own worker: the delivery is stored claimed
+/// by the replica that received it. If that replica dies before finishing
+/// it, another takes it once the claim ran out; nothing is lost.
+async fn a_delivery_stored_claimed_is_nobody_elses_until_its_claim_runs_out(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
+    let mut claimed = delivery(1);
+    claimed.claim = Some(Claim {
+        owner: "A".into(),
+        until: t(15),
+    });
+    assert_eq!(
+        a.insert_deliveries(&[claimed, delivery(2)]).await.unwrap(),
+        vec![true, true]
+    );
+    let taken = b.claim_deliveries("B", t(1), t(16), 100).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        vec!["d2"],
+        "d1 is A's"
+    );
+    let after = b.claim_deliveries("B", t(15), t(30), 100).await.unwrap();
+    assert_eq!(
+        after.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        vec!["d1"],
+        "A's claim ran out"
+    );
+    assert_eq!(after[0].payload, "{}", "the body is read back whole");
+}
+
+/// The intake's group commit: new deliveries, outcomes and claims in one
+/// transaction, in that order.
+async fn one_inbox_write_stores_finishes_and_claims_together(postgres: bool) {
+    let (_dir, a, _b) = two(postgres).await;
+    a.insert_deliveries(&[delivery(1), delivery(2)])
+        .await
+        .unwrap();
+    let first = a.claim_deliveries("A", t(1), t(16), 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let new = [delivery(3), delivery(1), delivery(3)];
+    let finished = [(first[0].id.clone(), DeliveryOutcome::Done)];
+    let claims = [
+        ClaimDue {
+            owner: "A".into(),
+            until: t(17),
+            limit: 2,
+        },
+        ClaimDue {
+            owner: "B".into(),
+            until: t(17),
+            limit: 10,
+        },
+    ];
+    let written = a
+        .write_inbox(
+            InboxWrite {
+                new: &new,
+                finished: &finished,
+                claims: &claims,
+            },
+            t(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        written.fresh,
+        vec![true, false, false],
+        "d1 was stored before and d3 repeats within the write"
+    );
+    let mut by_a: Vec<&str> = written.claimed[0].iter().map(|d| d.as_str()).collect();
+    by_a.sort();
+    let other = if first[0].id.as_str() == "d1" {
+        "d2"
+    } else {
+        "d1"
+    };
+    assert_eq!(
+        by_a,
+        vec![other, "d3"],
+        "the claim sees the delivery stored in the same write, not the finished one"
+    );
+    assert!(written.claimed[1].is_empty(), "A's claim took the rest");
+    let done = a.delivery(&first[0].id).await.unwrap().unwrap();
+    assert_eq!(done.state, DeliveryState::Done);
+    assert_eq!(done.attempts, 1);
+    let items = a.deliveries(&written.claimed[0]).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|d| d.payload == "{}"));
 }
 
 async fn inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once(postgres: bool) {

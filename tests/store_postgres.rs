@@ -37,6 +37,7 @@ fn delivery(n: usize) -> NewDelivery {
         received_at: Utc
             .timestamp_millis_opt(1_700_000_000_000 + n as i64)
             .unwrap(),
+        claim: None,
     }
 }
 

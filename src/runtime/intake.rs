@@ -1,24 +1,173 @@
-//! Group commit for the inbox: concurrent webhook requests hand their
-//! delivery to one writer task, which commits everything waiting in one
-//! transaction and answers each request with its own result. One commit per
-//! delivery caps intake at the disk's sync rate; one per group does not.
+//! Group commit for the inbox, and the handoff from intake to the worker.
+//!
+//! Concurrent webhook requests hand their delivery to one writer task,
+//! which commits everything waiting in one transaction and answers each
+//! request with its own result. One commit per delivery caps intake at the
+//! disk's sync rate; one per group does not. The worker's outcomes go
+//! through the same writer, so they share the group's commit instead of
+//! queueing a transaction of their own in front of the next group.
+//!
+//! A delivery that this replica's worker has room for is stored already
+//! claimed by this replica and handed to the worker in memory: the worker
+//! neither claims it through the database nor reads its body back. If the
+//! process dies first, the claim runs out like any other and a replica
+//! claims the delivery from the database; nothing is lost. When the worker
+//! falls behind, deliveries are stored unclaimed and it takes them from the
+//! database, oldest first; the handoff resumes once that backlog is gone,
+//! so deliveries are not handled out of order for long.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use chrono::Utc;
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::{Notify, oneshot};
 
-use crate::store::{NewDelivery, Store};
+use crate::domain::DeliveryId;
+use crate::runtime::leases::Replica;
+use crate::store::{
+    Claim, ClaimDue, DeliveryOutcome, DeliveryState, InboxItem, InboxWrite, NewDelivery, Store,
+};
 
 /// The most deliveries committed together.
 const MAX_GROUP: usize = 512;
 /// Requests waiting for the writer before new ones wait for room.
 const QUEUE: usize = 8192;
+/// Deliveries handed to the worker and not yet taken, at most. About a
+/// second of processing: more would only hold bodies in memory that the
+/// database holds anyway.
+pub const HANDOFF: usize = 2048;
 
-type Reply = oneshot::Sender<Result<bool, String>>;
+/// A delivery handed to the worker in memory, claimed for this replica at
+/// `claimed_at` (the claim in the database runs a lease from then).
+#[derive(Debug)]
+pub struct Handed {
+    pub item: InboxItem,
+    pub claimed_at: Instant,
+}
 
+/// The intake's end of the handoff.
+#[derive(Clone)]
+pub struct HandoffSender {
+    tx: mpsc::Sender<Handed>,
+    replica: Replica,
+    /// Set when the worker had no room: deliveries then go to the database
+    /// unclaimed until the worker has taken every one of them.
+    backlog: Arc<AtomicBool>,
+}
+
+/// The worker's end of the handoff.
+pub struct HandoffReceiver {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Handed>>,
+    backlog: Arc<AtomicBool>,
+}
+
+/// A handoff of up to `capacity` deliveries, claimed for `replica`.
+pub fn handoff(replica: Replica, capacity: usize) -> (HandoffSender, HandoffReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let backlog = Arc::new(AtomicBool::new(false));
+    (
+        HandoffSender {
+            tx,
+            replica,
+            backlog: backlog.clone(),
+        },
+        HandoffReceiver {
+            rx: tokio::sync::Mutex::new(rx),
+            backlog,
+        },
+    )
+}
+
+/// Room in the handoff for one delivery, taken before it is stored.
+struct Reserved {
+    permit: OwnedPermit<Handed>,
+    claimed_at: Instant,
+    body: String,
+}
+
+impl HandoffSender {
+    /// Claims `delivery` for this replica when the worker has room and no
+    /// backlog in the database.
+    fn reserve(&self, delivery: &mut NewDelivery, body: String) -> Option<Reserved> {
+        if self.backlog.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => {
+                // The instant is taken before the claim's end is computed,
+                // so the worker never believes in more of the claim than
+                // the database holds.
+                let claimed_at = Instant::now();
+                delivery.claim = Some(Claim {
+                    owner: self.replica.id.clone(),
+                    until: self.replica.until(Utc::now()),
+                });
+                Some(Reserved {
+                    permit,
+                    claimed_at,
+                    body,
+                })
+            }
+            Err(_) => {
+                self.backlog.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
+impl HandoffReceiver {
+    /// Up to `limit` handed deliveries, without waiting.
+    pub async fn take(&self, limit: usize) -> Vec<Handed> {
+        let mut rx = self.rx.lock().await;
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match rx.try_recv() {
+                Ok(handed) => taken.push(handed),
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    /// Whether deliveries were stored unclaimed because the worker had no
+    /// room.
+    pub fn backlog(&self) -> bool {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// The worker has taken everything that was due in the database: the
+    /// handoff may resume.
+    pub fn backlog_cleared(&self) {
+        self.backlog.store(false, Ordering::Release);
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Op {
+    Insert {
+        delivery: NewDelivery,
+        handed: Option<Reserved>,
+        reply: Reply<bool>,
+    },
+    Finish {
+        results: Vec<(DeliveryId, DeliveryOutcome)>,
+        reply: Reply<()>,
+    },
+    Claim {
+        claim: ClaimDue,
+        reply: Reply<Vec<DeliveryId>>,
+    },
+}
+
+/// The one writer of the inbox in this process.
 #[derive(Clone)]
 pub struct InboxWriter {
-    tx: mpsc::Sender<(NewDelivery, Reply)>,
+    tx: mpsc::Sender<Op>,
+    handoff: Option<HandoffSender>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,46 +180,280 @@ pub enum IntakeError {
 
 impl InboxWriter {
     /// Starts the writer task. `wake` is notified after each commit that
-    /// stored something new, so the worker starts at once.
-    pub fn spawn(store: Arc<dyn Store>, wake: Arc<Notify>) -> InboxWriter {
-        let (tx, mut rx) = mpsc::channel::<(NewDelivery, Reply)>(QUEUE);
+    /// stored something new, so the worker starts at once. With `handoff`,
+    /// new deliveries go to the worker in memory while it has room.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        wake: Arc<Notify>,
+        handoff: Option<HandoffSender>,
+    ) -> InboxWriter {
+        let (tx, mut rx) = mpsc::channel::<Op>(QUEUE);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(MAX_GROUP);
             while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-                let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) =
-                    std::mem::take(&mut group).into_iter().unzip();
-                match store.insert_deliveries(&deliveries).await {
-                    Ok(fresh) => {
-                        if fresh.iter().any(|f| *f) {
-                            wake.notify_one();
-                        }
-                        for (reply, is_new) in replies.into_iter().zip(fresh) {
-                            let _ = reply.send(Ok(is_new));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, count = deliveries.len(), "writing deliveries to the inbox failed");
-                        for reply in replies {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                    }
-                }
+                commit_group(store.as_ref(), std::mem::take(&mut group), &wake).await;
             }
         });
-        InboxWriter { tx }
+        InboxWriter { tx, handoff }
     }
 
-    /// Stores the delivery; `Ok(true)` when new, `Ok(false)` when its id was
-    /// seen before. Returns only once the delivery is committed.
-    pub async fn write(&self, delivery: NewDelivery) -> Result<bool, IntakeError> {
+    /// Stores the delivery (`body` is its uncompressed payload); `Ok(true)`
+    /// when new, `Ok(false)` when its id was seen before. Returns only once
+    /// the delivery is committed.
+    pub async fn write(
+        &self,
+        mut delivery: NewDelivery,
+        body: String,
+    ) -> Result<bool, IntakeError> {
+        let handed = self
+            .handoff
+            .as_ref()
+            .and_then(|h| h.reserve(&mut delivery, body));
+        self.ask(|reply| Op::Insert {
+            delivery,
+            handed,
+            reply,
+        })
+        .await
+    }
+
+    /// Records processing outcomes (`Store::finish_deliveries`) in the next
+    /// group's commit. Returns once they are committed.
+    pub async fn finish(
+        &self,
+        results: Vec<(DeliveryId, DeliveryOutcome)>,
+    ) -> Result<(), IntakeError> {
+        self.ask(|reply| Op::Finish { results, reply }).await
+    }
+
+    /// Claims due deliveries (`Store::claim_deliveries`) in the next
+    /// group's commit; the ids it took, once committed.
+    pub async fn claim(&self, claim: ClaimDue) -> Result<Vec<DeliveryId>, IntakeError> {
+        self.ask(|reply| Op::Claim { claim, reply }).await
+    }
+
+    async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, IntakeError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((delivery, reply))
+            .send(op(reply))
             .await
             .map_err(|_| IntakeError::Closed)?;
         answer
             .await
             .map_err(|_| IntakeError::Closed)?
             .map_err(IntakeError::Store)
+    }
+}
+
+/// Commits one group and answers everyone in it; hands the new deliveries
+/// that had room to the worker.
+async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify) {
+    let mut new = Vec::new();
+    let mut inserts = Vec::new();
+    let mut finished = Vec::new();
+    let mut finishes = Vec::new();
+    let mut claims = Vec::new();
+    let mut claimers = Vec::new();
+    for op in group {
+        match op {
+            Op::Insert {
+                delivery,
+                handed,
+                reply,
+            } => {
+                new.push(delivery);
+                inserts.push((handed, reply));
+            }
+            Op::Finish { results, reply } => {
+                finished.extend(results);
+                finishes.push(reply);
+            }
+            Op::Claim { claim, reply } => {
+                claims.push(claim);
+                claimers.push(reply);
+            }
+        }
+    }
+    let write = InboxWrite {
+        new: &new,
+        finished: &finished,
+        claims: &claims,
+    };
+    match store.write_inbox(write, Utc::now()).await {
+        Ok(written) => {
+            let mut woke = false;
+            for ((delivery, (handed, reply)), is_new) in
+                new.into_iter().zip(inserts).zip(written.fresh)
+            {
+                if let (true, Some(handed)) = (is_new, handed) {
+                    handed.permit.send(Handed {
+                        item: InboxItem {
+                            id: delivery.id,
+                            event: delivery.event,
+                            payload: handed.body,
+                            received_at: delivery.received_at,
+                            state: DeliveryState::Pending,
+                            attempts: 0,
+                            last_error: None,
+                        },
+                        claimed_at: handed.claimed_at,
+                    });
+                }
+                woke |= is_new;
+                let _ = reply.send(Ok(is_new));
+            }
+            for reply in finishes {
+                let _ = reply.send(Ok(()));
+            }
+            for (reply, ids) in claimers.into_iter().zip(written.claimed) {
+                let _ = reply.send(Ok(ids));
+            }
+            if woke {
+                wake.notify_one();
+            }
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                new = new.len(),
+                finished = finished.len(),
+                claims = claims.len(),
+                "writing the inbox failed"
+            );
+            // Nothing was written: the requests answer 503 and GitHub may
+            // redeliver; the worker's claims run out and it tries again.
+            let error = e.to_string();
+            for (_, reply) in inserts {
+                let _ = reply.send(Err(error.clone()));
+            }
+            for reply in finishes {
+                let _ = reply.send(Err(error.clone()));
+            }
+            for reply in claimers {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{Payload, SqliteStore};
+
+    fn delivery(n: u32) -> (NewDelivery, String) {
+        let body = format!("{{\"n\":{n}}}");
+        let new = NewDelivery {
+            id: DeliveryId::new(format!("d{n}")),
+            event: "ping".into(),
+            payload: Payload::compress(&body),
+            received_at: Utc::now(),
+            claim: None,
+        };
+        (new, body)
+    }
+
+    async fn writer(
+        capacity: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn Store>,
+        InboxWriter,
+        HandoffReceiver,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("convoy.db"))
+                .await
+                .unwrap(),
+        );
+        let (tx, rx) = handoff(Replica::new("me", Duration::from_secs(15)), capacity);
+        let writer = InboxWriter::spawn(store.clone(), Arc::new(Notify::new()), Some(tx));
+        (dir, store, writer, rx)
+    }
+
+    /// Claims another replica could make now.
+    async fn claimable(store: &dyn Store) -> Vec<String> {
+        let now = Utc::now();
+        let mut ids: Vec<String> = store
+            .claim_deliveries("other", now, now + chrono::Duration::seconds(15), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id.as_str().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn deliveries_with_room_are_handed_over_claimed_and_the_rest_wait_in_the_database() {
+        let (_dir, store, writer, handed) = writer(2).await;
+        for n in 1..=3 {
+            let (new, body) = delivery(n);
+            assert!(writer.write(new, body).await.unwrap());
+        }
+        assert!(handed.backlog(), "the third found no room");
+        let taken = handed.take(10).await;
+        let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
+        assert_eq!(ids, vec!["d1", "d2"]);
+        assert_eq!(taken[0].item.payload, "{\"n\":1}", "the body, from memory");
+        // While the backlog lasts, new deliveries wait in the database too
+        // (behind the older ones), though there is room again.
+        let (new, body) = delivery(4);
+        assert!(writer.write(new, body).await.unwrap());
+        assert!(handed.take(10).await.is_empty());
+        assert_eq!(
+            claimable(store.as_ref()).await,
+            vec!["d3", "d4"],
+            "the handed ones are claimed for this replica"
+        );
+        handed.backlog_cleared();
+        let (new, body) = delivery(5);
+        assert!(writer.write(new, body).await.unwrap());
+        assert_eq!(handed.take(10).await.len(), 1, "handed again");
+        assert!(claimable(store.as_ref()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_is_neither_stored_nor_handed_over_again() {
+        let (_dir, _store, writer, handed) = writer(8).await;
+        let (new, body) = delivery(1);
+        assert!(writer.write(new.clone(), body.clone()).await.unwrap());
+        assert!(!writer.write(new, body).await.unwrap());
+        assert_eq!(handed.take(10).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn outcomes_and_claims_go_through_the_group_commit() {
+        let (_dir, store, writer, handed) = writer(1).await;
+        for n in 1..=2 {
+            let (new, body) = delivery(n);
+            writer.write(new, body).await.unwrap();
+        }
+        let now = Utc::now();
+        let ids = writer
+            .claim(ClaimDue {
+                owner: "me".into(),
+                until: now + chrono::Duration::seconds(15),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![DeliveryId::new("d2")], "d1 was handed over");
+        let first = handed.take(1).await.remove(0).item.id;
+        writer
+            .finish(vec![
+                (first.clone(), DeliveryOutcome::Done),
+                (ids[0].clone(), DeliveryOutcome::Done),
+            ])
+            .await
+            .unwrap();
+        for id in [first, ids[0].clone()] {
+            let item = store.delivery(&id).await.unwrap().unwrap();
+            assert_eq!(item.state, DeliveryState::Done);
+        }
     }
 }

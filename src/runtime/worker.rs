@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use crate::domain::{DeliveryId, InstallationId};
 use crate::metrics::Metrics;
+use crate::runtime::intake::{HandoffReceiver, InboxWriter, IntakeError};
 use crate::runtime::leases::{DEFAULT_LEASE, Replica};
-use crate::store::{DeliveryOutcome, InboxItem, Store};
+use crate::store::{ClaimDue, DeliveryOutcome, InboxItem, Store, StoreError};
 use crate::webhook::{Envelope, Event, events};
 
 /// Attempts before a delivery is kept as failed.
@@ -23,7 +24,18 @@ pub const MAX_ATTEMPTS: u32 = 8;
 const BATCH: u32 = 64;
 /// The longest the worker sleeps without looking at the inbox: a wake-up
 /// may be missed, and deliveries another replica took in wake nobody here.
+/// Also how often a worker busy with handed deliveries looks at the
+/// database, where retries fall due.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Why a round stopped: the inbox could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -196,6 +208,11 @@ pub struct Worker {
     wake: Arc<Notify>,
     /// Deliveries are claimed as this replica, for a lease each.
     replica: Replica,
+    /// Deliveries handed over by this process's intake, and the writer
+    /// that commits outcomes together with the intake's groups.
+    intake: Option<(HandoffReceiver, InboxWriter)>,
+    /// When the database was last asked for due deliveries.
+    last_claim: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Worker {
@@ -211,7 +228,17 @@ impl Worker {
             metrics,
             wake,
             replica: Replica::new(format!("local-{:08x}", fastrand::u32(..)), DEFAULT_LEASE),
+            intake: None,
+            last_claim: std::sync::Mutex::new(std::time::Instant::now()),
         }
+    }
+
+    /// Takes deliveries handed over by the intake (claimed for this
+    /// worker's replica: make it the one the handoff claims for) and
+    /// writes outcomes through the intake's group commit.
+    pub fn with_intake(mut self, handoff: HandoffReceiver, writer: InboxWriter) -> Worker {
+        self.intake = Some((handoff, writer));
+        self
     }
 
     /// Claims deliveries as `replica` (beside other replicas on the same
@@ -251,18 +278,13 @@ impl Worker {
     /// The batch is claimed first, so no other replica takes the same
     /// deliveries, and the claims are renewed while the batch is worked on;
     /// the claims of a replica that died run out and another takes them.
-    pub async fn round(&self) -> Result<bool, crate::store::StoreError> {
-        let now = Utc::now();
-        let items = self
-            .store
-            .claim_deliveries(&self.replica.id, now, self.replica.until(now), BATCH)
-            .await?;
-        if items.is_empty() {
+    pub async fn round(&self) -> Result<bool, RoundError> {
+        let Some((items, claimed_at)) = self.next_batch().await? else {
             return Ok(false);
-        }
+        };
         let (done_tx, done_rx) = watch::channel(0usize);
         // Until when (by this process's clock) the claims are surely ours.
-        let held = std::sync::Mutex::new(std::time::Instant::now() + self.replica.lease);
+        let held = std::sync::Mutex::new(claimed_at + self.replica.lease);
         let renewer = self.renew_claims(&items, done_rx, &held);
         let work = async {
             let mut results = Vec::with_capacity(items.len());
@@ -304,12 +326,62 @@ impl Worker {
             }
             results.push((item.id.clone(), outcome));
         }
-        self.store.finish_deliveries(&results, Utc::now()).await?;
-        if let Ok(counts) = self.store.inbox_counts().await {
-            self.metrics.inbox_pending.set(counts.pending as i64);
-            self.metrics.inbox_failed.set(counts.failed as i64);
+        match &self.intake {
+            Some((_, writer)) => writer.finish(results).await?,
+            None => self.store.finish_deliveries(&results, Utc::now()).await?,
         }
         Ok(true)
+    }
+
+    /// The next batch and when its claims began (by this process's clock):
+    /// handed deliveries first, as they are the oldest this replica has;
+    /// the database when none are waiting, and at least every `IDLE_POLL`
+    /// so that retries falling due there are not starved.
+    async fn next_batch(&self) -> Result<Option<(Vec<InboxItem>, std::time::Instant)>, RoundError> {
+        let lock =
+            |m: &std::sync::Mutex<std::time::Instant>| *m.lock().unwrap_or_else(|e| e.into_inner());
+        let database_turn = lock(&self.last_claim).elapsed() >= IDLE_POLL;
+        if let (Some((handoff, _)), false) = (&self.intake, database_turn)
+            && let Some(batch) = handed_batch(handoff.take(BATCH as usize).await)
+        {
+            return Ok(Some(batch));
+        }
+        let started = std::time::Instant::now();
+        let now = Utc::now();
+        let items = match &self.intake {
+            // In the intake's next commit rather than a transaction of its
+            // own: one sync of the disk for both.
+            Some((_, writer)) => {
+                let claim = ClaimDue {
+                    owner: self.replica.id.clone(),
+                    until: self.replica.until(now),
+                    limit: BATCH,
+                };
+                let ids = writer.claim(claim).await?;
+                if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    self.store.deliveries(&ids).await?
+                }
+            }
+            None => {
+                self.store
+                    .claim_deliveries(&self.replica.id, now, self.replica.until(now), BATCH)
+                    .await?
+            }
+        };
+        *self.last_claim.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        if let Some((handoff, _)) = &self.intake {
+            if items.len() < BATCH as usize && handoff.backlog() {
+                // Everything due is claimed: new deliveries may be handed
+                // over again.
+                handoff.backlog_cleared();
+            }
+            if items.is_empty() {
+                return Ok(handed_batch(handoff.take(BATCH as usize).await));
+            }
+        }
+        Ok((!items.is_empty()).then_some((items, started)))
     }
 
     /// Renews the claims of the batch's deliveries not yet processed, every
@@ -406,6 +478,14 @@ impl Worker {
         .instrument(span)
         .await
     }
+}
+
+/// Handed deliveries as a batch, with the start of its oldest claim.
+fn handed_batch(
+    handed: Vec<crate::runtime::intake::Handed>,
+) -> Option<(Vec<InboxItem>, std::time::Instant)> {
+    let oldest = handed.iter().map(|h| h.claimed_at).min()?;
+    Some((handed.into_iter().map(|h| h.item).collect(), oldest))
 }
 
 /// Whether a batch's claims, surely held until `until`, leave enough of the

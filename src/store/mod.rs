@@ -4,6 +4,7 @@
 //! boundary as `DateTime<Utc>` and are stored as Unix milliseconds, which
 //! both databases compare and index the same way.
 
+pub mod checkpoint;
 mod document;
 mod migrations;
 pub mod postgres;
@@ -60,6 +61,44 @@ pub struct NewDelivery {
     /// compressed by the request that received it.
     pub payload: Payload,
     pub received_at: DateTime<Utc>,
+    /// Stored already claimed: the replica that received the delivery
+    /// processes it from memory, without reading it back (see
+    /// `runtime::intake`). `None` leaves it for any replica to claim.
+    pub claim: Option<Claim>,
+}
+
+/// One transaction's writes to the inbox ([`Store::write_inbox`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InboxWrite<'a> {
+    pub new: &'a [NewDelivery],
+    pub finished: &'a [(DeliveryId, DeliveryOutcome)],
+    pub claims: &'a [ClaimDue],
+}
+
+/// A claim on up to `limit` deliveries due now, oldest first, for `owner`
+/// until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimDue {
+    pub owner: String,
+    pub until: DateTime<Utc>,
+    pub limit: u32,
+}
+
+/// What [`Store::write_inbox`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxWritten {
+    /// For each new delivery: whether it was new.
+    pub fresh: Vec<bool>,
+    /// For each claim: the deliveries it took.
+    pub claimed: Vec<Vec<DeliveryId>>,
+}
+
+/// A claim on a delivery: `owner` processes it, and no other replica takes
+/// it before `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    pub until: DateTime<Utc>,
 }
 
 /// A webhook body, LZ4-compressed. Compressing on the request's own thread
@@ -176,20 +215,45 @@ pub trait Store: Send + Sync + 'static {
 
     // --- inbox -----------------------------------------------------------
 
-    /// Writes a group of deliveries in one transaction (one commit for the
-    /// whole group is what makes intake fast). For each, `true` when it was
-    /// new and `false` when its id had been seen before.
-    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>>;
+    /// Writes new deliveries, the outcomes of processed ones and claims on
+    /// due ones in one transaction: one commit for everything the intake
+    /// and the worker have waiting is what makes intake fast. New
+    /// deliveries go first, then outcomes ([`Store::finish_deliveries`]),
+    /// then claims ([`Store::claim_deliveries`]), each claim taking what
+    /// the ones before it left.
+    async fn write_inbox(&self, write: InboxWrite<'_>, now: DateTime<Utc>) -> Result<InboxWritten>;
+
+    /// [`Store::write_inbox`] with new deliveries only: for each, `true`
+    /// when it was new and `false` when its id had been seen before (a
+    /// repeat within `batch` is a duplicate too).
+    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
+        let write = InboxWrite {
+            new: batch,
+            ..InboxWrite::default()
+        };
+        Ok(self.write_inbox(write, Utc::now()).await?.fresh)
+    }
+
+    /// The stored deliveries with these ids, oldest first (unknown ids are
+    /// left out).
+    async fn deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<InboxItem>>;
 
     /// Pending deliveries due at `now`, oldest first.
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>>;
 
-    /// Records the outcome of processing attempts, in one transaction.
+    /// Records the outcome of processing attempts, in one transaction, and
+    /// releases their claims. An id appears at most once.
     async fn finish_deliveries(
         &self,
         results: &[(DeliveryId, DeliveryOutcome)],
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let write = InboxWrite {
+            finished: results,
+            ..InboxWrite::default()
+        };
+        self.write_inbox(write, now).await.map(|_| ())
+    }
 
     /// When the next pending delivery falls due, if any.
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>>;
@@ -416,7 +480,22 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<InboxItem>>;
+    ) -> Result<Vec<InboxItem>> {
+        let claim = ClaimDue {
+            owner: owner.to_owned(),
+            until,
+            limit,
+        };
+        let write = InboxWrite {
+            claims: std::slice::from_ref(&claim),
+            ..InboxWrite::default()
+        };
+        let written = self.write_inbox(write, now).await?;
+        match written.claimed.first() {
+            Some(ids) if !ids.is_empty() => self.deliveries(ids).await,
+            _ => Ok(Vec::new()),
+        }
+    }
 
     /// Extends `owner`'s claims on these deliveries to `until` (while it is
     /// still processing them).

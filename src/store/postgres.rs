@@ -17,8 +17,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AttemptRecord, AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation,
-    DriftRecord, FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery,
+    AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
+    FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
     Result, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
     StoredStep, StoredTimer, document, from_millis, to_millis,
 };
@@ -281,36 +281,119 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+    async fn write_inbox(&self, write: InboxWrite<'_>, now: DateTime<Utc>) -> Result<InboxWritten> {
+        let InboxWrite {
+            new,
+            finished,
+            claims,
+        } = write;
+        if new.is_empty() && finished.is_empty() && claims.is_empty() {
+            return Ok(InboxWritten::default());
         }
-        // One statement for the whole batch. ON CONFLICT DO NOTHING keeps
-        // the first copy of an id, whichever replica wrote it; RETURNING
-        // names the rows this statement inserted.
-        let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
-        let events: Vec<&str> = batch.iter().map(|d| d.event.as_str()).collect();
-        let payloads: Vec<&[u8]> = batch.iter().map(|d| d.payload.as_bytes()).collect();
-        let times: Vec<i64> = batch.iter().map(|d| to_millis(d.received_at)).collect();
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
-             SELECT d, e, p, t, t FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::BIGINT[]) \
-             WITH ORDINALITY AS b (d, e, p, t, n) ORDER BY n \
-             ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+        let now = to_millis(now);
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        if !new.is_empty() {
+            // One statement for the whole group. ON CONFLICT DO NOTHING
+            // keeps the first copy of an id, whichever replica wrote it;
+            // RETURNING names the rows this statement inserted.
+            let ids: Vec<&str> = new.iter().map(|d| d.id.as_str()).collect();
+            let events: Vec<&str> = new.iter().map(|d| d.event.as_str()).collect();
+            let payloads: Vec<&[u8]> = new.iter().map(|d| d.payload.as_bytes()).collect();
+            let times: Vec<i64> = new.iter().map(|d| to_millis(d.received_at)).collect();
+            let nexts: Vec<i64> = new
+                .iter()
+                .map(|d| {
+                    d.claim
+                        .as_ref()
+                        .map_or(to_millis(d.received_at), |c| to_millis(c.until))
+                })
+                .collect();
+            let owners: Vec<Option<&str>> = new
+                .iter()
+                .map(|d| d.claim.as_ref().map(|c| c.owner.as_str()))
+                .collect();
+            let rows: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at, claimed_by) \
+                 SELECT d, e, p, t, x, o FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::BIGINT[], \
+                 $5::BIGINT[], $6::TEXT[]) WITH ORDINALITY AS b (d, e, p, t, x, o, n) ORDER BY n \
+                 ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+            )
+            .bind(ids)
+            .bind(events)
+            .bind(payloads)
+            .bind(times)
+            .bind(nexts)
+            .bind(owners)
+            .fetch_all(&mut *tx)
+            .await?;
+            inserted.extend(rows);
+        }
+        if !finished.is_empty() {
+            let mut ids = Vec::with_capacity(finished.len());
+            let mut states = Vec::with_capacity(finished.len());
+            let mut errors = Vec::with_capacity(finished.len());
+            let mut nexts = Vec::with_capacity(finished.len());
+            let mut processed = Vec::with_capacity(finished.len());
+            for (id, outcome) in finished {
+                let (state, error, next, done_at) = rows::outcome_columns(outcome, now);
+                ids.push(id.as_str());
+                states.push(state.as_str());
+                errors.push(error);
+                nexts.push(next);
+                processed.push(done_at);
+            }
+            sqlx::query(
+                "UPDATE inbox SET state = f.s, attempts = inbox.attempts + 1, last_error = f.e, \
+                 next_attempt_at = f.x, processed_at = f.p, claimed_by = NULL \
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[]) \
+                 AS f (d, s, e, x, p) WHERE inbox.delivery_id = f.d",
+            )
+            .bind(ids)
+            .bind(states)
+            .bind(errors)
+            .bind(nexts)
+            .bind(processed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut claimed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            // SKIP LOCKED: replicas claiming at the same moment each take
+            // other rows instead of waiting for one another.
+            let ids: Vec<String> = sqlx::query_scalar(
+                "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
+                   (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
+                    ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING delivery_id",
+            )
+            .bind(&claim.owner)
+            .bind(to_millis(claim.until))
+            .bind(now)
+            .bind(i64::from(claim.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            claimed.push(ids.into_iter().map(DeliveryId::new).collect());
+        }
+        tx.commit().await?;
+        // The first occurrence of an inserted id is new; a repeat within the
+        // group, like one seen before, is a duplicate.
+        Ok(InboxWritten {
+            fresh: new.iter().map(|d| inserted.remove(d.id.as_str())).collect(),
+            claimed,
+        })
+    }
+
+    async fn deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<InboxItem>> {
+        let ids: Vec<&str> = ids.iter().map(|d| d.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+             FROM inbox WHERE delivery_id = ANY($1) ORDER BY received_at, delivery_id",
         )
         .bind(ids)
-        .bind(events)
-        .bind(payloads)
-        .bind(times)
         .fetch_all(&self.pool)
         .await?;
-        let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-        // The first occurrence of an inserted id is new; a repeat within the
-        // batch, like one seen before, is a duplicate.
-        Ok(batch
-            .iter()
-            .map(|d| inserted.remove(d.id.as_str()))
-            .collect())
+        rows.iter().map(rows::inbox_item).collect()
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
@@ -324,31 +407,6 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::inbox_item).collect()
-    }
-
-    async fn finish_deliveries(
-        &self,
-        results: &[(DeliveryId, DeliveryOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = to_millis(now);
-        let mut tx = self.pool.begin().await?;
-        for (id, outcome) in results {
-            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
-            sqlx::query(
-                "UPDATE inbox SET state = $1, attempts = attempts + 1, last_error = $2, \
-                 next_attempt_at = $3, processed_at = $4, claimed_by = NULL WHERE delivery_id = $5",
-            )
-            .bind(state.as_str())
-            .bind(error)
-            .bind(next)
-            .bind(processed)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>> {
@@ -1045,36 +1103,6 @@ impl Store for PostgresStore {
             .into_iter()
             .map(|(repo, branch)| (RepoName::new(repo), BranchName::new(branch)))
             .collect())
-    }
-
-    async fn claim_deliveries(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<InboxItem>> {
-        // SKIP LOCKED: replicas claiming at the same moment each take other
-        // rows instead of waiting for one another.
-        let rows = sqlx::query(
-            "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
-               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
-                ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
-        )
-        .bind(owner)
-        .bind(to_millis(until))
-        .bind(to_millis(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut items = rows
-            .iter()
-            .map(rows::inbox_item)
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING has no order.
-        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
-        Ok(items)
     }
 
     async fn renew_delivery_claims(

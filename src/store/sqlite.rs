@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,12 +12,13 @@ use sqlx::{Row, SqlitePool};
 
 use std::collections::BTreeMap;
 
+use super::checkpoint::{Checkpointer, WRITER_PAGES};
 use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
-    AuditEntry, Baseline, Created, DeliveryOutcome, DriftKind, DriftObservation, DriftRecord,
-    FirstAttempts, Freeze, InboxCounts, InboxItem, LEASE_ROLLOUT, Lease, NewDelivery, Result,
-    RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline,
-    StoredStep, StoredTimer, document, from_millis, to_millis,
+    AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, FirstAttempts, Freeze,
+    InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease, Result, RolloutKind,
+    RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredBaseline, StoredStep,
+    StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -80,6 +82,13 @@ async fn lock_step(
 /// below SQLite's limit of 32,766.
 const STEPS_PER_INSERT: usize = 250;
 
+/// `rows` groups of `columns` `?` placeholders — `(?, ?), (?, ?)` — for a
+/// statement that writes many rows at once.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let group = format!("({})", vec!["?"; columns].join(", "));
+    vec![group; rows].join(", ")
+}
+
 /// Writes steps at their places, replacing what was there.
 async fn write_steps(
     tx: &mut sqlx::SqliteConnection,
@@ -87,17 +96,11 @@ async fn write_steps(
     steps: &[StoredStep],
 ) -> Result<()> {
     for chunk in steps.chunks(STEPS_PER_INSERT) {
-        let mut sql =
-            String::from("INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES ");
-        for n in 0..chunk.len() {
-            sql.push_str(if n == 0 {
-                "(?, ?, ?, ?)"
-            } else {
-                ", (?, ?, ?, ?)"
-            });
-        }
-        sql.push_str(" ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES {} \
+             ON CONFLICT (rollout_id, wave, idx) DO UPDATE SET step = excluded.step",
+            placeholders(chunk.len(), 4)
+        )));
         for s in chunk {
             query = query
                 .bind(id.as_str())
@@ -110,6 +113,125 @@ async fn write_steps(
     Ok(())
 }
 
+/// A write connection that must not go back to the pool while a
+/// transaction begun by hand may still be open on it: closed instead,
+/// unless [`UnfinishedGuard::finished`] was called.
+struct UnfinishedGuard {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    finished: bool,
+}
+
+impl UnfinishedGuard {
+    fn new(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> UnfinishedGuard {
+        UnfinishedGuard {
+            conn,
+            finished: false,
+        }
+    }
+
+    fn get(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Sqlite> {
+        &mut self.conn
+    }
+
+    fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for UnfinishedGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Rows per statement of [`inbox_transaction`], far below SQLite's limit
+/// of 32,766 parameters.
+const INBOX_ROWS_PER_STATEMENT: usize = 100;
+
+/// The whole of [`Store::write_inbox`] as one string of statements, from
+/// `BEGIN` to `COMMIT`, with its parameters bound in order: one round trip
+/// to SQLite's thread. Under load every round trip waits for that thread
+/// and then for the task to be scheduled again; a group made of six of
+/// them spent most of its time waiting. Rows come back as (part, id):
+/// part 0 for an inserted delivery, part n for one taken by claim n.
+fn inbox_transaction<'q>(
+    write: &InboxWrite<'q>,
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    for chunk in write.new.chunks(INBOX_ROWS_PER_STATEMENT) {
+        sql.push_str(&format!(
+            "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, claimed_by) \
+             VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
+            placeholders(chunk.len(), 5)
+        ));
+        // A body already stored (a redelivery) or twice in the group keeps
+        // its first copy, like its row.
+        sql.push_str(&format!(
+            "INSERT INTO inbox_payloads (delivery_id, payload) VALUES {} \
+             ON CONFLICT (delivery_id) DO NOTHING;\n",
+            placeholders(chunk.len(), 2)
+        ));
+    }
+    for chunk in write.finished.chunks(INBOX_ROWS_PER_STATEMENT) {
+        sql.push_str(&format!(
+            "WITH f (id, state, error, next, processed) AS (VALUES {}) \
+             UPDATE inbox SET state = f.state, attempts = attempts + 1, last_error = f.error, \
+             next_attempt_at = f.next, processed_at = f.processed, claimed_by = NULL \
+             FROM f WHERE inbox.delivery_id = f.id;\n",
+            placeholders(chunk.len(), 5)
+        ));
+    }
+    for n in 1..=write.claims.len() {
+        // Inside the write transaction: SQLite runs one writer at a time,
+        // so two replicas cannot both see an item as due and claim it.
+        sql.push_str(&format!(
+            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE delivery_id IN \
+               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
+                ORDER BY next_attempt_at, received_at LIMIT ?) \
+             RETURNING {n}, delivery_id;\n"
+        ));
+    }
+    sql.push_str("COMMIT;");
+
+    // The parameters, in the order of the placeholders above.
+    let now = to_millis(now);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for chunk in write.new.chunks(INBOX_ROWS_PER_STATEMENT) {
+        for d in chunk {
+            let at = to_millis(d.received_at);
+            query = query
+                .bind(d.id.as_str())
+                .bind(d.event.as_str())
+                .bind(at)
+                .bind(d.claim.as_ref().map_or(at, |c| to_millis(c.until)))
+                .bind(d.claim.as_ref().map(|c| c.owner.as_str()));
+        }
+        for d in chunk {
+            query = query.bind(d.id.as_str()).bind(d.payload.as_bytes());
+        }
+    }
+    for (id, outcome) in write.finished {
+        let (state, error, next, processed) = rows::outcome_columns(outcome, now);
+        query = query
+            .bind(id.as_str())
+            .bind(state.as_str())
+            .bind(error)
+            .bind(next)
+            .bind(processed);
+    }
+    for claim in write.claims {
+        query = query
+            .bind(claim.owner.as_str())
+            .bind(to_millis(claim.until))
+            .bind(now)
+            .bind(i64::from(claim.limit));
+    }
+    query
+}
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Readers: several connections, WAL lets them run beside the writer.
@@ -118,6 +240,9 @@ pub struct SqliteStore {
     /// second connection that tries waits in SQLite's busy handler, which
     /// sleeps in coarse steps. One connection queues writers in order instead.
     writer: SqlitePool,
+    /// Copies the log into the file beside the writer; stops with the
+    /// last clone.
+    _checkpoints: Arc<Checkpointer>,
 }
 
 impl SqliteStore {
@@ -132,31 +257,44 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
-            // Webhook bodies are tens of KB: larger pages mean shorter
-            // overflow chains. Takes effect when the file is created.
-            .page_size(16384)
+            // Webhook bodies are stored compressed (a 25 KB body takes about
+            // 3 KB), so SQLite's default page fits them; larger pages only
+            // made every commit write more. Takes effect when the file is
+            // created.
+            .page_size(4096)
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, FULL syncs the log on every commit: an acknowledged
             // delivery survives a power loss, not only a crash. Intake groups
             // many deliveries into one commit, so this costs little.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            // Checkpoint the log every 64 MB (4096 pages of 16 KB) rather
-            // than every 1000 pages: with 25 KB webhook bodies the default
-            // checkpoints every few hundred deliveries, each a sync of the
-            // main file.
-            .pragma("wal_autocheckpoint", "4096")
+            // Checkpoints run in the background (`checkpoint`); the
+            // writer's own, rarer, only finishes them so the log can start
+            // over.
+            .pragma("wal_autocheckpoint", WRITER_PAGES.to_string())
+            // A log that grew in a burst is cut back when it starts over.
+            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            // A connection in this process: there is nothing to test, and
+            // the test is one more round trip for every write.
+            .test_before_acquire(false)
+            // A group's returned ids all fit in the channel from SQLite's
+            // thread, so it never waits for this side to make room.
+            .connect_with(options.clone().row_buffer_size(1024))
             .await?;
         super::migrations::sqlite().run(&writer).await?;
+        let checkpoints = Arc::new(Checkpointer::start(options.clone()).await?);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { pool, writer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            _checkpoints: checkpoints,
+        })
     }
 
     /// The writer connection, for stores of later features that share the
@@ -209,49 +347,78 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<bool>> {
-        // Many rows per statement: each statement is a round trip to
-        // SQLite's thread, and intake commits hundreds of rows at a time.
-        const ROWS_PER_STATEMENT: usize = 100;
-        let mut tx = self.write_tx().await?;
-        let mut inserted = std::collections::HashSet::new();
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                sql.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?)"
-                });
-            }
-            sql.push_str(" ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id");
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-            for d in chunk {
-                let at = to_millis(d.received_at);
-                query = query
-                    .bind(d.id.as_str())
-                    .bind(&d.event)
-                    .bind(d.payload.as_bytes())
-                    .bind(at)
-                    .bind(at);
-            }
-            inserted.extend(query.fetch_all(&mut *tx).await?);
+    async fn write_inbox(&self, write: InboxWrite<'_>, now: DateTime<Utc>) -> Result<InboxWritten> {
+        if write.new.is_empty() && write.finished.is_empty() && write.claims.is_empty() {
+            return Ok(InboxWritten::default());
         }
-        tx.commit().await?;
+        let mut conn = UnfinishedGuard::new(self.writer.acquire().await?);
+        let result = inbox_transaction(&write, now)
+            .fetch_all(&mut **conn.get())
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A statement failed inside the transaction: undo it. If
+                // even that fails the guard closes the connection.
+                sqlx::query("ROLLBACK").execute(&mut **conn.get()).await?;
+                conn.finished();
+                return Err(e.into());
+            }
+        };
+        conn.finished();
+        let mut inserted = std::collections::HashSet::new();
+        let mut claimed = vec![Vec::new(); write.claims.len()];
+        for row in rows {
+            let part: i64 = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            match usize::try_from(part).ok().and_then(|p| p.checked_sub(1)) {
+                None => {
+                    inserted.insert(id);
+                }
+                Some(claim) => {
+                    if let Some(ids) = claimed.get_mut(claim) {
+                        ids.push(DeliveryId::new(id));
+                    }
+                }
+            }
+        }
         // The first occurrence of an inserted id is new; a repeat within the
-        // batch, like one seen before, is a duplicate.
-        Ok(batch
-            .iter()
-            .map(|d| inserted.remove(d.id.as_str()))
-            .collect())
+        // group, like one seen before, is a duplicate.
+        Ok(InboxWritten {
+            fresh: write
+                .new
+                .iter()
+                .map(|d| inserted.remove(d.id.as_str()))
+                .collect(),
+            claimed,
+        })
+    }
+
+    async fn deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<InboxItem>> {
+        let mut items = Vec::with_capacity(ids.len());
+        // Read beside the writer, not by it: a body never changes.
+        for chunk in ids.chunks(500) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+                 FROM inbox JOIN inbox_payloads USING (delivery_id) WHERE delivery_id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            )));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                items.push(rows::inbox_item(&row)?);
+            }
+        }
+        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
+        Ok(items)
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
         let rows = sqlx::query(
             "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
+             FROM inbox JOIN inbox_payloads USING (delivery_id) \
+             WHERE state = 'pending' AND next_attempt_at <= ? \
              ORDER BY next_attempt_at, received_at LIMIT ?",
         )
         .bind(to_millis(now))
@@ -259,31 +426,6 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::inbox_item).collect()
-    }
-
-    async fn finish_deliveries(
-        &self,
-        results: &[(DeliveryId, DeliveryOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = to_millis(now);
-        let mut tx = self.write_tx().await?;
-        for (id, outcome) in results {
-            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
-            sqlx::query(
-                "UPDATE inbox SET state = ?, attempts = attempts + 1, last_error = ?, \
-                 next_attempt_at = ?, processed_at = ?, claimed_by = NULL WHERE delivery_id = ?",
-            )
-            .bind(state.as_str())
-            .bind(error)
-            .bind(next)
-            .bind(processed)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>> {
@@ -297,7 +439,7 @@ impl Store for SqliteStore {
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
         let row = sqlx::query(
             "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox WHERE delivery_id = ?",
+             FROM inbox JOIN inbox_payloads USING (delivery_id) WHERE delivery_id = ?",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -1026,36 +1168,6 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn claim_deliveries(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<InboxItem>> {
-        // One statement: SQLite runs one writer at a time, so two replicas
-        // cannot both see an item as due and claim it.
-        let rows = sqlx::query(
-            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE delivery_id IN \
-               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
-                ORDER BY next_attempt_at, received_at LIMIT ?) \
-             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
-        )
-        .bind(owner)
-        .bind(to_millis(until))
-        .bind(to_millis(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut items = rows
-            .iter()
-            .map(rows::inbox_item)
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING has no order.
-        items.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
-        Ok(items)
-    }
-
     async fn renew_delivery_claims(
         &self,
         owner: &str,
@@ -1304,5 +1416,87 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::drift_record).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewDelivery, Payload};
+
+    fn delivery(n: usize, body: &str) -> NewDelivery {
+        NewDelivery {
+            id: DeliveryId::new(format!("d{n}")),
+            event: "ping".into(),
+            payload: Payload::compress(body),
+            received_at: Utc::now(),
+            claim: None,
+        }
+    }
+
+    /// Without the background checkpointer the log holds everything below
+    /// the writer's threshold (16 MB) and the database file does not grow.
+    #[tokio::test]
+    async fn the_log_is_copied_into_the_database_file_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("convoy.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        // Random letters: LZ4 leaves them about their size. 2 MB in all.
+        let body: String = (0..20_000)
+            .map(|_| char::from(b'a' + fastrand::u8(..26)))
+            .collect();
+        let batch: Vec<NewDelivery> = (0..100).map(|n| delivery(n, &body)).collect();
+        store.insert_deliveries(&batch).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let grown = std::fs::metadata(&path).unwrap().len() - before;
+            if grown > 1_500_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file grew by {grown} bytes only"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Migration 0008 moves the bodies of a database written before it out
+    /// of the inbox rows.
+    #[tokio::test]
+    async fn bodies_stored_before_migration_8_are_read_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("convoy.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let all = super::super::migrations::sqlite();
+        let before_8 = sqlx::migrate::Migrator::with_migrations(
+            all.iter().filter(|m| m.version < 8).cloned().collect(),
+        );
+        before_8.run(&pool).await.unwrap();
+        let body = r#"{"zen":"Keep it logically awesome."}"#;
+        sqlx::query(
+            "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
+             VALUES ('old', 'ping', ?, 1, 1)",
+        )
+        .bind(Payload::compress(body).as_bytes())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let item = store
+            .delivery(&DeliveryId::new("old"))
+            .await
+            .unwrap()
+            .expect("still there");
+        assert_eq!(item.payload, body);
+        let due = store.due_deliveries(Utc::now(), 10).await.unwrap();
+        assert_eq!(due.len(), 1);
     }
 }

@@ -111,12 +111,16 @@ pub async fn receive(
         let event = delivery.event.clone();
         let stored = state
             .writer
-            .write(NewDelivery {
-                id: delivery.id,
-                event: delivery.event,
-                payload: Payload::compress(&delivery.body),
-                received_at: Utc::now(),
-            })
+            .write(
+                NewDelivery {
+                    id: delivery.id,
+                    event: delivery.event,
+                    payload: Payload::compress(&delivery.body),
+                    received_at: Utc::now(),
+                    claim: None,
+                },
+                delivery.body,
+            )
             .await;
         match stored {
             Ok(true) => {

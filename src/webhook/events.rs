@@ -201,14 +201,13 @@ struct RawRepoRef {
     full_name: String,
 }
 
-#[derive(Deserialize)]
-struct Common {
-    #[serde(default)]
-    installation: Option<RawInstallationRef>,
-}
+// Each event's shape names `installation` itself, so a body is read once:
+// a pull_request body is tens of KB.
 
 #[derive(Deserialize)]
 struct RawPing {
+    #[serde(default)]
+    installation: Option<RawInstallationRef>,
     #[serde(default)]
     zen: Option<String>,
     #[serde(default)]
@@ -235,6 +234,8 @@ struct RawInstallationRepositories {
 
 #[derive(Deserialize)]
 struct RawPullRequest {
+    #[serde(default)]
+    installation: Option<RawInstallationRef>,
     action: String,
     number: u64,
     pull_request: RawPr,
@@ -261,6 +262,8 @@ struct RawGitRef {
 
 #[derive(Deserialize)]
 struct RawIssueComment {
+    #[serde(default)]
+    installation: Option<RawInstallationRef>,
     action: String,
     issue: RawIssue,
     comment: RawComment,
@@ -292,6 +295,8 @@ struct RawComment {
 
 #[derive(Deserialize)]
 struct RawCheckRunEvent {
+    #[serde(default)]
+    installation: Option<RawInstallationRef>,
     action: String,
     check_run: RawCheckRun,
     repository: RawRepo,
@@ -323,6 +328,8 @@ struct RawRequestedAction {
 
 #[derive(Deserialize)]
 struct RawPush {
+    #[serde(default)]
+    installation: Option<RawInstallationRef>,
     #[serde(rename = "ref")]
     git_ref: String,
     before: String,
@@ -367,37 +374,38 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
     if !HANDLED.contains(&event) {
         return Ok(None);
     }
-    let common: Common = shape(event, body)?;
-    let installation = common.installation.map(|i| InstallationId(i.id));
-    let parsed = match event {
+    let (installation, parsed) = match event {
         "ping" => {
             let raw: RawPing = shape(event, body)?;
-            Event::Ping {
+            let ping = Event::Ping {
                 zen: raw.zen,
                 hook_id: raw.hook_id,
-            }
+            };
+            (raw.installation, ping)
         }
         "installation" => {
             let raw: RawInstallation = shape(event, body)?;
-            Event::Installation(InstallationEvent {
+            let installation = Event::Installation(InstallationEvent {
                 account: account(&raw.installation),
                 action: raw.action,
                 repositories: repos(raw.repositories.unwrap_or_default()),
-            })
+            });
+            (Some(raw.installation), installation)
         }
         "installation_repositories" => {
             let raw: RawInstallationRepositories = shape(event, body)?;
-            Event::InstallationRepositories(InstallationRepositoriesEvent {
+            let change = Event::InstallationRepositories(InstallationRepositoriesEvent {
                 account: account(&raw.installation),
                 action: raw.action,
                 added: repos(raw.repositories_added),
                 removed: repos(raw.repositories_removed),
-            })
+            });
+            (Some(raw.installation), change)
         }
         "pull_request" => {
             let raw: RawPullRequest = shape(event, body)?;
             let pr = raw.pull_request;
-            Event::PullRequest(PullRequestEvent {
+            let pull_request = Event::PullRequest(PullRequestEvent {
                 action: raw.action,
                 repo: RepoName::new(raw.repository.full_name),
                 number: raw.number,
@@ -407,11 +415,12 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
                 merged: pr.merged.unwrap_or(false),
                 merge_commit_sha: pr.merge_commit_sha.map(CommitSha::new),
                 default_branch: raw.repository.default_branch.map(BranchName::new),
-            })
+            });
+            (raw.installation, pull_request)
         }
         "issue_comment" => {
             let raw: RawIssueComment = shape(event, body)?;
-            Event::IssueComment(IssueCommentEvent {
+            let comment = Event::IssueComment(IssueCommentEvent {
                 action: raw.action,
                 repo: RepoName::new(raw.repository.full_name),
                 issue_number: raw.issue.number,
@@ -422,11 +431,12 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
                 body: raw.comment.body.unwrap_or_default(),
                 author: raw.comment.user.login,
                 author_type: raw.comment.user.kind.unwrap_or_else(|| "User".into()),
-            })
+            });
+            (raw.installation, comment)
         }
         "check_run" => {
             let raw: RawCheckRunEvent = shape(event, body)?;
-            Event::CheckRun(CheckRunEvent {
+            let check_run = Event::CheckRun(CheckRunEvent {
                 action: raw.action,
                 repo: RepoName::new(raw.repository.full_name),
                 check_run_id: raw.check_run.id,
@@ -436,11 +446,12 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
                 requested_action: raw.requested_action.map(|a| a.identifier),
                 sender: raw.sender.login,
                 app_id: raw.check_run.app.map(|a| a.id),
-            })
+            });
+            (raw.installation, check_run)
         }
         "push" => {
             let raw: RawPush = shape(event, body)?;
-            Event::Push(PushEvent {
+            let push = Event::Push(PushEvent {
                 repo: RepoName::new(raw.repository.full_name),
                 git_ref: raw.git_ref,
                 before: CommitSha::new(raw.before),
@@ -449,10 +460,12 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
                 forced: raw.forced,
                 pusher: raw.pusher.map(|p| p.name).unwrap_or_default(),
                 default_branch: raw.repository.default_branch.map(BranchName::new),
-            })
+            });
+            (raw.installation, push)
         }
         _ => return Ok(None),
     };
+    let installation = installation.map(|i| InstallationId(i.id));
     Ok(Some(Envelope {
         installation,
         event: parsed,

@@ -1,0 +1,95 @@
+//! Background checkpoints for the SQLite store.
+//!
+//! With WAL, commits append to the log and a checkpoint copies the log back
+//! into the database file. SQLite's automatic checkpoint runs inside the
+//! commit that crosses its threshold, and copying megabytes there made one
+//! webhook group in a few hundred wait tens of milliseconds (the intake's
+//! p99). Here a task with a connection of its own copies the log every
+//! [`EVERY`], beside the writer: a passive checkpoint neither waits for nor
+//! blocks anyone.
+//!
+//! The log only starts over from its beginning when a commit finds all of
+//! it copied, which under steady writes a checkpoint running beside them
+//! never leaves. So the writer keeps SQLite's own checkpoint, every
+//! [`WRITER_PAGES`] pages: by then the background has copied nearly all of
+//! the log, the writer's checkpoint copies the last few milliseconds of it
+//! and the log starts over.
+
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+/// How often the log is copied into the database file: often enough that
+/// little is left for the writer's own checkpoint.
+pub const EVERY: Duration = Duration::from_millis(25);
+/// Pages in the log after which a commit checkpoints (16 MB of 4 KB pages).
+pub const WRITER_PAGES: u32 = 4096;
+
+/// The running checkpointer; stops when dropped (with the last clone of
+/// the store).
+#[derive(Debug)]
+pub struct Checkpointer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one checkpoint reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Another connection was checkpointing (another replica on the file).
+    pub busy: bool,
+    /// Pages in the log.
+    pub log: i64,
+    /// Pages of the log now in the database file.
+    pub copied: i64,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the file `options` open, on a connection of its
+    /// own.
+    pub async fn start(options: SqliteConnectOptions) -> Result<Checkpointer, sqlx::Error> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match checkpoint(&pool).await {
+                    Ok(_) => failing = false,
+                    // Logged once per run of failures: a checkpoint that
+                    // fails is retried next tick, and the fallback holds.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(Checkpointer { task })
+    }
+}
+
+/// One passive checkpoint: copies what it can without waiting for readers
+/// or the writer.
+pub async fn checkpoint(pool: &SqlitePool) -> Result<Checkpoint, sqlx::Error> {
+    let (busy, log, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok(Checkpoint {
+        busy: busy != 0,
+        log,
+        copied,
+    })
+}
