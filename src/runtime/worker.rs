@@ -326,11 +326,20 @@ impl Worker {
             }
             results.push((item.id.clone(), outcome));
         }
-        match &self.intake {
-            Some((_, writer)) => writer.finish(results).await?,
+        match self.grouped_writer() {
+            Some(writer) => writer.finish(results).await?,
             None => self.store.finish_deliveries(&results, Utc::now()).await?,
         }
         Ok(true)
+    }
+
+    /// The intake's writer, when this worker's inbox writes should join its
+    /// group commits (`Store::one_writer`).
+    fn grouped_writer(&self) -> Option<&InboxWriter> {
+        self.intake
+            .as_ref()
+            .filter(|_| self.store.one_writer())
+            .map(|(_, writer)| writer)
     }
 
     /// The next batch and when its claims began (by this process's clock):
@@ -348,10 +357,10 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         let now = Utc::now();
-        let items = match &self.intake {
+        let items = match self.grouped_writer() {
             // In the intake's next commit rather than a transaction of its
             // own: one sync of the disk for both.
-            Some((_, writer)) => {
+            Some(writer) => {
                 let claim = ClaimDue {
                     owner: self.replica.id.clone(),
                     until: self.replica.until(now),

@@ -213,6 +213,14 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database does (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
+    /// Whether the database runs one write transaction at a time (SQLite).
+    /// The worker's inbox writes then join the intake's group commit
+    /// instead of queueing behind it; a database that commits many
+    /// transactions at once (PostgreSQL) does better with them apart.
+    fn one_writer(&self) -> bool {
+        false
+    }
+
     // --- inbox -----------------------------------------------------------
 
     /// Writes new deliveries, the outcomes of processed ones and claims on
