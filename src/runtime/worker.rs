@@ -279,9 +279,24 @@ impl Worker {
     /// deliveries, and the claims are renewed while the batch is worked on;
     /// the claims of a replica that died run out and another takes them.
     pub async fn round(&self) -> Result<bool, RoundError> {
-        let Some((items, claimed_at)) = self.next_batch().await? else {
+        let Some((items, mut claimed_at)) = self.next_batch().await? else {
             return Ok(false);
         };
+        if renew_first(claimed_at.elapsed(), self.replica.lease) {
+            // Handed deliveries that waited: their claims began before this
+            // batch, and the renewer's first turn (a third of a lease from
+            // now) could come after they ran out.
+            let started = std::time::Instant::now();
+            let ids: Vec<DeliveryId> = items.iter().map(|i| i.id.clone()).collect();
+            match self
+                .store
+                .renew_delivery_claims(&self.replica.id, &ids, self.replica.until(Utc::now()))
+                .await
+            {
+                Ok(()) => claimed_at = started,
+                Err(e) => tracing::warn!(error = %e, "renewing delivery claims failed"),
+            }
+        }
         let (done_tx, done_rx) = watch::channel(0usize);
         // Until when (by this process's clock) the claims are surely ours.
         let held = std::sync::Mutex::new(claimed_at + self.replica.lease);
@@ -489,6 +504,15 @@ impl Worker {
     }
 }
 
+/// Whether a batch whose claims began `age` ago must renew them before it
+/// starts: the renewer's first turn comes a third of a lease after the
+/// start, and the claims must still hold then (with the quarter of a lease
+/// `claim_still_ours` keeps). Only claims still held are renewed: one that
+/// ran out is left to whoever takes it. Pure.
+pub fn renew_first(age: Duration, lease: Duration) -> bool {
+    age >= lease / 3 && age < lease - lease / 4
+}
+
 /// Handed deliveries as a batch, with the start of its oldest claim.
 fn handed_batch(
     handed: Vec<crate::runtime::intake::Handed>,
@@ -509,6 +533,19 @@ pub fn claim_still_ours(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn handed_deliveries_that_waited_renew_their_claims_before_they_start() {
+        let lease = Duration::from_secs(15);
+        assert!(!super::renew_first(Duration::ZERO, lease), "fresh");
+        assert!(!super::renew_first(Duration::from_secs(4), lease));
+        assert!(super::renew_first(Duration::from_secs(5), lease));
+        assert!(super::renew_first(Duration::from_secs(11), lease));
+        assert!(
+            !super::renew_first(Duration::from_millis(11_250), lease),
+            "too little left to act on: not revived"
+        );
+    }
+
     #[test]
     fn a_claim_needs_a_quarter_of_the_lease_left() {
         let lease = Duration::from_secs(15);

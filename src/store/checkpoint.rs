@@ -23,7 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 /// How often the log is copied into the database file: often enough that
 /// little is left for the writer's own checkpoint.
 pub const EVERY: Duration = Duration::from_millis(25);
-/// Pages in the log after which a commit checkpoints (16 MB of 4 KB pages).
+/// Pages in the log after which a commit checkpoints: 16 MB of 4 KB pages
+/// (64 MB on a database created before pages went back to 4 KB, at 16 KB).
 pub const WRITER_PAGES: u32 = 4096;
 
 /// The running checkpointer; stops when dropped (with the last clone of

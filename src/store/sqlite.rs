@@ -363,9 +363,14 @@ impl Store for SqliteStore {
             Ok(rows) => rows,
             Err(e) => {
                 // A statement failed inside the transaction: undo it. If
-                // even that fails the guard closes the connection.
-                sqlx::query("ROLLBACK").execute(&mut **conn.get()).await?;
-                conn.finished();
+                // that fails too (SQLite may have rolled back by itself, or
+                // BEGIN failed), the guard closes the connection; the
+                // error to report is the first one either way.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut **conn.get()).await {
+                    tracing::debug!(error = %rollback, "rollback after a failed inbox write");
+                } else {
+                    conn.finished();
+                }
                 return Err(e.into());
             }
         };
