@@ -527,10 +527,23 @@ mod tests {
     }
 
     /// Counts agents being asked at once.
+    #[derive(Default)]
     struct Counting {
         now: AtomicUsize,
         peak: AtomicUsize,
         calls: AtomicUsize,
+    }
+
+    /// One probe of `api` at v1 in each of environments e000, e001, …
+    fn probes(n: usize) -> Vec<Probe> {
+        (0..n)
+            .map(|i| Probe {
+                repo: RepoName::new("acme/app"),
+                environment: EnvName::new(format!("e{i:03}")),
+                target: target("x"),
+                services: vec![(ServiceName::new("api"), "v1".into())],
+            })
+            .collect()
     }
 
     #[async_trait]
@@ -551,19 +564,8 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_twenty_agents_are_asked_at_once() {
-        let probes: Vec<Probe> = (0..200)
-            .map(|i| Probe {
-                repo: RepoName::new("acme/app"),
-                environment: EnvName::new(format!("e{i:03}")),
-                target: target("x"),
-                services: vec![(ServiceName::new("api"), "v1".into())],
-            })
-            .collect();
-        let source = Arc::new(Counting {
-            now: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            calls: AtomicUsize::new(0),
-        });
+        let probes = probes(200);
+        let source = Arc::new(Counting::default());
         let offsets = vec![Duration::ZERO; probes.len()];
         let out = query_all(source.clone(), probes, MAX_CONCURRENT_AGENTS, &offsets).await;
         assert_eq!(out.len(), 200);
@@ -579,19 +581,8 @@ mod tests {
 
     #[tokio::test]
     async fn queries_wait_for_their_offset() {
-        let probes: Vec<Probe> = (0..2)
-            .map(|i| Probe {
-                repo: RepoName::new("acme/app"),
-                environment: EnvName::new(format!("e{i}")),
-                target: target("x"),
-                services: vec![(ServiceName::new("api"), "v1".into())],
-            })
-            .collect();
-        let source = Arc::new(Counting {
-            now: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            calls: AtomicUsize::new(0),
-        });
+        let probes = probes(2);
+        let source = Arc::new(Counting::default());
         let offsets = vec![Duration::ZERO, Duration::from_millis(200)];
         let started = std::time::Instant::now();
         query_all(source.clone(), probes, 20, &offsets).await;

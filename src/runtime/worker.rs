@@ -362,9 +362,8 @@ impl Worker {
     /// the database when none are waiting, and at least every `IDLE_POLL`
     /// so that retries falling due there are not starved.
     async fn next_batch(&self) -> Result<Option<(Vec<InboxItem>, std::time::Instant)>, RoundError> {
-        let lock =
-            |m: &std::sync::Mutex<std::time::Instant>| *m.lock().unwrap_or_else(|e| e.into_inner());
-        let database_turn = lock(&self.last_claim).elapsed() >= IDLE_POLL;
+        let last_claim = *self.last_claim.lock().unwrap_or_else(|e| e.into_inner());
+        let database_turn = last_claim.elapsed() >= IDLE_POLL;
         if let (Some((handoff, _)), false) = (&self.intake, database_turn)
             && let Some(batch) = handed_batch(handoff.take(BATCH as usize).await)
         {

@@ -209,6 +209,24 @@ async fn complete(
     parts.complete(steps)
 }
 
+/// The start of a query for whole inbox items; the caller adds `WHERE …`.
+macro_rules! inbox_items {
+    () => {
+        "SELECT delivery_id, event, payload, received_at, state, attempts, last_error FROM inbox "
+    };
+}
+
+/// Claims (owner $1, until $2) up to $4 deliveries due at $3, oldest
+/// first; the caller adds what it returns. SKIP LOCKED: replicas claiming at
+/// the same moment each take other rows instead of waiting for one another.
+macro_rules! claim_due {
+    () => {
+        "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
+           (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
+            ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -369,20 +387,14 @@ impl Store for PostgresStore {
         let mut claimed = Vec::with_capacity(claims.len());
         if let Some(tx) = tx.as_mut() {
             for claim in claims {
-                // SKIP LOCKED: replicas claiming at the same moment each
-                // take other rows instead of waiting for one another.
-                let ids: Vec<String> = sqlx::query_scalar(
-                    "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
-                       (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
-                        ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                     RETURNING delivery_id",
-                )
-                .bind(&claim.owner)
-                .bind(to_millis(claim.until))
-                .bind(now)
-                .bind(i64::from(claim.limit))
-                .fetch_all(&mut **tx)
-                .await?;
+                let ids: Vec<String> =
+                    sqlx::query_scalar(concat!(claim_due!(), "RETURNING delivery_id"))
+                        .bind(&claim.owner)
+                        .bind(to_millis(claim.until))
+                        .bind(now)
+                        .bind(i64::from(claim.limit))
+                        .fetch_all(&mut **tx)
+                        .await?;
                 claimed.push(ids.into_iter().map(DeliveryId::new).collect());
             }
         }
@@ -399,10 +411,10 @@ impl Store for PostgresStore {
 
     async fn deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<InboxItem>> {
         let ids: Vec<&str> = ids.iter().map(|d| d.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox WHERE delivery_id = ANY($1) ORDER BY received_at, delivery_id",
-        )
+        let rows = sqlx::query(concat!(
+            inbox_items!(),
+            "WHERE delivery_id = ANY($1) ORDER BY received_at, delivery_id"
+        ))
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
@@ -410,11 +422,11 @@ impl Store for PostgresStore {
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
-        let rows = sqlx::query(
-            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox WHERE state = 'pending' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, received_at LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            inbox_items!(),
+            "WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, received_at LIMIT $2"
+        ))
         .bind(to_millis(now))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -431,13 +443,10 @@ impl Store for PostgresStore {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
-        let row = sqlx::query(
-            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox WHERE delivery_id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!(inbox_items!(), "WHERE delivery_id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(rows::inbox_item).transpose()
     }
 
@@ -1127,12 +1136,10 @@ impl Store for PostgresStore {
     ) -> Result<Vec<InboxItem>> {
         // Alone, a claim is one statement that returns the rows whole (the
         // trait's default claims in a transaction, then reads them).
-        let rows = sqlx::query(
-            "UPDATE inbox SET claimed_by = $1, next_attempt_at = $2 WHERE delivery_id IN \
-               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
-                ORDER BY next_attempt_at, received_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING delivery_id, event, payload, received_at, state, attempts, last_error",
-        )
+        let rows = sqlx::query(concat!(
+            claim_due!(),
+            "RETURNING delivery_id, event, payload, received_at, state, attempts, last_error"
+        ))
         .bind(owner)
         .bind(to_millis(until))
         .bind(to_millis(now))

@@ -232,6 +232,15 @@ fn inbox_transaction<'q>(
     query
 }
 
+/// The start of a query for whole inbox items (rows with their bodies);
+/// the caller adds `WHERE …`.
+macro_rules! inbox_items {
+    () => {
+        "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+         FROM inbox JOIN inbox_payloads USING (delivery_id) "
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Readers: several connections, WAL lets them run beside the writer.
@@ -408,8 +417,7 @@ impl Store for SqliteStore {
         // Read beside the writer, not by it: a body never changes.
         for chunk in ids.chunks(500) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-                 FROM inbox JOIN inbox_payloads USING (delivery_id) WHERE delivery_id IN ({})",
+                concat!(inbox_items!(), "WHERE delivery_id IN ({})"),
                 vec!["?"; chunk.len()].join(", ")
             )));
             for id in chunk {
@@ -424,12 +432,12 @@ impl Store for SqliteStore {
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>> {
-        let rows = sqlx::query(
-            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox JOIN inbox_payloads USING (delivery_id) \
+        let rows = sqlx::query(concat!(
+            inbox_items!(),
+            "\
              WHERE state = 'pending' AND next_attempt_at <= ? \
-             ORDER BY next_attempt_at, received_at LIMIT ?",
-        )
+             ORDER BY next_attempt_at, received_at LIMIT ?"
+        ))
         .bind(to_millis(now))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -446,13 +454,10 @@ impl Store for SqliteStore {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
-        let row = sqlx::query(
-            "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-             FROM inbox JOIN inbox_payloads USING (delivery_id) WHERE delivery_id = ?",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!(inbox_items!(), "WHERE delivery_id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(rows::inbox_item).transpose()
     }
 
