@@ -454,38 +454,34 @@ async fn write_lock_free(db: &Path) -> bool {
     free
 }
 
+/// Each scenario as two tests, `postgres::name` and `sqlite::name`.
+macro_rules! on_both {
+    ($($name:ident => $scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$scenario(super::Db::Postgres).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$scenario(super::Db::Sqlite).await;
+            })*
+        }
+    };
+}
+
+on_both!(
+    two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9 => deliveries_once_and_kill_9,
+    a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over => paused_past_its_lease,
+    a_replica_stopped_with_sigterm_hands_its_rollout_over_at_once => sigterm_hands_over,
+    a_command_reaches_the_rollout_through_the_replica_driving_it => command_through_the_driver,
+    the_replica_that_takes_over_continues_the_newest_check_run => newest_check_run,
+);
+
 fn ping(n: usize) -> Value {
     json!({ "zen": format!("ping {n}"), "hook_id": n })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9() {
-    deliveries_once_and_kill_9(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_two_replicas_process_each_delivery_once_and_finish_a_rollout_after_kill_9() {
-    deliveries_once_and_kill_9(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
-    paused_past_its_lease(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_replica_paused_past_its_lease_does_not_act_on_the_work_taken_over() {
-    paused_past_its_lease(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_replica_stopped_with_sigterm_hands_its_rollout_over_at_once() {
-    sigterm_hands_over(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_replica_stopped_with_sigterm_hands_its_rollout_over_at_once() {
-    sigterm_hands_over(Db::Sqlite).await;
 }
 
 /// A graceful stop gives the leases back: with a long lease, the other
@@ -762,16 +758,6 @@ async fn paused_past_its_lease(db: Db) {
     s.assert_github_right(pr, &id).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_command_reaches_the_rollout_through_the_replica_driving_it() {
-    command_through_the_driver(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_command_reaches_the_rollout_through_the_replica_driving_it() {
-    command_through_the_driver(Db::Sqlite).await;
-}
-
 /// Two replicas in this process (two `convoy::app` instances on one
 /// database): a command given to the one that does not drive the rollout
 /// is applied by the one that does, and its verdict comes back.
@@ -877,16 +863,6 @@ timeout = "5s"
 /// 7.2), finished by the other after the first stops: the second replica
 /// has never seen either check run, and must finish the newer one, not
 /// overwrite the first's `action_required`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_replica_that_takes_over_continues_the_newest_check_run() {
-    newest_check_run(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_replica_that_takes_over_continues_the_newest_check_run() {
-    newest_check_run(Db::Sqlite).await;
-}
-
 async fn newest_check_run(db: Db) {
     use convoy::engine::Command as Cmd;
     let dir = tempfile::tempdir().unwrap();
