@@ -29,6 +29,7 @@ use crate::runtime::leases::Replica;
 use crate::store::{
     Claim, ClaimDue, DeliveryOutcome, DeliveryState, InboxItem, InboxWrite, NewDelivery, Store,
 };
+use crate::webhook::events::Parsed;
 
 /// The most deliveries committed together.
 const MAX_GROUP: usize = 512;
@@ -45,6 +46,9 @@ pub const HANDOFF: usize = 2048;
 pub struct Handed {
     pub item: InboxItem,
     pub claimed_at: Instant,
+    /// The event as the intake parsed it, when it did: the worker need
+    /// not parse the body again.
+    pub parsed: Option<Parsed>,
 }
 
 /// The intake's end of the handoff.
@@ -85,12 +89,18 @@ struct Reserved {
     permit: OwnedPermit<Handed>,
     claimed_at: Instant,
     body: String,
+    parsed: Option<Parsed>,
 }
 
 impl HandoffSender {
     /// Claims `delivery` for this replica when the worker has room and no
     /// backlog in the database.
-    fn reserve(&self, delivery: &mut NewDelivery, body: String) -> Option<Reserved> {
+    fn reserve(
+        &self,
+        delivery: &mut NewDelivery,
+        body: String,
+        parsed: Option<Parsed>,
+    ) -> Option<Reserved> {
         if self.backlog.load(Ordering::Acquire) {
             return None;
         }
@@ -108,6 +118,7 @@ impl HandoffSender {
                     permit,
                     claimed_at,
                     body,
+                    parsed,
                 })
             }
             Err(_) => {
@@ -197,18 +208,20 @@ impl InboxWriter {
         InboxWriter { tx, handoff }
     }
 
-    /// Stores the delivery (`body` is its uncompressed payload); `Ok(true)`
-    /// when new, `Ok(false)` when its id was seen before. Returns only once
-    /// the delivery is committed.
+    /// Stores the delivery (`body` is its uncompressed payload, `parsed`
+    /// what `events::parse` made of it, if known); `Ok(true)` when new,
+    /// `Ok(false)` when its id was seen before. Returns only once the
+    /// delivery is committed.
     pub async fn write(
         &self,
         mut delivery: NewDelivery,
         body: String,
+        parsed: Option<Parsed>,
     ) -> Result<bool, IntakeError> {
         let handed = self
             .handoff
             .as_ref()
-            .and_then(|h| h.reserve(&mut delivery, body));
+            .and_then(|h| h.reserve(&mut delivery, body, parsed));
         self.ask(|reply| Op::Insert {
             delivery,
             handed,
@@ -297,6 +310,7 @@ async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify) {
                             last_error: None,
                         },
                         claimed_at: handed.claimed_at,
+                        parsed: handed.parsed,
                     });
                 }
                 woke |= is_new;
@@ -393,17 +407,22 @@ mod tests {
         let (_dir, store, writer, handed) = writer(2).await;
         for n in 1..=3 {
             let (new, body) = delivery(n);
-            assert!(writer.write(new, body).await.unwrap());
+            let parsed = crate::webhook::events::parse("ping", body.as_bytes());
+            assert!(writer.write(new, body, Some(parsed)).await.unwrap());
         }
         assert!(handed.backlog(), "the third found no room");
         let taken = handed.take(10).await;
         let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, vec!["d1", "d2"]);
         assert_eq!(taken[0].item.payload, "{\"n\":1}", "the body, from memory");
+        assert!(
+            matches!(taken[0].parsed, Some(Ok(Some(_)))),
+            "the event as the intake parsed it"
+        );
         // While the backlog lasts, new deliveries wait in the database too
         // (behind the older ones), though there is room again.
         let (new, body) = delivery(4);
-        assert!(writer.write(new, body).await.unwrap());
+        assert!(writer.write(new, body, None).await.unwrap());
         assert!(handed.take(10).await.is_empty());
         assert_eq!(
             claimable(store.as_ref()).await,
@@ -412,7 +431,7 @@ mod tests {
         );
         handed.backlog_cleared();
         let (new, body) = delivery(5);
-        assert!(writer.write(new, body).await.unwrap());
+        assert!(writer.write(new, body, None).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1, "handed again");
         assert!(claimable(store.as_ref()).await.is_empty());
     }
@@ -421,8 +440,8 @@ mod tests {
     async fn a_redelivery_is_neither_stored_nor_handed_over_again() {
         let (_dir, _store, writer, handed) = writer(8).await;
         let (new, body) = delivery(1);
-        assert!(writer.write(new.clone(), body.clone()).await.unwrap());
-        assert!(!writer.write(new, body).await.unwrap());
+        assert!(writer.write(new.clone(), body.clone(), None).await.unwrap());
+        assert!(!writer.write(new, body, None).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1);
     }
 
@@ -431,7 +450,7 @@ mod tests {
         let (_dir, store, writer, handed) = writer(1).await;
         for n in 1..=2 {
             let (new, body) = delivery(n);
-            writer.write(new, body).await.unwrap();
+            writer.write(new, body, None).await.unwrap();
         }
         let now = Utc::now();
         let ids = writer

@@ -16,7 +16,8 @@ use crate::metrics::Metrics;
 use crate::runtime::intake::{HandoffReceiver, InboxWriter, IntakeError};
 use crate::runtime::leases::{DEFAULT_LEASE, Replica};
 use crate::store::{ClaimDue, DeliveryOutcome, InboxItem, Store, StoreError};
-use crate::webhook::{Envelope, Event, events};
+use crate::webhook::events::{self, Parsed};
+use crate::webhook::{Envelope, Event};
 
 /// Attempts before a delivery is kept as failed.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -279,7 +280,12 @@ impl Worker {
     /// deliveries, and the claims are renewed while the batch is worked on;
     /// the claims of a replica that died run out and another takes them.
     pub async fn round(&self) -> Result<bool, RoundError> {
-        let Some((items, mut claimed_at)) = self.next_batch().await? else {
+        let Some(Batch {
+            items,
+            mut parsed,
+            mut claimed_at,
+        }) = self.next_batch().await?
+        else {
             return Ok(false);
         };
         if renew_first(claimed_at.elapsed(), self.replica.lease) {
@@ -314,7 +320,9 @@ impl Worker {
                     );
                     break;
                 }
-                let outcome = self.process(item).await;
+                let outcome = self
+                    .process(item, parsed.get_mut(n).and_then(Option::take))
+                    .await;
                 let _ = done_tx.send(n + 1);
                 results.push((item, outcome));
             }
@@ -361,7 +369,7 @@ impl Worker {
     /// handed deliveries first, as they are the oldest this replica has;
     /// the database when none are waiting, and at least every `IDLE_POLL`
     /// so that retries falling due there are not starved.
-    async fn next_batch(&self) -> Result<Option<(Vec<InboxItem>, std::time::Instant)>, RoundError> {
+    async fn next_batch(&self) -> Result<Option<Batch>, RoundError> {
         let last_claim = *self.last_claim.lock().unwrap_or_else(|e| e.into_inner());
         let database_turn = last_claim.elapsed() >= IDLE_POLL;
         if let (Some((handoff, _)), false) = (&self.intake, database_turn)
@@ -404,7 +412,11 @@ impl Worker {
                 return Ok(handed_batch(handoff.take(BATCH as usize).await));
             }
         }
-        Ok((!items.is_empty()).then_some((items, started)))
+        Ok((!items.is_empty()).then(|| Batch {
+            parsed: Vec::new(),
+            items,
+            claimed_at: started,
+        }))
     }
 
     /// Renews the claims of the batch's deliveries not yet processed, every
@@ -454,7 +466,9 @@ impl Worker {
         }
     }
 
-    async fn process(&self, item: &InboxItem) -> DeliveryOutcome {
+    /// Processes one delivery; `parsed` is its event when the intake
+    /// already parsed it.
+    async fn process(&self, item: &InboxItem, parsed: Option<Parsed>) -> DeliveryOutcome {
         let span = tracing::info_span!(
             "delivery",
             delivery = %item.id,
@@ -464,7 +478,9 @@ impl Worker {
             installation = tracing::field::Empty,
         );
         async {
-            let envelope = match events::parse(&item.event, item.payload.as_bytes()) {
+            let parsed =
+                parsed.unwrap_or_else(|| events::parse(&item.event, item.payload.as_bytes()));
+            let envelope = match parsed {
                 Ok(Some(envelope)) => envelope,
                 Ok(None) => {
                     tracing::debug!("event not handled by convoy; dropped");
@@ -512,12 +528,25 @@ pub fn renew_first(age: Duration, lease: Duration) -> bool {
     age >= lease / 3 && age < lease - lease / 4
 }
 
-/// Handed deliveries as a batch, with the start of its oldest claim.
-fn handed_batch(
-    handed: Vec<crate::runtime::intake::Handed>,
-) -> Option<(Vec<InboxItem>, std::time::Instant)> {
-    let oldest = handed.iter().map(|h| h.claimed_at).min()?;
-    Some((handed.into_iter().map(|h| h.item).collect(), oldest))
+/// Deliveries to process together.
+struct Batch {
+    items: Vec<InboxItem>,
+    /// The events the intake parsed, by position in `items` (shorter, or
+    /// empty, when it parsed none).
+    parsed: Vec<Option<Parsed>>,
+    /// When the oldest of their claims began, by this process's clock.
+    claimed_at: std::time::Instant,
+}
+
+/// Handed deliveries as a batch.
+fn handed_batch(handed: Vec<crate::runtime::intake::Handed>) -> Option<Batch> {
+    let claimed_at = handed.iter().map(|h| h.claimed_at).min()?;
+    let (items, parsed) = handed.into_iter().map(|h| (h.item, h.parsed)).unzip();
+    Some(Batch {
+        items,
+        parsed,
+        claimed_at,
+    })
 }
 
 /// Whether a batch's claims, surely held until `until`, leave enough of the

@@ -157,6 +157,30 @@ pub enum ParseError {
     Shape { event: String, message: String },
 }
 
+/// What [`parse`] made of a delivery: the event, `None` for events convoy
+/// does not handle, or why the body is not what GitHub sends.
+pub type Parsed = Result<Option<Envelope>, ParseError>;
+
+/// The body is not JSON at all: the intake answers 400 and stores nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotJson;
+
+/// The intake's check and parse in one pass over the body: [`parse`]'s
+/// result for a JSON body, `NotJson` for anything else. The typed parse
+/// reads the whole document (serde_json checks what it skips), so only a
+/// body of the wrong shape or an event convoy does not handle is read a
+/// second time, to tell JSON of another shape from no JSON. Pure.
+pub fn parse_received(event: &str, body: &[u8]) -> Result<Parsed, NotJson> {
+    let parsed = parse(event, body);
+    if matches!(parsed, Ok(Some(_))) {
+        return Ok(parsed);
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) => Ok(parsed),
+        Err(_) => Err(NotJson),
+    }
+}
+
 /// The event names convoy acts on.
 pub const HANDLED: &[&str] = &[
     "ping",
@@ -475,6 +499,30 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_intake_parses_once_and_tells_other_json_from_no_json() {
+        let ping = br#"{"zen":"hi","hook_id":3,"installation":{"id":7}}"#;
+        assert_eq!(parse_received("ping", ping), Ok(parse("ping", ping)));
+        assert!(matches!(parse_received("ping", ping), Ok(Ok(Some(_)))));
+        // JSON of another shape is kept (the worker records why it failed).
+        let odd = br#"{"zen":5}"#;
+        assert!(matches!(parse_received("ping", odd), Ok(Err(_))));
+        assert!(matches!(
+            parse_received("star", br#"{"a":[1]}"#),
+            Ok(Ok(None))
+        ));
+        // Not JSON, whether or not the event is handled; the typed parse
+        // of a handled event checks what it skips and what trails.
+        for (event, body) in [
+            ("star", &b"{\"a\":"[..]),
+            ("ping", &b"{\"zen\":\"hi\",\"x\":[1,}"[..]),
+            ("ping", &b"{\"zen\":\"hi\"} trailing"[..]),
+            ("ping", &b""[..]),
+        ] {
+            assert_eq!(parse_received(event, body), Err(NotJson), "{event}");
+        }
+    }
 
     #[test]
     fn unhandled_events_are_none() {
