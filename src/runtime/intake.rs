@@ -17,7 +17,7 @@
 //! so deliveries are not handled out of order for long.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -56,21 +56,41 @@ pub struct Handed {
 pub struct HandoffSender {
     tx: mpsc::Sender<Handed>,
     replica: Replica,
-    /// Set when the worker had no room: deliveries then go to the database
-    /// unclaimed until the worker has taken every one of them.
-    backlog: Arc<AtomicBool>,
+    backlog: Arc<Backlog>,
 }
 
 /// The worker's end of the handoff.
 pub struct HandoffReceiver {
     rx: tokio::sync::Mutex<mpsc::Receiver<Handed>>,
-    backlog: Arc<AtomicBool>,
+    backlog: Arc<Backlog>,
+}
+
+/// Deliveries stored unclaimed because the worker had no room: while there
+/// are any, new ones go to the database unclaimed too, behind them, until
+/// the worker has taken every one. Zero for none; otherwise a count that
+/// moves whenever the intake routes a delivery to the database and again
+/// once that delivery is committed. The worker clears it only if it has not
+/// moved since before the claim that found the database empty: a delivery
+/// committed after that claim keeps the backlog, so it is taken before
+/// newer deliveries handed over in memory, not up to `IDLE_POLL` later.
+#[derive(Default)]
+struct Backlog(AtomicU64);
+
+impl Backlog {
+    fn on(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
+    }
+
+    /// A delivery goes, or went, to the database unclaimed.
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A handoff of up to `capacity` deliveries, claimed for `replica`.
 pub fn handoff(replica: Replica, capacity: usize) -> (HandoffSender, HandoffReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let backlog = Arc::new(AtomicBool::new(false));
+    let backlog = Arc::new(Backlog::default());
     (
         HandoffSender {
             tx,
@@ -101,7 +121,7 @@ impl HandoffSender {
         body: String,
         parsed: Option<Parsed>,
     ) -> Option<Reserved> {
-        if self.backlog.load(Ordering::Acquire) {
+        if self.backlog.on() {
             return None;
         }
         match self.tx.clone().try_reserve_owned() {
@@ -122,7 +142,7 @@ impl HandoffSender {
                 })
             }
             Err(_) => {
-                self.backlog.store(true, Ordering::Release);
+                self.backlog.bump();
                 None
             }
         }
@@ -144,15 +164,20 @@ impl HandoffReceiver {
     }
 
     /// Whether deliveries were stored unclaimed because the worker had no
-    /// room.
-    pub fn backlog(&self) -> bool {
-        self.backlog.load(Ordering::Acquire)
+    /// room: the mark to give [`HandoffReceiver::clear_backlog`], taken
+    /// before claiming from the database; `None` when there is no backlog.
+    pub fn backlog(&self) -> Option<u64> {
+        Some(self.backlog.0.load(Ordering::Acquire)).filter(|&n| n != 0)
     }
 
-    /// The worker has taken everything that was due in the database: the
-    /// handoff may resume.
-    pub fn backlog_cleared(&self) {
-        self.backlog.store(false, Ordering::Release);
+    /// The worker's claim, made after `seen` was read, took everything due
+    /// in the database: the handoff resumes, unless a delivery went to the
+    /// database unclaimed since (`false`: the worker claims again).
+    pub fn clear_backlog(&self, seen: u64) -> bool {
+        self.backlog
+            .0
+            .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -199,10 +224,12 @@ impl InboxWriter {
         handoff: Option<HandoffSender>,
     ) -> InboxWriter {
         let (tx, mut rx) = mpsc::channel::<Op>(QUEUE);
+        let backlog = handoff.as_ref().map(|h| h.backlog.clone());
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(MAX_GROUP);
             while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-                commit_group(store.as_ref(), std::mem::take(&mut group), &wake).await;
+                let group = std::mem::take(&mut group);
+                commit_group(store.as_ref(), group, &wake, backlog.as_deref()).await;
             }
         });
         InboxWriter { tx, handoff }
@@ -259,8 +286,10 @@ impl InboxWriter {
 }
 
 /// Commits one group and answers everyone in it; hands the new deliveries
-/// that had room to the worker.
-async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify) {
+/// that had room to the worker, and keeps the `backlog` of the handoff, if
+/// there is one, from clearing while deliveries it sent to the database are
+/// still arriving there.
+async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify, backlog: Option<&Backlog>) {
     let mut new = Vec::new();
     let mut inserts = Vec::new();
     let mut finished = Vec::new();
@@ -295,6 +324,13 @@ async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify) {
     match store.write_inbox(write, Utc::now()).await {
         Ok(written) => {
             let mut woke = false;
+            let stored_unclaimed = inserts
+                .iter()
+                .zip(&written.fresh)
+                .any(|((handed, _), &is_new)| is_new && handed.is_none());
+            if let (true, Some(backlog)) = (stored_unclaimed, backlog) {
+                backlog.bump();
+            }
             for ((delivery, (handed, reply)), is_new) in
                 new.into_iter().zip(inserts).zip(written.fresh)
             {
@@ -410,7 +446,7 @@ mod tests {
             let parsed = crate::webhook::events::parse("ping", body.as_bytes());
             assert!(writer.write(new, body, Some(parsed)).await.unwrap());
         }
-        assert!(handed.backlog(), "the third found no room");
+        assert!(handed.backlog().is_some(), "the third found no room");
         let taken = handed.take(10).await;
         let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, vec!["d1", "d2"]);
@@ -421,6 +457,7 @@ mod tests {
         );
         // While the backlog lasts, new deliveries wait in the database too
         // (behind the older ones), though there is room again.
+        let seen = handed.backlog().unwrap();
         let (new, body) = delivery(4);
         assert!(writer.write(new, body, None).await.unwrap());
         assert!(handed.take(10).await.is_empty());
@@ -429,7 +466,12 @@ mod tests {
             vec!["d3", "d4"],
             "the handed ones are claimed for this replica"
         );
-        handed.backlog_cleared();
+        // A claim that began before d4 was stored may have missed it: the
+        // backlog stays until a claim that began after it.
+        assert!(!handed.clear_backlog(seen), "d4 went to the database since");
+        assert!(handed.backlog().is_some());
+        assert!(handed.clear_backlog(handed.backlog().unwrap()));
+        assert_eq!(handed.backlog(), None);
         let (new, body) = delivery(5);
         assert!(writer.write(new, body, None).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1, "handed again");

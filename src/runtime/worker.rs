@@ -379,6 +379,9 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         let now = Utc::now();
+        // Read before claiming: a delivery sent to the database unclaimed
+        // after this keeps the backlog, as the claim may not see it.
+        let backlog = self.intake.as_ref().and_then(|(h, _)| h.backlog());
         let items = match self.grouped_writer() {
             // In the intake's next commit rather than a transaction of its
             // own: one sync of the disk for both.
@@ -403,10 +406,10 @@ impl Worker {
         };
         *self.last_claim.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         if let Some((handoff, _)) = &self.intake {
-            if items.len() < BATCH as usize && handoff.backlog() {
+            if let (true, Some(seen)) = (items.len() < BATCH as usize, backlog) {
                 // Everything due is claimed: new deliveries may be handed
-                // over again.
-                handoff.backlog_cleared();
+                // over again, unless more went to the database meanwhile.
+                handoff.clear_backlog(seen);
             }
             if items.is_empty() {
                 return Ok(handed_batch(handoff.take(BATCH as usize).await));
