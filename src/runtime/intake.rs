@@ -120,7 +120,7 @@ impl HandoffSender {
         delivery: &mut NewDelivery,
         body: String,
         parsed: Option<Parsed>,
-    ) -> Option<Reserved> {
+    ) -> Option<Box<Reserved>> {
         if self.backlog.on() {
             return None;
         }
@@ -134,12 +134,12 @@ impl HandoffSender {
                     owner: self.replica.id.clone(),
                     until: self.replica.until(Utc::now()),
                 });
-                Some(Reserved {
+                Some(Box::new(Reserved {
                     permit,
                     claimed_at,
                     body,
                     parsed,
-                })
+                }))
             }
             Err(_) => {
                 self.backlog.bump();
@@ -186,7 +186,7 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 enum Op {
     Insert {
         delivery: NewDelivery,
-        handed: Option<Reserved>,
+        handed: Option<Box<Reserved>>,
         reply: Reply<bool>,
     },
     Finish {
