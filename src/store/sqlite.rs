@@ -146,9 +146,34 @@ impl Drop for UnfinishedGuard {
     }
 }
 
-/// Rows per statement of [`inbox_transaction`], far below SQLite's limit
-/// of 32,766 parameters.
-const INBOX_ROWS_PER_STATEMENT: usize = 100;
+/// Rows per statement of [`inbox_transaction`] at most, far below SQLite's
+/// limit of 32,766 parameters.
+const INBOX_ROWS_PER_STATEMENT: usize = 128;
+
+/// Prepared statements the writer connection keeps. The inbox's group
+/// transactions come in a few dozen shapes (`inbox_chunks`); the rest of
+/// the store's writes are fixed statements.
+const WRITER_STATEMENT_CACHE: usize = 512;
+
+/// How [`inbox_transaction`] cuts `rows` into statements: full chunks of
+/// [`INBOX_ROWS_PER_STATEMENT`], then one of the next power of two, filled
+/// by repeating its last row. Parsing and planning a statement of 64 rows
+/// cost the writer about as much as running it, once per group; with a
+/// few sizes the whole transaction's text repeats and SQLite's prepared
+/// statements are reused. A repeated row changes nothing: an insert that
+/// conflicts does nothing, and an `UPDATE … FROM` updates a row once
+/// however many rows of `FROM` match it. Pure.
+fn inbox_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)> {
+    rows.chunks(INBOX_ROWS_PER_STATEMENT)
+        .map(|chunk| (chunk, chunk.len().next_power_of_two()))
+}
+
+/// `rows` followed by its last row until there are `size`.
+fn padded<T>(rows: &[T], size: usize) -> impl Iterator<Item = &T> {
+    let last = rows.last();
+    rows.iter()
+        .chain(std::iter::repeat_n(last, size - rows.len()).flatten())
+}
 
 /// The whole of [`Store::write_inbox`] as one string of statements, from
 /// `BEGIN` to `COMMIT`, with its parameters bound in order: one round trip
@@ -161,27 +186,27 @@ fn inbox_transaction<'q>(
     now: DateTime<Utc>,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
-    for chunk in write.new.chunks(INBOX_ROWS_PER_STATEMENT) {
+    for (_, size) in inbox_chunks(write.new) {
         sql.push_str(&format!(
             "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, claimed_by) \
              VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
-            placeholders(chunk.len(), 5)
+            placeholders(size, 5)
         ));
         // A body already stored (a redelivery) or twice in the group keeps
         // its first copy, like its row.
         sql.push_str(&format!(
             "INSERT INTO inbox_payloads (delivery_id, payload) VALUES {} \
              ON CONFLICT (delivery_id) DO NOTHING;\n",
-            placeholders(chunk.len(), 2)
+            placeholders(size, 2)
         ));
     }
-    for chunk in write.finished.chunks(INBOX_ROWS_PER_STATEMENT) {
+    for (_, size) in inbox_chunks(write.finished) {
         sql.push_str(&format!(
             "WITH f (id, state, error, next, processed) AS (VALUES {}) \
              UPDATE inbox SET state = f.state, attempts = attempts + 1, last_error = f.error, \
              next_attempt_at = f.next, processed_at = f.processed, claimed_by = NULL \
              FROM f WHERE inbox.delivery_id = f.id;\n",
-            placeholders(chunk.len(), 5)
+            placeholders(size, 5)
         ));
     }
     for n in 1..=write.claims.len() {
@@ -198,9 +223,9 @@ fn inbox_transaction<'q>(
 
     // The parameters, in the order of the placeholders above.
     let now = to_millis(now);
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-    for chunk in write.new.chunks(INBOX_ROWS_PER_STATEMENT) {
-        for d in chunk {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (chunk, size) in inbox_chunks(write.new) {
+        for d in padded(chunk, size) {
             let at = to_millis(d.received_at);
             query = query
                 .bind(d.id.as_str())
@@ -209,18 +234,20 @@ fn inbox_transaction<'q>(
                 .bind(d.claim.as_ref().map_or(at, |c| to_millis(c.until)))
                 .bind(d.claim.as_ref().map(|c| c.owner.as_str()));
         }
-        for d in chunk {
+        for d in padded(chunk, size) {
             query = query.bind(d.id.as_str()).bind(d.payload.as_bytes());
         }
     }
-    for (id, outcome) in write.finished {
-        let (state, error, next, processed) = rows::outcome_columns(outcome, now);
-        query = query
-            .bind(id.as_str())
-            .bind(state.as_str())
-            .bind(error)
-            .bind(next)
-            .bind(processed);
+    for (chunk, size) in inbox_chunks(write.finished) {
+        for (id, outcome) in padded(chunk, size) {
+            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
+            query = query
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .bind(error)
+                .bind(next)
+                .bind(processed);
+        }
     }
     for claim in write.claims {
         query = query
@@ -291,7 +318,12 @@ impl SqliteStore {
             .test_before_acquire(false)
             // A group's returned ids all fit in the channel from SQLite's
             // thread, so it never waits for this side to make room.
-            .connect_with(options.clone().row_buffer_size(1024))
+            .connect_with(
+                options
+                    .clone()
+                    .row_buffer_size(1024)
+                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
+            )
             .await?;
         super::migrations::sqlite().run(&writer).await?;
         let checkpoints = Arc::new(Checkpointer::start(options.clone()).await?);
@@ -1436,7 +1468,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDelivery, Payload};
+    use crate::store::{DeliveryOutcome, DeliveryState, NewDelivery, Payload};
 
     fn delivery(n: usize, body: &str) -> NewDelivery {
         NewDelivery {
@@ -1474,6 +1506,82 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn inbox_statements_come_in_powers_of_two_filled_with_the_last_row() {
+        let rows: Vec<usize> = (1..=131).collect();
+        let shapes: Vec<(usize, usize)> = inbox_chunks(&rows)
+            .map(|(chunk, size)| (chunk.len(), size))
+            .collect();
+        assert_eq!(shapes, vec![(128, 128), (3, 4)]);
+        let filled: Vec<&usize> = padded(&rows[128..], 4).collect();
+        assert_eq!(filled, vec![&129, &130, &131, &131]);
+        assert_eq!(padded(&rows[..0], 0).count(), 0);
+    }
+
+    /// Groups whose sizes need filling (3 new, one of them twice; 3
+    /// finished) store and finish each delivery once, and a later group of
+    /// the same shape reuses the statements without carrying anything over.
+    #[tokio::test]
+    async fn a_filled_group_writes_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("convoy.db"))
+            .await
+            .unwrap();
+        for round in 0..2 {
+            let base = round * 10;
+            let new = vec![
+                delivery(base + 1, "{}"),
+                delivery(base + 2, "{}"),
+                delivery(base + 1, "{}"),
+            ];
+            let written = store
+                .write_inbox(
+                    InboxWrite {
+                        new: &new,
+                        finished: &[],
+                        claims: &[],
+                    },
+                    Utc::now(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(written.fresh, vec![true, true, false], "round {round}");
+            let finished: Vec<(DeliveryId, DeliveryOutcome)> = [base + 1, base + 2]
+                .iter()
+                .map(|n| (DeliveryId::new(format!("d{n}")), DeliveryOutcome::Done))
+                .chain([(
+                    DeliveryId::new(format!("d{}", base + 1)),
+                    DeliveryOutcome::Done,
+                )])
+                .collect();
+            store
+                .write_inbox(
+                    InboxWrite {
+                        new: &[],
+                        finished: &finished,
+                        claims: &[],
+                    },
+                    Utc::now(),
+                )
+                .await
+                .unwrap();
+            for n in [base + 1, base + 2] {
+                let item = store
+                    .delivery(&DeliveryId::new(format!("d{n}")))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(item.attempts, 1, "d{n}");
+                assert_eq!(item.state, DeliveryState::Done, "d{n}");
+            }
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_payloads")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 4);
     }
 
     /// Migration 0008 moves the bodies of a database written before it out
