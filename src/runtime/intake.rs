@@ -17,7 +17,7 @@
 //! so deliveries are not handled out of order for long.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -65,26 +65,45 @@ pub struct HandoffReceiver {
     backlog: Arc<Backlog>,
 }
 
-/// Deliveries stored unclaimed because the worker had no room: while there
-/// are any, new ones go to the database unclaimed too, behind them, until
-/// the worker has taken every one. Zero for none; otherwise a count that
-/// moves whenever the intake routes a delivery to the database and again
-/// once that delivery is committed. The worker clears it only if it has not
-/// moved since before the claim that found the database empty: a delivery
-/// committed after that claim keeps the backlog, so it is taken before
-/// newer deliveries handed over in memory, not up to `IDLE_POLL` later.
+/// Deliveries sent to the database unclaimed because the worker had no
+/// room. While `on`, new ones go there too, behind them, until a claim of
+/// the worker's takes every one due; then the handoff resumes. Deliveries
+/// sent to the database just before that may still be on their way to the
+/// commit, and a claim made before they arrive misses them: the worker
+/// owes one more claim (`sweep`), made once none is on its way
+/// (`unsettled` is zero when the claim begins), before it takes newer
+/// deliveries from memory. So a delivery is never left in the database
+/// behind newer ones for up to `IDLE_POLL`.
 #[derive(Default)]
-struct Backlog(AtomicU64);
+struct Backlog {
+    on: AtomicBool,
+    /// Sent to the database unclaimed and not yet committed (or failed).
+    unsettled: AtomicU64,
+    /// The worker's: a claim is owed before deliveries from memory.
+    sweep: AtomicBool,
+}
 
 impl Backlog {
-    fn on(&self) -> bool {
-        self.0.load(Ordering::Acquire) != 0
+    /// A delivery goes to the database unclaimed.
+    fn send_to_database(&self) {
+        self.unsettled.fetch_add(1, Ordering::AcqRel);
+        self.on.store(true, Ordering::Release);
     }
 
-    /// A delivery goes, or went, to the database unclaimed.
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    /// `n` deliveries sent to the database unclaimed are committed, or
+    /// failed to be.
+    fn settled(&self, n: u64) {
+        self.unsettled.fetch_sub(n, Ordering::AcqRel);
     }
+}
+
+/// What the worker knew before claiming from the database
+/// ([`HandoffReceiver::before_claim`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimMark {
+    /// No delivery was on its way to the database unclaimed: the claim
+    /// sees every one sent there.
+    settled: bool,
 }
 
 /// A handoff of up to `capacity` deliveries, claimed for `replica`.
@@ -121,7 +140,8 @@ impl HandoffSender {
         body: String,
         parsed: Option<Parsed>,
     ) -> Option<Box<Reserved>> {
-        if self.backlog.on() {
+        if self.backlog.on.load(Ordering::Acquire) {
+            self.backlog.send_to_database();
             return None;
         }
         match self.tx.clone().try_reserve_owned() {
@@ -142,7 +162,7 @@ impl HandoffSender {
                 }))
             }
             Err(_) => {
-                self.backlog.bump();
+                self.backlog.send_to_database();
                 None
             }
         }
@@ -163,21 +183,40 @@ impl HandoffReceiver {
         taken
     }
 
-    /// Whether deliveries were stored unclaimed because the worker had no
-    /// room: the mark to give [`HandoffReceiver::clear_backlog`], taken
-    /// before claiming from the database; `None` when there is no backlog.
-    pub fn backlog(&self) -> Option<u64> {
-        Some(self.backlog.0.load(Ordering::Acquire)).filter(|&n| n != 0)
+    /// Whether deliveries were sent to the database unclaimed because the
+    /// worker had no room, and not all taken yet.
+    pub fn backlog(&self) -> bool {
+        self.backlog.on.load(Ordering::Acquire)
     }
 
-    /// The worker's claim, made after `seen` was read, took everything due
-    /// in the database: the handoff resumes, unless a delivery went to the
-    /// database unclaimed since (`false`: the worker claims again).
-    pub fn clear_backlog(&self, seen: u64) -> bool {
-        self.backlog
-            .0
-            .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Whether the worker must claim from the database before it takes
+    /// deliveries from memory: the backlog just ended and deliveries sent
+    /// to the database before that may not have been claimed.
+    pub fn database_first(&self) -> bool {
+        self.backlog.sweep.load(Ordering::Acquire)
+    }
+
+    /// To read just before claiming from the database.
+    pub fn before_claim(&self) -> ClaimMark {
+        ClaimMark {
+            settled: self.backlog.unsettled.load(Ordering::Acquire) == 0,
+        }
+    }
+
+    /// After a claim begun at `mark` that took everything due
+    /// (`took_all`): ends the backlog (the handoff resumes; one more claim
+    /// is owed for deliveries sent to the database just before), or pays
+    /// that claim if nothing was on its way to the database when it began.
+    pub fn after_claim(&self, mark: ClaimMark, took_all: bool) {
+        if !took_all {
+            return;
+        }
+        let backlog = &self.backlog;
+        if backlog.on.swap(false, Ordering::AcqRel) {
+            backlog.sweep.store(true, Ordering::Release);
+        } else if mark.settled {
+            backlog.sweep.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -274,10 +313,14 @@ impl InboxWriter {
 
     async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, IntakeError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(op(reply))
-            .await
-            .map_err(|_| IntakeError::Closed)?;
+        if let Err(mpsc::error::SendError(op)) = self.tx.send(op(reply)).await {
+            // The writer is gone: a delivery sent to the database never
+            // gets there.
+            if let (Op::Insert { handed: None, .. }, Some(h)) = (op, &self.handoff) {
+                h.backlog.settled(1);
+            }
+            return Err(IntakeError::Closed);
+        }
         answer
             .await
             .map_err(|_| IntakeError::Closed)?
@@ -286,9 +329,8 @@ impl InboxWriter {
 }
 
 /// Commits one group and answers everyone in it; hands the new deliveries
-/// that had room to the worker, and keeps the `backlog` of the handoff, if
-/// there is one, from clearing while deliveries it sent to the database are
-/// still arriving there.
+/// that had room to the worker, and counts those sent to the database
+/// unclaimed as settled in the handoff's `backlog`.
 async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify, backlog: Option<&Backlog>) {
     let mut new = Vec::new();
     let mut inserts = Vec::new();
@@ -321,16 +363,19 @@ async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify, backlog:
         finished: &finished,
         claims: &claims,
     };
-    match store.write_inbox(write, Utc::now()).await {
+    let result = store.write_inbox(write, Utc::now()).await;
+    if let Some(backlog) = backlog {
+        // Committed or not, they are no longer on their way: a claim from
+        // now on sees every one that was stored.
+        let unclaimed = inserts
+            .iter()
+            .filter(|(handed, _)| handed.is_none())
+            .count();
+        backlog.settled(unclaimed as u64);
+    }
+    match result {
         Ok(written) => {
             let mut woke = false;
-            let stored_unclaimed = inserts
-                .iter()
-                .zip(&written.fresh)
-                .any(|((handed, _), &is_new)| is_new && handed.is_none());
-            if let (true, Some(backlog)) = (stored_unclaimed, backlog) {
-                backlog.bump();
-            }
             for ((delivery, (handed, reply)), is_new) in
                 new.into_iter().zip(inserts).zip(written.fresh)
             {
@@ -446,7 +491,7 @@ mod tests {
             let parsed = crate::webhook::events::parse("ping", body.as_bytes());
             assert!(writer.write(new, body, Some(parsed)).await.unwrap());
         }
-        assert!(handed.backlog().is_some(), "the third found no room");
+        assert!(handed.backlog(), "the third found no room");
         let taken = handed.take(10).await;
         let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, vec!["d1", "d2"]);
@@ -457,7 +502,6 @@ mod tests {
         );
         // While the backlog lasts, new deliveries wait in the database too
         // (behind the older ones), though there is room again.
-        let seen = handed.backlog().unwrap();
         let (new, body) = delivery(4);
         assert!(writer.write(new, body, None).await.unwrap());
         assert!(handed.take(10).await.is_empty());
@@ -466,16 +510,49 @@ mod tests {
             vec!["d3", "d4"],
             "the handed ones are claimed for this replica"
         );
-        // A claim that began before d4 was stored may have missed it: the
-        // backlog stays until a claim that began after it.
-        assert!(!handed.clear_backlog(seen), "d4 went to the database since");
-        assert!(handed.backlog().is_some());
-        assert!(handed.clear_backlog(handed.backlog().unwrap()));
-        assert_eq!(handed.backlog(), None);
+        // The worker's claim took everything due (here "other" took it):
+        // the backlog ends, and one more claim is owed before memory.
+        let mark = handed.before_claim();
+        handed.after_claim(mark, true);
+        assert!(!handed.backlog());
+        assert!(handed.database_first());
         let (new, body) = delivery(5);
         assert!(writer.write(new, body, None).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1, "handed again");
         assert!(claimable(store.as_ref()).await.is_empty());
+        // Nothing was on its way to the database when this claim began.
+        handed.after_claim(handed.before_claim(), true);
+        assert!(!handed.database_first());
+    }
+
+    /// A delivery on its way to the database when the backlog ends may be
+    /// missed by the claim that ended it, and by any claim begun before it
+    /// is committed: the claim owed is paid only by one begun after.
+    #[tokio::test]
+    async fn the_claim_owed_after_a_backlog_waits_for_deliveries_on_their_way() {
+        let (tx, rx) = handoff(Replica::new("me", Duration::from_secs(15)), 1);
+        let mut kept = Vec::new();
+        for n in 1..=2 {
+            let (mut new, body) = delivery(n);
+            let reserved = tx.reserve(&mut new, body, None);
+            assert_eq!(reserved.is_some(), n == 1, "room for one");
+            kept.push(reserved);
+        }
+        assert!(rx.backlog());
+        // The second is on its way to the commit.
+        let early = rx.before_claim();
+        rx.after_claim(early, false);
+        assert!(rx.backlog(), "a full batch: more may be due");
+        rx.after_claim(early, true);
+        assert!(!rx.backlog() && rx.database_first());
+        rx.after_claim(rx.before_claim(), true);
+        assert!(
+            rx.database_first(),
+            "begun before the delivery was committed"
+        );
+        tx.backlog.settled(1);
+        rx.after_claim(rx.before_claim(), true);
+        assert!(!rx.database_first());
     }
 
     #[tokio::test]

@@ -371,7 +371,11 @@ impl Worker {
     /// so that retries falling due there are not starved.
     async fn next_batch(&self) -> Result<Option<Batch>, RoundError> {
         let last_claim = *self.last_claim.lock().unwrap_or_else(|e| e.into_inner());
-        let database_turn = last_claim.elapsed() >= IDLE_POLL;
+        let database_first = self
+            .intake
+            .as_ref()
+            .is_some_and(|(handoff, _)| handoff.database_first());
+        let database_turn = last_claim.elapsed() >= IDLE_POLL || database_first;
         if let (Some((handoff, _)), false) = (&self.intake, database_turn)
             && let Some(batch) = handed_batch(handoff.take(BATCH as usize).await)
         {
@@ -379,9 +383,10 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         let now = Utc::now();
-        // Read before claiming: a delivery sent to the database unclaimed
-        // after this keeps the backlog, as the claim may not see it.
-        let backlog = self.intake.as_ref().and_then(|(h, _)| h.backlog());
+        let mark = self
+            .intake
+            .as_ref()
+            .map(|(handoff, _)| handoff.before_claim());
         let items = match self.grouped_writer() {
             // In the intake's next commit rather than a transaction of its
             // own: one sync of the disk for both.
@@ -406,12 +411,10 @@ impl Worker {
         };
         *self.last_claim.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         if let Some((handoff, _)) = &self.intake {
-            if let (true, Some(seen)) = (items.len() < BATCH as usize, backlog) {
-                // Everything due is claimed: new deliveries may be handed
-                // over again, unless more went to the database meanwhile.
-                handoff.clear_backlog(seen);
+            if let Some(mark) = mark {
+                handoff.after_claim(mark, items.len() < BATCH as usize);
             }
-            if items.is_empty() {
+            if items.is_empty() && !handoff.database_first() {
                 return Ok(handed_batch(handoff.take(BATCH as usize).await));
             }
         }

@@ -151,9 +151,11 @@ impl Drop for UnfinishedGuard {
 const INBOX_ROWS_PER_STATEMENT: usize = 128;
 
 /// Prepared statements the writer connection keeps. The inbox's group
-/// transactions come in a few dozen shapes (`inbox_chunks`); the rest of
-/// the store's writes are fixed statements.
-const WRITER_STATEMENT_CACHE: usize = 512;
+/// transactions come in a few dozen shapes in practice (`inbox_chunks`);
+/// the rest of the store's writes are fixed statements. A bound, as a
+/// prepared statement of 128-row chunks is large; the least recently used
+/// go first.
+const WRITER_STATEMENT_CACHE: usize = 256;
 
 /// How [`inbox_transaction`] cuts `rows` into statements: full chunks of
 /// [`INBOX_ROWS_PER_STATEMENT`], then one of the next power of two, filled
