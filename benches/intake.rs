@@ -4,7 +4,8 @@
 //! signature and the JSON — the ceiling — and (2) convoy's real intake with
 //! its durable SQLite inbox and the worker running; then drives each with
 //! `wrk` (Debian package `wrk`) from a second process: signed 25 KB
-//! pull_request deliveries, unique delivery ids, 64 connections. Prints a
+//! pull_request deliveries, unique GUID-like delivery ids (random, like
+//! GitHub's), 64 connections. Prints a
 //! Markdown table for docs/BENCHMARKS.md and checks that every acknowledged
 //! delivery is in the inbox.
 //!
@@ -137,9 +138,18 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-GitHub-Event"] = "pull_request"
 wrk.headers["X-Hub-Signature-256"] = "{sig}"
 local counter = 0
+local seeded = false
 request = function()
+  if not seeded then
+    math.randomseed(os.time() * 64 + thread_id)
+    seeded = true
+  end
   counter = counter + 1
-  wrk.headers["X-GitHub-Delivery"] = "{run}-" .. tostring(thread_id) .. "-" .. counter
+  -- GitHub's delivery ids are GUIDs: each lands at a random place in the
+  -- inbox's index, not after the last one. The tail keeps them unique.
+  local guid = string.format("%04x%04x-%04x-%04x", math.random(0, 65535),
+    math.random(0, 65535), math.random(0, 65535), math.random(0, 65535))
+  wrk.headers["X-GitHub-Delivery"] = guid .. "-{run}-" .. tostring(thread_id) .. "-" .. counter
   return wrk.format(nil, "/webhook")
 end
 "#,
