@@ -189,16 +189,28 @@ fn inbox_transaction<'q>(
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     for (_, size) in inbox_chunks(write.new) {
+        // Row k names body MAX(seq) + k: the bodies of the rows inserted
+        // here are inserted next, each after the last (a row that was a
+        // redelivery leaves its number unused). Numbered inside the write
+        // transaction, so two processes on the file cannot take the same.
+        let rows: Vec<String> = (1..=size)
+            .map(|k| {
+                format!("(?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + {k})")
+            })
+            .collect();
         sql.push_str(&format!(
-            "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, claimed_by) \
+            "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, claimed_by, body) \
              VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
-            placeholders(size, 5)
+            rows.join(", ")
         ));
-        // A body already stored (a redelivery) or twice in the group keeps
-        // its first copy, like its row.
+        // Each body under the number its row names. A redelivery's row
+        // names a body already stored, and a delivery twice in the group
+        // names one number twice: the first copy stays, like the row.
         sql.push_str(&format!(
-            "INSERT INTO inbox_payloads (delivery_id, payload) VALUES {} \
-             ON CONFLICT (delivery_id) DO NOTHING;\n",
+            "INSERT INTO inbox_bodies (seq, payload) \
+             SELECT inbox.body, v.column2 FROM (VALUES {}) AS v \
+             JOIN inbox ON inbox.delivery_id = v.column1 \
+             WHERE inbox.body IS NOT NULL ON CONFLICT (seq) DO NOTHING;\n",
             placeholders(size, 2)
         ));
     }
@@ -266,7 +278,7 @@ fn inbox_transaction<'q>(
 macro_rules! inbox_items {
     () => {
         "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
-         FROM inbox JOIN inbox_payloads USING (delivery_id) "
+         FROM inbox JOIN inbox_bodies ON inbox_bodies.seq = inbox.body "
     };
 }
 
@@ -1579,15 +1591,16 @@ mod tests {
                 assert_eq!(item.state, DeliveryState::Done, "d{n}");
             }
         }
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_payloads")
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_bodies")
             .fetch_one(&store.pool)
             .await
             .unwrap();
         assert_eq!(rows, 4);
     }
 
-    /// Migration 0008 moves the bodies of a database written before it out
-    /// of the inbox rows.
+    /// Migrations 0008 and 0009 move the bodies of a database written
+    /// before them out of the inbox rows and under numbers; bodies stored
+    /// after them take the numbers that follow.
     #[tokio::test]
     async fn bodies_stored_before_migration_8_are_read_after_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1622,5 +1635,27 @@ mod tests {
         assert_eq!(item.payload, body);
         let due = store.due_deliveries(Utc::now(), 10).await.unwrap();
         assert_eq!(due.len(), 1);
+
+        store
+            .insert_deliveries(&[delivery(1, "{\"new\":1}"), delivery(2, "{\"new\":2}")])
+            .await
+            .unwrap();
+        let bodies: Vec<(String, i64)> =
+            sqlx::query_as("SELECT delivery_id, body FROM inbox ORDER BY body")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let ids: Vec<&str> = bodies.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, vec!["old", "d1", "d2"], "{bodies:?}");
+        for (n, expected) in [(1, "{\"new\":1}"), (2, "{\"new\":2}")] {
+            let item = store
+                .delivery(&DeliveryId::new(format!("d{n}")))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(item.payload, expected);
+        }
+        let old = store.delivery(&DeliveryId::new("old")).await.unwrap();
+        assert_eq!(old.unwrap().payload, body, "not overwritten");
     }
 }
