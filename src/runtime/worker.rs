@@ -631,3 +631,76 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod handoff_order {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::runtime::intake::handoff;
+    use crate::store::{NewDelivery, Payload, SqliteStore};
+
+    /// Records the deliveries it is given, in order.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl EventHandler for Recording {
+        async fn handle(&self, delivery: &DeliveryId, _: &Envelope) -> Result<(), HandlerError> {
+            self.0.lock().unwrap().push(delivery.as_str().to_owned());
+            Ok(())
+        }
+    }
+
+    fn ping(n: u32) -> (NewDelivery, String) {
+        let body = format!("{{\"zen\":\"z{n}\",\"hook_id\":{n}}}");
+        let new = NewDelivery {
+            id: DeliveryId::new(format!("d{n}")),
+            event: "ping".into(),
+            payload: Payload::compress(&body),
+            received_at: Utc::now(),
+            claim: None,
+        };
+        (new, body)
+    }
+
+    /// A delivery that reaches the database unclaimed after the claim that
+    /// ended a backlog (it was on its way) is processed before a newer one
+    /// handed over in memory.
+    #[tokio::test]
+    async fn after_a_backlog_the_database_comes_before_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("convoy.db"))
+                .await
+                .unwrap(),
+        );
+        let replica = Replica::new("me", Duration::from_secs(15));
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = handoff(replica.clone(), 1);
+        let writer = InboxWriter::spawn(store.clone(), wake.clone(), Some(tx));
+        let seen = Arc::new(Recording::default());
+        let worker = Worker::new(store.clone(), seen.clone(), Arc::new(Metrics::new()), wake)
+            .as_replica(replica)
+            .with_intake(rx, writer.clone());
+
+        // d1 handed over; the handoff is then full: d2, d3 to the database.
+        for n in 1..=3 {
+            let (new, body) = ping(n);
+            assert!(writer.write(new, body, None).await.unwrap());
+        }
+        assert!(worker.round().await.unwrap(), "d1, from memory");
+        assert!(
+            worker.round().await.unwrap(),
+            "d2 and d3, from the database"
+        );
+        // The claim took everything due: the backlog is over. d5 was on its
+        // way to the database and arrives now; d4 is handed over after it.
+        let (late, _) = ping(5);
+        store.insert_deliveries(&[late]).await.unwrap();
+        let (new, body) = ping(4);
+        assert!(writer.write(new, body, None).await.unwrap());
+        while worker.round().await.unwrap() {}
+        assert_eq!(*seen.0.lock().unwrap(), ["d1", "d2", "d3", "d5", "d4"]);
+    }
+}
