@@ -431,24 +431,28 @@ async fn commit_group(store: &dyn Store, group: Vec<Op>, wake: &Notify, backlog:
     }
 }
 
+/// A `ping` delivery `d{n}` for tests, and its body.
+#[cfg(test)]
+pub(crate) fn test_delivery(n: u32) -> (NewDelivery, String) {
+    let body = format!("{{\"n\":{n}}}");
+    let new = NewDelivery {
+        id: DeliveryId::new(format!("d{n}")),
+        event: "ping".into(),
+        payload: crate::store::Payload::compress(&body),
+        received_at: Utc::now(),
+        claim: None,
+    };
+    (new, body)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::{Payload, SqliteStore};
+    use crate::store::SqliteStore;
 
-    fn delivery(n: u32) -> (NewDelivery, String) {
-        let body = format!("{{\"n\":{n}}}");
-        let new = NewDelivery {
-            id: DeliveryId::new(format!("d{n}")),
-            event: "ping".into(),
-            payload: Payload::compress(&body),
-            received_at: Utc::now(),
-            claim: None,
-        };
-        (new, body)
-    }
+    use super::test_delivery as delivery;
 
     async fn writer(
         capacity: usize,

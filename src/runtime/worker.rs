@@ -567,6 +567,11 @@ pub fn claim_still_ours(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use crate::runtime::intake::{handoff, test_delivery};
+    use crate::store::SqliteStore;
+
     #[test]
     fn handed_deliveries_that_waited_renew_their_claims_before_they_start() {
         let lease = Duration::from_secs(15);
@@ -630,15 +635,6 @@ mod tests {
             DeliveryOutcome::Failed(_)
         ));
     }
-}
-
-#[cfg(test)]
-mod handoff_order {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::runtime::intake::handoff;
-    use crate::store::{NewDelivery, Payload, SqliteStore};
 
     /// Records the deliveries it is given, in order.
     #[derive(Default)]
@@ -652,23 +648,17 @@ mod handoff_order {
         }
     }
 
-    fn ping(n: u32) -> (NewDelivery, String) {
-        let body = format!("{{\"zen\":\"z{n}\",\"hook_id\":{n}}}");
-        let new = NewDelivery {
-            id: DeliveryId::new(format!("d{n}")),
-            event: "ping".into(),
-            payload: Payload::compress(&body),
-            received_at: Utc::now(),
-            claim: None,
-        };
-        (new, body)
+    /// A worker taking deliveries from an intake whose handoff holds
+    /// `capacity`, on a SQLite store, recording what it handles.
+    struct WithIntake {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        writer: InboxWriter,
+        worker: Worker,
+        seen: Arc<Recording>,
     }
 
-    /// A delivery that reaches the database unclaimed after the claim that
-    /// ended a backlog (it was on its way) is processed before a newer one
-    /// handed over in memory.
-    #[tokio::test]
-    async fn after_a_backlog_the_database_comes_before_memory() {
+    async fn with_intake(capacity: usize) -> WithIntake {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&dir.path().join("convoy.db"))
@@ -677,16 +667,61 @@ mod handoff_order {
         );
         let replica = Replica::new("me", Duration::from_secs(15));
         let wake = Arc::new(Notify::new());
-        let (tx, rx) = handoff(replica.clone(), 1);
+        let (tx, rx) = handoff(replica.clone(), capacity);
         let writer = InboxWriter::spawn(store.clone(), wake.clone(), Some(tx));
         let seen = Arc::new(Recording::default());
         let worker = Worker::new(store.clone(), seen.clone(), Arc::new(Metrics::new()), wake)
             .as_replica(replica)
             .with_intake(rx, writer.clone());
+        WithIntake {
+            _dir: dir,
+            store,
+            writer,
+            worker,
+            seen,
+        }
+    }
+
+    /// The worker acts on the event as the intake parsed it, and does not
+    /// parse the body again: here the intake's word (an event convoy does
+    /// not handle) differs from what the body would give (a ping).
+    #[tokio::test]
+    async fn a_handed_delivery_is_not_parsed_again() {
+        let WithIntake {
+            store,
+            writer,
+            worker,
+            seen,
+            _dir,
+        } = with_intake(8).await;
+        let (new, body) = test_delivery(1);
+        assert!(writer.write(new, body, Some(Ok(None))).await.unwrap());
+        assert!(worker.round().await.unwrap());
+        assert!(seen.0.lock().unwrap().is_empty());
+        let item = store
+            .delivery(&DeliveryId::new("d1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.state, crate::store::DeliveryState::Dropped);
+    }
+
+    /// A delivery that reaches the database unclaimed after the claim that
+    /// ended a backlog (it was on its way) is processed before a newer one
+    /// handed over in memory.
+    #[tokio::test]
+    async fn after_a_backlog_the_database_comes_before_memory() {
+        let WithIntake {
+            store,
+            writer,
+            worker,
+            seen,
+            _dir,
+        } = with_intake(1).await;
 
         // d1 handed over; the handoff is then full: d2, d3 to the database.
         for n in 1..=3 {
-            let (new, body) = ping(n);
+            let (new, body) = test_delivery(n);
             assert!(writer.write(new, body, None).await.unwrap());
         }
         assert!(worker.round().await.unwrap(), "d1, from memory");
@@ -696,9 +731,9 @@ mod handoff_order {
         );
         // The claim took everything due: the backlog is over. d5 was on its
         // way to the database and arrives now; d4 is handed over after it.
-        let (late, _) = ping(5);
+        let (late, _) = test_delivery(5);
         store.insert_deliveries(&[late]).await.unwrap();
-        let (new, body) = ping(4);
+        let (new, body) = test_delivery(4);
         assert!(writer.write(new, body, None).await.unwrap());
         while worker.round().await.unwrap() {}
         assert_eq!(*seen.0.lock().unwrap(), ["d1", "d2", "d3", "d5", "d4"]);
