@@ -4,8 +4,8 @@
 //! signature and the JSON — the ceiling — and (2) convoy's real intake with
 //! its durable SQLite inbox and the worker running; then drives each with
 //! `wrk` (Debian package `wrk`) from a second process: signed 25 KB
-//! pull_request deliveries, unique GUID-like delivery ids (random, like
-//! GitHub's), 64 connections. Prints a
+//! pull_request deliveries, unique delivery ids made like GitHub's
+//! (version 1 UUIDs, from a clock), 64 connections. Prints a
 //! Markdown table for docs/BENCHMARKS.md and checks that every acknowledged
 //! delivery is in the inbox.
 //!
@@ -14,7 +14,8 @@
 //! server started by this process, `convoy::testkit::postgres`),
 //! BENCH_REPLICAS (default 1; with PostgreSQL, that many convoy servers on
 //! the one database, each driven by its own `wrk` with its share of the
-//! connections, all at once; the figure is their sum).
+//! connections, all at once; the figure is their sum), BENCH_IDS
+//! (`github`, the default, or `random`: GUID-like ids in random order).
 
 use std::process::Command;
 use std::time::Duration;
@@ -117,10 +118,52 @@ fn run_wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) 
     }
 }
 
-fn script(dir: &std::path::Path, body: &[u8], run: &str) -> std::path::PathBuf {
+/// The delivery ids the load sends (`BENCH_IDS`).
+#[derive(Clone, Copy)]
+enum Ids {
+    /// Like GitHub's: version 1 UUIDs, made from a clock (the default).
+    Github,
+    /// Random GUID-like ids, each at a random place in any index.
+    Random,
+}
+
+/// A version 1 UUID's timestamp now: 100 ns intervals since 1582-10-15,
+/// split at bit 32 so that Lua's doubles hold each part exactly.
+fn uuid_clock() -> (u64, u64) {
+    let since_1970 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let ticks = (since_1970.as_nanos() / 100) as u64 + 0x01b2_1dd2_1381_4000;
+    (ticks >> 32, ticks & 0xffff_ffff)
+}
+
+fn script(dir: &std::path::Path, body: &[u8], run: &str, ids: Ids) -> std::path::PathBuf {
     let body_path = dir.join(format!("body-{run}.json"));
     std::fs::write(&body_path, body).unwrap();
     let sig = signature::sign(SECRET, body);
+    let (clock_hi, clock_lo) = uuid_clock();
+    let next_id = match ids {
+        // Each thread counts its own clock up from the run's start, 10 µs
+        // a delivery, and has its own clock sequence: the ids are unique,
+        // and the two threads' ids interleave in time as GitHub's servers'
+        // do. A random node per thread, like a host's.
+        Ids::Github => r#"
+  lo = lo + 100
+  if lo >= 4294967296 then
+    lo = lo - 4294967296
+    hi = hi + 1
+  end
+  return string.format("%08x-%04x-1%03x-%04x-%04x%08x", lo, hi % 65536,
+    math.floor(hi / 65536) % 4096, 32768 + thread_id, node_hi, node_lo)"#
+            .to_owned(),
+        // The tail keeps them unique.
+        Ids::Random => format!(
+            r#"
+  local guid = string.format("%04x%04x-%04x-%04x", math.random(0, 65535),
+    math.random(0, 65535), math.random(0, 65535), math.random(0, 65535))
+  return guid .. "-{run}-" .. tostring(thread_id) .. "-" .. counter"#
+        ),
+    };
     let lua = format!(
         r#"
 -- Each wrk thread has its own Lua state; setup() runs in the main one and
@@ -139,17 +182,22 @@ wrk.headers["X-GitHub-Event"] = "pull_request"
 wrk.headers["X-Hub-Signature-256"] = "{sig}"
 local counter = 0
 local seeded = false
+local hi = {clock_hi}
+local lo = {clock_lo}
+local node_hi = 0
+local node_lo = 0
+local function next_id()
+  {next_id}
+end
 request = function()
   if not seeded then
     math.randomseed(os.time() * 64 + thread_id)
+    node_hi = math.random(0, 65535)
+    node_lo = math.random(0, 65535) * 65536 + math.random(0, 65535)
     seeded = true
   end
   counter = counter + 1
-  -- GitHub's delivery ids are GUIDs: each lands at a random place in the
-  -- inbox's index, not after the last one. The tail keeps them unique.
-  local guid = string.format("%04x%04x-%04x-%04x", math.random(0, 65535),
-    math.random(0, 65535), math.random(0, 65535), math.random(0, 65535))
-  wrk.headers["X-GitHub-Delivery"] = guid .. "-{run}-" .. tostring(thread_id) .. "-" .. counter
+  wrk.headers["X-GitHub-Delivery"] = next_id()
   return wrk.format(nil, "/webhook")
 end
 "#,
@@ -173,6 +221,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let ids = match std::env::var("BENCH_IDS").as_deref() {
+        Err(_) | Ok("github") => Ids::Github,
+        Ok("random") => Ids::Random,
+        Ok(other) => panic!("BENCH_IDS={other}: github or random"),
+    };
     let dir = tempfile::tempdir().unwrap();
     let body = payload();
     println!(
@@ -192,7 +245,7 @@ fn main() {
     });
     let bare_result = run_wrk(
         &format!("http://{bare_addr}"),
-        &script(dir.path(), &body, "bare"),
+        &script(dir.path(), &body, "bare", ids),
         seconds,
         connections,
     );
@@ -241,7 +294,7 @@ fn main() {
         .enumerate()
         .map(|(i, running)| {
             let url = format!("http://{}", running.addr);
-            let script = script(dir.path(), &body, &format!("convoy{i}"));
+            let script = script(dir.path(), &body, &format!("convoy{i}"), ids);
             let share = (connections / replicas).max(1);
             std::thread::spawn(move || run_wrk(&url, &script, seconds, share))
         })

@@ -5,6 +5,7 @@
 //! both databases compare and index the same way.
 
 pub mod checkpoint;
+mod delivery_order;
 mod document;
 mod migrations;
 pub mod postgres;

@@ -13,6 +13,7 @@ use sqlx::{Row, SqlitePool};
 use std::collections::BTreeMap;
 
 use super::checkpoint::{Checkpointer, WRITER_PAGES};
+use super::delivery_order::delivery_order;
 use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, FirstAttempts, Freeze,
@@ -195,12 +196,13 @@ fn inbox_transaction<'q>(
         // transaction, so two processes on the file cannot take the same.
         let rows: Vec<String> = (1..=size)
             .map(|k| {
-                format!("(?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + {k})")
+                format!("(?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + {k})")
             })
             .collect();
         sql.push_str(&format!(
-            "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, claimed_by, body) \
-             VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
+            "INSERT INTO inbox (delivery_id, delivery_order, event, received_at, next_attempt_at, \
+             claimed_by, body) VALUES {} \
+             ON CONFLICT (delivery_order, delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
             rows.join(", ")
         ));
         // Each body under the number its row names. A redelivery's row
@@ -208,27 +210,27 @@ fn inbox_transaction<'q>(
         // names one number twice: the first copy stays, like the row.
         sql.push_str(&format!(
             "INSERT INTO inbox_bodies (seq, payload) \
-             SELECT inbox.body, v.column2 FROM (VALUES {}) AS v \
-             JOIN inbox ON inbox.delivery_id = v.column1 \
+             SELECT inbox.body, v.column3 FROM (VALUES {}) AS v \
+             JOIN inbox ON inbox.delivery_order = v.column2 AND inbox.delivery_id = v.column1 \
              WHERE inbox.body IS NOT NULL ON CONFLICT (seq) DO NOTHING;\n",
-            placeholders(size, 2)
+            placeholders(size, 3)
         ));
     }
     for (_, size) in inbox_chunks(write.finished) {
         sql.push_str(&format!(
-            "WITH f (id, state, error, next, processed) AS (VALUES {}) \
+            "WITH f (id, ord, state, error, next, processed) AS (VALUES {}) \
              UPDATE inbox SET state = f.state, attempts = attempts + 1, last_error = f.error, \
              next_attempt_at = f.next, processed_at = f.processed, claimed_by = NULL \
-             FROM f WHERE inbox.delivery_id = f.id;\n",
-            placeholders(size, 5)
+             FROM f WHERE inbox.delivery_order = f.ord AND inbox.delivery_id = f.id;\n",
+            placeholders(size, 6)
         ));
     }
     for n in 1..=write.claims.len() {
         // Inside the write transaction: SQLite runs one writer at a time,
         // so two replicas cannot both see an item as due and claim it.
         sql.push_str(&format!(
-            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE delivery_id IN \
-               (SELECT delivery_id FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
+            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE rowid IN \
+               (SELECT rowid FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
                 ORDER BY next_attempt_at, received_at LIMIT ?) \
              RETURNING {n}, delivery_id;\n"
         ));
@@ -243,13 +245,17 @@ fn inbox_transaction<'q>(
             let at = to_millis(d.received_at);
             query = query
                 .bind(d.id.as_str())
+                .bind(delivery_order(d.id.as_str()))
                 .bind(d.event.as_str())
                 .bind(at)
                 .bind(d.claim.as_ref().map_or(at, |c| to_millis(c.until)))
                 .bind(d.claim.as_ref().map(|c| c.owner.as_str()));
         }
         for d in padded(chunk, size) {
-            query = query.bind(d.id.as_str()).bind(d.payload.as_bytes());
+            query = query
+                .bind(d.id.as_str())
+                .bind(delivery_order(d.id.as_str()))
+                .bind(d.payload.as_bytes());
         }
     }
     for (chunk, size) in inbox_chunks(write.finished) {
@@ -257,6 +263,7 @@ fn inbox_transaction<'q>(
             let (state, error, next, processed) = rows::outcome_columns(outcome, now);
             query = query
                 .bind(id.as_str())
+                .bind(delivery_order(id.as_str()))
                 .bind(state.as_str())
                 .bind(error)
                 .bind(next)
@@ -460,14 +467,27 @@ impl Store for SqliteStore {
 
     async fn deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<InboxItem>> {
         let mut items = Vec::with_capacity(ids.len());
-        // Read beside the writer, not by it: a body never changes.
+        // Each once: a join returns a row for every copy of its id.
+        let ids: Vec<&str> = ids
+            .iter()
+            .map(DeliveryId::as_str)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Read beside the writer, not by it: a body never changes. A join
+        // with the ids, as SQLite does not look a row value `IN (VALUES …)`
+        // up in the index.
         for chunk in ids.chunks(500) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-                concat!(inbox_items!(), "WHERE delivery_id IN ({})"),
-                vec!["?"; chunk.len()].join(", ")
+                concat!(
+                    inbox_items!(),
+                    "JOIN (VALUES {}) AS v \
+                     ON inbox.delivery_order = v.column1 AND inbox.delivery_id = v.column2"
+                ),
+                placeholders(chunk.len(), 2)
             )));
             for id in chunk {
-                query = query.bind(id.as_str());
+                query = query.bind(delivery_order(id)).bind(*id);
             }
             for row in query.fetch_all(&self.pool).await? {
                 items.push(rows::inbox_item(&row)?);
@@ -500,10 +520,14 @@ impl Store for SqliteStore {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<InboxItem>> {
-        let row = sqlx::query(concat!(inbox_items!(), "WHERE delivery_id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            inbox_items!(),
+            "WHERE delivery_order = ? AND delivery_id = ?"
+        ))
+        .bind(delivery_order(id.as_str()))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(rows::inbox_item).transpose()
     }
 
@@ -1238,9 +1262,11 @@ impl Store for SqliteStore {
         for id in ids {
             sqlx::query(
                 "UPDATE inbox SET next_attempt_at = ? \
-                 WHERE delivery_id = ? AND claimed_by = ? AND state = 'pending'",
+                 WHERE delivery_order = ? AND delivery_id = ? AND claimed_by = ? \
+                 AND state = 'pending'",
             )
             .bind(to_millis(until))
+            .bind(delivery_order(id.as_str()))
             .bind(id.as_str())
             .bind(owner)
             .execute(&mut *tx)
@@ -1655,5 +1681,81 @@ mod tests {
         }
         let old = store.delivery(&DeliveryId::new("old")).await.unwrap();
         assert_eq!(old.unwrap().payload, body, "not overwritten");
+    }
+    /// Migration 0010 orders the inbox's unique index by when GitHub made
+    /// each id. The order it computes in SQL for the rows already stored
+    /// must be the one the store computes for a redelivery (fails if the
+    /// two differ: the redelivery would be taken as new), and every kind of
+    /// id must still be found.
+    #[tokio::test]
+    async fn deliveries_stored_before_migration_10_stay_duplicates_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("convoy.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let all = super::super::migrations::sqlite();
+        let before_10 = sqlx::migrate::Migrator::with_migrations(
+            all.iter().filter(|m| m.version < 10).cloned().collect(),
+        );
+        before_10.run(&pool).await.unwrap();
+        let ids = [
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "0b989ba4-242f-11e5-81e1-c7b6966d2516",
+            "72D3162E-CC78-11E3-81AB-4C9367DC0958",
+            "72d3162e-cc78-41e3-81ab-4c9367dc0958",
+            "72d3162e-cc78-11e3-81ab-4c9367dc095é",
+            "delivery-1",
+        ];
+        for (seq, id) in ids.iter().enumerate() {
+            sqlx::query("INSERT INTO inbox_bodies (seq, payload) VALUES (?, ?)")
+                .bind(seq as i64 + 1)
+                .bind(Payload::compress(&format!("{{\"n\":{seq}}}")).as_bytes())
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO inbox (delivery_id, event, received_at, next_attempt_at, body) \
+                 VALUES (?, 'ping', 1, 1, ?)",
+            )
+            .bind(*id)
+            .bind(seq as i64 + 1)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let orders: Vec<(String, String)> =
+            sqlx::query_as("SELECT delivery_id, delivery_order FROM inbox ORDER BY rowid")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        for (id, order) in &orders {
+            assert_eq!(order, &delivery_order(id), "{id}");
+        }
+        assert_eq!(orders[0].1, "1e3cc7872d3162e");
+        let again: Vec<NewDelivery> = ids
+            .iter()
+            .map(|id| NewDelivery {
+                id: DeliveryId::new(*id),
+                ..delivery(0, "{}")
+            })
+            .collect();
+        let fresh = store.insert_deliveries(&again).await.unwrap();
+        assert_eq!(fresh, vec![false; ids.len()], "redeliveries are not new");
+        for (seq, id) in ids.iter().enumerate() {
+            let item = store.delivery(&DeliveryId::new(*id)).await.unwrap();
+            assert_eq!(item.unwrap().payload, format!("{{\"n\":{seq}}}"), "{id}");
+        }
+        let wanted: Vec<DeliveryId> = ids
+            .iter()
+            .chain(&ids[..2])
+            .map(|id| DeliveryId::new(*id))
+            .collect();
+        assert_eq!(store.deliveries(&wanted).await.unwrap().len(), ids.len());
     }
 }
