@@ -118,6 +118,28 @@ fn run_wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) 
     }
 }
 
+/// CPU time this process has used so far, all its threads, user and
+/// system (`/proc/self/stat`, in the kernel's 10 ms ticks). The servers
+/// run in this process one after the other, so the difference over a run
+/// is that server's CPU: a figure less at the mercy of the shared machine
+/// than deliveries a second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The delivery ids the load sends (`BENCH_IDS`).
 #[derive(Clone, Copy)]
 enum Ids {
@@ -243,12 +265,15 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     });
+    let bare_script = script(dir.path(), &body, "bare", ids);
+    let before = cpu_seconds();
     let bare_result = run_wrk(
         &format!("http://{bare_addr}"),
-        &script(dir.path(), &body, "bare", ids),
+        &bare_script,
         seconds,
         connections,
     );
+    let bare_cpu = cpu_seconds() - before;
 
     // convoy's real intake with a durable inbox.
     let postgres = match std::env::var("BENCH_DB").as_deref() {
@@ -289,6 +314,7 @@ fn main() {
                 .unwrap()
         })
         .collect();
+    let before = cpu_seconds();
     let loads: Vec<_> = servers
         .iter()
         .enumerate()
@@ -300,6 +326,7 @@ fn main() {
         })
         .collect();
     let results: Vec<WrkResult> = loads.into_iter().map(|h| h.join().unwrap()).collect();
+    let convoy_cpu = cpu_seconds() - before;
     let convoy_result = WrkResult {
         requests_per_sec: results.iter().map(|r| r.requests_per_sec).sum(),
         p50: results
@@ -348,14 +375,20 @@ fn main() {
         "convoy intake, durable SQLite inbox".to_owned()
     };
     println!();
-    println!("| server | deliveries/s | p50 | p99 | non-2xx |");
-    println!("|---|---|---|---|---|");
-    for (name, r) in [
-        ("bare axum: signature + JSON check (ceiling)", &bare_result),
-        (convoy_name.as_str(), &convoy_result),
+    println!("| server | deliveries/s | p50 | p99 | non-2xx | server CPU per delivery |");
+    println!("|---|---|---|---|---|---|");
+    for (name, r, cpu) in [
+        (
+            "bare axum: signature + JSON check (ceiling)",
+            &bare_result,
+            bare_cpu,
+        ),
+        (convoy_name.as_str(), &convoy_result, convoy_cpu),
     ] {
+        // The server answered `total` requests in the run.
+        let per = 1e6 * cpu / (r.total.max(1) as f64);
         println!(
-            "| {name} | {:.0} | {} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {} | {per:.0} µs |",
             r.requests_per_sec, r.p50, r.p99, r.non_2xx
         );
     }

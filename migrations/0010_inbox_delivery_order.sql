@@ -40,4 +40,9 @@ FROM inbox;
 DROP TABLE inbox;
 ALTER TABLE inbox_new RENAME TO inbox;
 CREATE UNIQUE INDEX inbox_by_delivery ON inbox (delivery_order, delivery_id);
-CREATE INDEX inbox_due ON inbox (state, next_attempt_at);
+-- Only pending deliveries are looked up by when they are due: with the
+-- index holding only them, finishing a delivery removes its entry instead
+-- of moving it to the done ones, one page fewer in a commit. Failed ones,
+-- few, are counted for the metrics.
+CREATE INDEX inbox_due ON inbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX inbox_failed ON inbox (state) WHERE state = 'failed';

@@ -24,9 +24,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 /// little is left for the writer's own checkpoint, and each copy is a few
 /// commits' pages. Under intake load 100 ms made the p99 17–19 ms (each
 /// copy and its sync of the database file a burst the commits queued
-/// behind), 25 ms 11–12 ms, 10 ms 10–11 ms; the total copied goes up a
-/// little as pages written by several commits are copied more often.
-pub const EVERY: Duration = Duration::from_millis(10);
+/// behind), 25 ms 11–12 ms, 10 ms 10–11 ms; with the log synced beside
+/// the writer (`log_sync`), 5 ms beat 10 ms in three pairs of runs out of
+/// four (p99 7.5–8.4 ms against 8.5–9.1 ms), and 1–2 ms did no better. The
+/// total copied goes up a little as pages written by several commits are
+/// copied more often.
+pub const EVERY: Duration = Duration::from_millis(5);
 /// Pages in the log after which a commit checkpoints: 16 MB of 4 KB pages
 /// (64 MB on a database created before pages went back to 4 KB, at 16 KB).
 pub const WRITER_PAGES: u32 = 4096;

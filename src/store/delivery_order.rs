@@ -37,13 +37,17 @@ pub fn delivery_order(id: &str) -> String {
     order
 }
 
-/// 36 ASCII characters, dashes where a UUID has them, and `1` as the
-/// version digit. The hex digits are not checked: the order only has to be
-/// the same function of the id everywhere, and migration 0010 checks the
-/// same.
+/// 36 ASCII characters, none of them NUL (SQLite's `length()` of a text
+/// stops at a NUL), dashes where a UUID has them, and `1` as the version
+/// digit. The hex digits are not checked: the order only has to be the
+/// same function of the id everywhere, and migration 0010 checks the same.
 fn is_version_1_uuid(id: &str) -> bool {
     let b = id.as_bytes();
-    b.len() == 36 && id.is_ascii() && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') && b[14] == b'1'
+    b.len() == 36
+        && id.is_ascii()
+        && !b.contains(&0)
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b[14] == b'1'
 }
 
 #[cfg(test)]
@@ -72,6 +76,7 @@ mod tests {
             "72d3162e-cc78-11e3-81ab-4c9367dc095",  // one short
             "72d3162e_cc78-11e3-81ab-4c9367dc0958",
             "72d3162e-cc78-11e3-81ab-4c9367dc09é",
+            "72d3162e-cc78-11e3-81ab-4c9367dc\u{0}958",
         ] {
             assert_eq!(delivery_order(id), "", "{id}");
         }
