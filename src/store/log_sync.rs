@@ -155,6 +155,15 @@ impl LogSyncer {
 #[cfg(test)]
 pub struct HoldGuard<'a>(&'a LogSyncer);
 
+/// Whether `waiting` is still unfinished after a moment: a wait that
+/// should last until a held sync is let go.
+#[cfg(test)]
+pub async fn still_waiting<F: std::future::Future + Unpin>(waiting: &mut F) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(50), waiting)
+        .await
+        .is_err()
+}
+
 #[cfg(test)]
 impl Drop for HoldGuard<'_> {
     fn drop(&mut self) {
@@ -268,24 +277,24 @@ fn run(shared: &Shared, mut file: LogFile, log: &Path, synced: &watch::Sender<Sy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[tokio::test]
-    async fn a_commit_is_durable_once_a_sync_after_it_is_done() {
+    /// A folder with a log file in it, as SQLite leaves one.
+    fn a_log() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("convoy.db-wal");
         std::fs::write(&log, b"frames").unwrap();
+        (dir, log)
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_durable_once_a_sync_after_it_is_done() {
+        let (_dir, log) = a_log();
         let syncer = LogSyncer::start(log).unwrap();
         let hold = syncer.hold();
         let first = syncer.after_commit();
         let second = syncer.after_commit();
         let mut first = Box::pin(first.wait());
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut first)
-                .await
-                .is_err(),
-            "durable before its sync"
-        );
+        assert!(still_waiting(&mut first).await, "durable before its sync");
         drop(hold);
         first.await.unwrap();
         second.wait().await.unwrap();
@@ -296,9 +305,7 @@ mod tests {
     /// and every later one, and says so.
     #[tokio::test]
     async fn a_failed_sync_fails_its_commits_and_all_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("convoy.db-wal");
-        std::fs::write(&log, b"frames").unwrap();
+        let (_dir, log) = a_log();
         let syncer = LogSyncer::start(log.clone()).unwrap();
         let first = syncer.after_commit();
         first.wait().await.unwrap();
@@ -317,9 +324,7 @@ mod tests {
     /// anew is no failure; a new one is opened and synced from then on.
     #[tokio::test]
     async fn a_removed_or_new_log_at_the_path_is_no_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("convoy.db-wal");
-        std::fs::write(&log, b"frames").unwrap();
+        let (_dir, log) = a_log();
         let syncer = LogSyncer::start(log.clone()).unwrap();
         std::fs::remove_file(&log).unwrap();
         syncer.after_commit().wait().await.unwrap();

@@ -1552,6 +1552,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::log_sync::still_waiting;
     use crate::store::{DeliveryOutcome, DeliveryState, NewDelivery, Payload};
 
     fn delivery(n: usize, body: &str) -> NewDelivery {
@@ -1666,11 +1667,9 @@ mod tests {
         assert_eq!(rows, 4);
     }
 
-    /// Migrations 0008 and 0009 move the bodies of a database written
-    /// before them out of the inbox rows and under numbers; bodies stored
-    /// after them take the numbers that follow.
-    #[tokio::test]
-    async fn bodies_stored_before_migration_8_are_read_after_it() {
+    /// A database file migrated up to, not including, `version`, for tests
+    /// of what a migration does to rows written before it.
+    async fn migrated_before(version: i64) -> (tempfile::TempDir, std::path::PathBuf, SqlitePool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("convoy.db");
         let options = SqliteConnectOptions::from_str("sqlite://")
@@ -1679,10 +1678,22 @@ mod tests {
             .create_if_missing(true);
         let pool = SqlitePool::connect_with(options).await.unwrap();
         let all = super::super::migrations::sqlite();
-        let before_8 = sqlx::migrate::Migrator::with_migrations(
-            all.iter().filter(|m| m.version < 8).cloned().collect(),
+        let before = sqlx::migrate::Migrator::with_migrations(
+            all.iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
         );
-        before_8.run(&pool).await.unwrap();
+        before.run(&pool).await.unwrap();
+        (dir, path, pool)
+    }
+
+    /// Migrations 0008 and 0009 move the bodies of a database written
+    /// before them out of the inbox rows and under numbers; bodies stored
+    /// after them take the numbers that follow.
+    #[tokio::test]
+    async fn bodies_stored_before_migration_8_are_read_after_it() {
+        let (_dir, path, pool) = migrated_before(8).await;
         let body = r#"{"zen":"Keep it logically awesome."}"#;
         sqlx::query(
             "INSERT INTO inbox (delivery_id, event, payload, received_at, next_attempt_at) \
@@ -1726,6 +1737,7 @@ mod tests {
         let old = store.delivery(&DeliveryId::new("old")).await.unwrap();
         assert_eq!(old.unwrap().payload, body, "not overwritten");
     }
+
     /// Migration 0010 orders the inbox's unique index by when GitHub made
     /// each id. The order it computes in SQL for the rows already stored
     /// must be the one the store computes for a redelivery (fails if the
@@ -1733,18 +1745,7 @@ mod tests {
     /// id must still be found.
     #[tokio::test]
     async fn deliveries_stored_before_migration_10_stay_duplicates_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("convoy.db");
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .unwrap()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        let all = super::super::migrations::sqlite();
-        let before_10 = sqlx::migrate::Migrator::with_migrations(
-            all.iter().filter(|m| m.version < 10).cloned().collect(),
-        );
-        before_10.run(&pool).await.unwrap();
+        let (_dir, path, pool) = migrated_before(10).await;
         let ids = [
             "72d3162e-cc78-11e3-81ab-4c9367dc0958",
             "0b989ba4-242f-11e5-81e1-c7b6966d2516",
@@ -1832,9 +1833,7 @@ mod tests {
             assert!(stored.unwrap().is_some(), "visible before it is synced");
             let mut durable = Box::pin(durable.wait());
             assert!(
-                tokio::time::timeout(Duration::from_millis(50), &mut durable)
-                    .await
-                    .is_err(),
+                still_waiting(&mut durable).await,
                 "durable before the log was synced"
             );
             drop(hold);
