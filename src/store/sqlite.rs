@@ -179,8 +179,9 @@ fn padded<T>(rows: &[T], size: usize) -> impl Iterator<Item = &T> {
         .chain(std::iter::repeat_n(last, size - rows.len()).flatten())
 }
 
-/// The whole of [`Store::write_inbox`] as one string of statements, from
-/// `BEGIN` to `COMMIT`, with its parameters bound in order: one round trip
+/// The whole of [`Store::write_inbox_unsynced`] as one string of
+/// statements, from setting `synchronous` to `NORMAL` through `COMMIT` to
+/// setting it back, with its parameters bound in order: one round trip
 /// to SQLite's thread. Under load every round trip waits for that thread
 /// and then for the task to be scheduled again; a group made of six of
 /// them spent most of its time waiting. Rows come back as (part, id):
