@@ -280,6 +280,15 @@ async fn bad_input_gets_its_status_and_nothing_is_stored() {
         "invalid JSON"
     );
 
+    // Invalid UTF-8 inside a string the typed parse skips is caught too.
+    assert_eq!(
+        Post::signed("ping", "d-9", b"{\"zen\":\"hi\",\"x\":\"\xff\"}".to_vec())
+            .send(&running)
+            .await,
+        400,
+        "invalid UTF-8"
+    );
+
     let mut big = b"{\"pad\":\"".to_vec();
     big.resize(25 * 1024 * 1024 + 10, b'a');
     big.extend_from_slice(b"\"}");
@@ -299,7 +308,7 @@ async fn bad_input_gets_its_status_and_nothing_is_stored() {
         "24 MiB is accepted"
     );
 
-    for id in ["d-1", "d-2", "d-3", "d-4", "d-5", "d-6", "d-7"] {
+    for id in ["d-1", "d-2", "d-3", "d-4", "d-5", "d-6", "d-7", "d-9"] {
         assert!(
             running
                 .store
