@@ -19,8 +19,8 @@ use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, Durable,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
-    Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError,
-    StoredBaseline, StoredStep, StoredTimer, document, from_millis, to_millis,
+    NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store,
+    StoreError, StoredBaseline, StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -179,6 +179,67 @@ fn padded<T>(rows: &[T], size: usize) -> impl Iterator<Item = &T> {
         .chain(std::iter::repeat_n(last, size - rows.len()).flatten())
 }
 
+/// The most bytes of bodies packed into one row of `inbox_bodies`. A
+/// compressed 25 KB webhook takes about 3 KB, and a row of its own took a
+/// 4 KB page (two do not fit in one): packed, a group's bodies fill their
+/// pages, and the intake wrote a quarter fewer bytes to the disk
+/// (docs/BENCHMARKS.md). Reading one body reads its whole row, so rows
+/// stay small: a delivery is read back only when it is retried, or taken
+/// from the database because the worker fell behind.
+const PACK_BYTES: usize = 32 * 1024;
+
+/// Where one delivery's body is: the `blob`th (from 1) of its chunk's
+/// packed rows, `len` bytes from byte `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Place {
+    blob: i64,
+    at: i64,
+    len: i64,
+}
+
+/// A chunk's bodies packed into rows, and each delivery's place in them.
+#[derive(Debug)]
+struct Packed {
+    blobs: Vec<Vec<u8>>,
+    places: Vec<Place>,
+}
+
+/// Packs `chunk`'s bodies, in order, into rows of up to [`PACK_BYTES`]; a
+/// body larger than that has a row of its own. A delivery that comes twice
+/// is packed once, where it first came: only its first copy is stored
+/// (the second is a redelivery), so every row that names a packed body
+/// names the right one. Pure.
+fn pack(chunk: &[NewDelivery]) -> Packed {
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut first: std::collections::HashMap<&str, Place> = std::collections::HashMap::new();
+    let mut places = Vec::with_capacity(chunk.len());
+    for d in chunk {
+        if let Some(place) = first.get(d.id.as_str()) {
+            places.push(*place);
+            continue;
+        }
+        let bytes = d.payload.as_bytes();
+        let fits = blobs
+            .last()
+            .is_some_and(|blob| blob.len() + bytes.len() <= PACK_BYTES);
+        if !fits {
+            blobs.push(Vec::with_capacity(bytes.len().max(PACK_BYTES)));
+        }
+        // At least one: pushed just above when there was none.
+        let number = blobs.len();
+        let blob = &mut blobs[number - 1];
+        let place = Place {
+            blob: number as i64,
+            at: blob.len() as i64,
+            len: bytes.len() as i64,
+        };
+        blob.extend_from_slice(bytes);
+        first.insert(d.id.as_str(), place);
+        places.push(place);
+    }
+    Packed { blobs, places }
+}
+
 /// The whole of [`Store::write_inbox_unsynced`] as one string of
 /// statements, from setting `synchronous` to `NORMAL` through `COMMIT` to
 /// setting it back, with its parameters bound in order: one round trip
@@ -194,31 +255,45 @@ fn inbox_transaction<'q>(
     // beside the writer, and nothing is acknowledged before that sync.
     // Every other transaction on the connection keeps `FULL`.
     let mut sql = String::from("PRAGMA synchronous = NORMAL;\nBEGIN IMMEDIATE;\n");
+    let packed: Vec<Packed> = inbox_chunks(write.new)
+        .map(|(chunk, _)| pack(chunk))
+        .collect();
     for (_, size) in inbox_chunks(write.new) {
-        // Row k names body MAX(seq) + k: the bodies of the rows inserted
-        // here are inserted next, each after the last (a row that was a
-        // redelivery leaves its number unused). Numbered inside the write
-        // transaction, so two processes on the file cannot take the same.
-        let rows: Vec<String> = (1..=size)
-            .map(|k| {
-                format!("(?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + {k})")
-            })
-            .collect();
+        // A row names body MAX(seq) + j, j its body's packed row (`pack`):
+        // those are inserted next, each after the last. Numbered inside
+        // the write transaction, so two processes on the file cannot take
+        // the same. SQLite works an uncorrelated subquery out once per
+        // statement, so every row of one statement counts from one MAX.
+        let rows = vec![
+            "(?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + ?, ?, ?)";
+            size
+        ];
         sql.push_str(&format!(
             "INSERT INTO inbox (delivery_id, delivery_order, event, received_at, next_attempt_at, \
-             claimed_by, body) VALUES {} \
+             claimed_by, body, body_at, body_len) VALUES {} \
              ON CONFLICT (delivery_order, delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
             rows.join(", ")
         ));
-        // Each body under the number its row names. A redelivery's row
-        // names a body already stored, and a delivery twice in the group
-        // names one number twice: the first copy stays, like the row.
+        // The packed rows under those numbers: (j, bytes), one slot per
+        // delivery so that the text depends on the chunk's size only;
+        // the slots left over are (0, NULL) and skipped.
         sql.push_str(&format!(
             "INSERT INTO inbox_bodies (seq, payload) \
-             SELECT inbox.body, v.column3 FROM (VALUES {}) AS v \
-             JOIN inbox ON inbox.delivery_order = v.column2 AND inbox.delivery_id = v.column1 \
-             WHERE inbox.body IS NOT NULL ON CONFLICT (seq) DO NOTHING;\n",
-            placeholders(size, 3)
+             SELECT (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + b.column1, b.column2 \
+             FROM (VALUES {}) AS b WHERE b.column2 IS NOT NULL ON CONFLICT (seq) DO NOTHING;\n",
+            placeholders(size, 2)
+        ));
+        // A packed row that only redeliveries named (their rows were there
+        // already, naming bodies of their own) is taken out again: of the
+        // rows just added, the top `?`, those no delivery of the chunk
+        // names. Looked up by the ids, as no index is on `inbox.body`.
+        sql.push_str(&format!(
+            "DELETE FROM inbox_bodies \
+             WHERE seq > (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) - ? \
+             AND seq NOT IN (SELECT inbox.body FROM (VALUES {}) AS v \
+               JOIN inbox ON inbox.delivery_order = v.column2 AND inbox.delivery_id = v.column1 \
+               WHERE inbox.body IS NOT NULL);\n",
+            placeholders(size, 2)
         ));
     }
     for (_, size) in inbox_chunks(write.finished) {
@@ -245,8 +320,9 @@ fn inbox_transaction<'q>(
     // The parameters, in the order of the placeholders above.
     let now = to_millis(now);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (chunk, size) in inbox_chunks(write.new) {
-        for d in padded(chunk, size) {
+    for ((chunk, size), packed) in inbox_chunks(write.new).zip(packed) {
+        let places: Vec<(&NewDelivery, Place)> = chunk.iter().zip(packed.places).collect();
+        for (d, place) in padded(&places, size) {
             let at = to_millis(d.received_at);
             query = query
                 .bind(d.id.as_str())
@@ -254,13 +330,23 @@ fn inbox_transaction<'q>(
                 .bind(d.event.as_str())
                 .bind(at)
                 .bind(d.claim.as_ref().map_or(at, |c| to_millis(c.until)))
-                .bind(d.claim.as_ref().map(|c| c.owner.as_str()));
+                .bind(d.claim.as_ref().map(|c| c.owner.as_str()))
+                .bind(place.blob)
+                .bind(place.at)
+                .bind(place.len);
         }
+        let blobs = packed.blobs.len();
+        for (j, blob) in (1..).zip(packed.blobs) {
+            query = query.bind(j).bind(blob);
+        }
+        for _ in blobs..size {
+            query = query.bind(0).bind(None::<Vec<u8>>);
+        }
+        query = query.bind(blobs as i64);
         for d in padded(chunk, size) {
             query = query
                 .bind(d.id.as_str())
-                .bind(delivery_order(d.id.as_str()))
-                .bind(d.payload.as_bytes());
+                .bind(delivery_order(d.id.as_str()));
         }
     }
     for (chunk, size) in inbox_chunks(write.finished) {
@@ -289,7 +375,10 @@ fn inbox_transaction<'q>(
 /// the caller adds `WHERE …`.
 macro_rules! inbox_items {
     () => {
-        "SELECT delivery_id, event, payload, received_at, state, attempts, last_error \
+        "SELECT delivery_id, event, \
+                CASE WHEN inbox.body_len IS NULL THEN payload \
+                     ELSE substr(payload, inbox.body_at + 1, inbox.body_len) END AS payload, \
+                received_at, state, attempts, last_error \
          FROM inbox JOIN inbox_bodies ON inbox_bodies.seq = inbox.body "
     };
 }
@@ -1661,11 +1750,129 @@ mod tests {
                 assert_eq!(item.state, DeliveryState::Done, "d{n}");
             }
         }
+        // One packed row per round.
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_bodies")
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(rows, 4);
+        assert_eq!(rows, 2);
+    }
+
+    fn sized(id: &str, bytes: usize) -> NewDelivery {
+        NewDelivery {
+            id: DeliveryId::new(id),
+            event: "ping".into(),
+            payload: Payload::from_stored(vec![7; bytes]),
+            received_at: Utc::now(),
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn bodies_are_packed_in_order_into_rows_of_at_most_the_limit() {
+        let third = PACK_BYTES / 3;
+        let chunk = [
+            sized("a", third),
+            sized("b", third),
+            sized("c", third),
+            // Does not fit beside the three: a new row.
+            sized("d", third),
+            // Larger than a row: one of its own.
+            sized("e", PACK_BYTES + 1),
+            sized("f", 10),
+            // A redelivery of b: b's place, nothing packed.
+            sized("b", 99),
+        ];
+        let packed = pack(&chunk);
+        let place = |blob, at, len| Place {
+            blob,
+            at: at as i64,
+            len: len as i64,
+        };
+        assert_eq!(
+            packed.places,
+            vec![
+                place(1, 0, third),
+                place(1, third, third),
+                place(1, 2 * third, third),
+                place(2, 0, third),
+                place(3, 0, PACK_BYTES + 1),
+                place(4, 0, 10),
+                place(1, third, third),
+            ]
+        );
+        let sizes: Vec<usize> = packed.blobs.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![3 * third, third, PACK_BYTES + 1, 10]);
+        assert!(pack(&[]).blobs.is_empty());
+    }
+
+    /// Packed bodies come back each whole and alone, in a group that
+    /// fills several rows and redelivers one delivery with another body,
+    /// and a group of redeliveries only stores no row.
+    #[tokio::test]
+    async fn packed_bodies_read_back_each_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("convoy.db"))
+            .await
+            .unwrap();
+        // Random letters: LZ4 leaves them about their size, 5–15 KB.
+        let bodies: Vec<String> = (0..9)
+            .map(|n| {
+                (0..5_000 + n * 1_200)
+                    .map(|_| char::from(b'a' + fastrand::u8(..26)))
+                    .collect()
+            })
+            .collect();
+        let mut group: Vec<NewDelivery> = bodies
+            .iter()
+            .enumerate()
+            .map(|(n, body)| delivery(n, body))
+            .collect();
+        group.push(delivery(4, "{\"other\":true}"));
+        let written = store
+            .write_inbox(
+                InboxWrite {
+                    new: &group,
+                    ..InboxWrite::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written.fresh.iter().filter(|f| **f).count(), 9);
+        let rows = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM inbox_bodies")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        let packed_rows = rows().await;
+        assert!((2..9).contains(&packed_rows), "{packed_rows} rows");
+        let again = [delivery(2, "{}"), delivery(7, "{}")];
+        store
+            .write_inbox(
+                InboxWrite {
+                    new: &again,
+                    ..InboxWrite::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows().await, packed_rows, "redeliveries store nothing");
+        let ids: Vec<DeliveryId> = (0..9).map(|n| DeliveryId::new(format!("d{n}"))).collect();
+        for item in store.deliveries(&ids).await.unwrap() {
+            let n: usize = item.id.as_str()[1..].parse().unwrap();
+            assert_eq!(item.payload, bodies[n], "{}", item.id.as_str());
+        }
+        for (n, body) in bodies.iter().enumerate() {
+            let item = store
+                .delivery(&DeliveryId::new(format!("d{n}")))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&item.payload, body, "d{n}");
+        }
     }
 
     /// A database file migrated up to, not including, `version`, for tests
