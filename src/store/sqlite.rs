@@ -262,8 +262,10 @@ fn inbox_transaction<'q>(
         // A row names body MAX(seq) + j, j its body's packed row (`pack`):
         // those are inserted next, each after the last. Numbered inside
         // the write transaction, so two processes on the file cannot take
-        // the same. SQLite works an uncorrelated subquery out once per
-        // statement, so every row of one statement counts from one MAX.
+        // the same. This statement does not write `inbox_bodies`, so
+        // every row counts from the same MAX; the next one reads the
+        // table it writes, so SQLite works out all its rows (and its
+        // uncorrelated MAX, once) before inserting any, from that MAX too.
         let rows = vec![
             "(?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + ?, ?, ?)";
             size
@@ -1806,6 +1808,118 @@ mod tests {
         assert!(pack(&[]).blobs.is_empty());
     }
 
+    /// A group of three chunks: in the first, redeliveries of earlier
+    /// deliveries after the new ones, so its last packed rows hold only
+    /// their bodies and are deleted again, their numbers taken by the next
+    /// chunk; in the last, a body larger than a packed row and an id that
+    /// was new in the first. Every delivery reads back its own body, every
+    /// row names a stored body and every stored body is named.
+    #[tokio::test]
+    async fn a_group_of_several_chunks_keeps_every_body_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("convoy.db"))
+            .await
+            .unwrap();
+        let letters = |n: usize| -> String {
+            (0..n)
+                .map(|_| char::from(b'a' + fastrand::u8(..26)))
+                .collect()
+        };
+        let earlier: Vec<NewDelivery> = (0..28)
+            .map(|n| NewDelivery {
+                id: DeliveryId::new(format!("r{n}")),
+                ..delivery(0, &format!("{{\"earlier\":{n}}}"))
+            })
+            .collect();
+        store
+            .write_inbox(
+                InboxWrite {
+                    new: &earlier,
+                    ..InboxWrite::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+
+        let mut bodies: std::collections::HashMap<String, String> = earlier
+            .iter()
+            .map(|d| (d.id.as_str().to_owned(), d.payload.decompress().unwrap()))
+            .collect();
+        let mut group = Vec::new();
+        let mut fresh = Vec::new();
+        let mut add = |id: String, body: String, new: bool| {
+            if new {
+                bodies.insert(id.clone(), body.clone());
+            }
+            group.push(NewDelivery {
+                id: DeliveryId::new(id),
+                ..delivery(0, &body)
+            });
+            fresh.push(new);
+        };
+        for n in 0..100 {
+            add(format!("n{n}"), letters(3_000 + n * 37 % 7_000), true);
+        }
+        for n in 0..28 {
+            add(format!("r{n}"), letters(5_000), false);
+        }
+        for n in 100..250 {
+            let size = if n == 200 {
+                40_000
+            } else {
+                3_000 + n * 37 % 7_000
+            };
+            add(format!("n{n}"), letters(size), true);
+        }
+        add("n5".into(), letters(4_000), false);
+        for n in 250..300 {
+            add(format!("n{n}"), letters(3_000 + n * 37 % 7_000), true);
+        }
+        assert_eq!(inbox_chunks(&group).count(), 3);
+        let written = store
+            .write_inbox(
+                InboxWrite {
+                    new: &group,
+                    ..InboxWrite::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written.fresh, fresh);
+
+        let ids: Vec<DeliveryId> = bodies
+            .keys()
+            .map(|id| DeliveryId::new(id.as_str()))
+            .collect();
+        let items = store.deliveries(&ids).await.unwrap();
+        assert_eq!(items.len(), bodies.len());
+        for item in items {
+            assert!(
+                item.payload == bodies[item.id.as_str()],
+                "{} read back another body",
+                item.id.as_str()
+            );
+        }
+        let unstored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox LEFT JOIN inbox_bodies ON seq = body \
+             WHERE body IS NOT NULL AND seq IS NULL",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(unstored, 0, "rows naming a body not stored");
+        let unnamed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox_bodies \
+             WHERE seq NOT IN (SELECT body FROM inbox WHERE body IS NOT NULL)",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(unnamed, 0, "bodies no row names");
+    }
+
     /// Packed bodies come back each whole and alone, in a group that
     /// fills several rows and redelivers one delivery with another body,
     /// and a group of redeliveries only stores no row.
@@ -1861,7 +1975,9 @@ mod tests {
             .unwrap();
         assert_eq!(rows().await, packed_rows, "redeliveries store nothing");
         let ids: Vec<DeliveryId> = (0..9).map(|n| DeliveryId::new(format!("d{n}"))).collect();
-        for item in store.deliveries(&ids).await.unwrap() {
+        let items = store.deliveries(&ids).await.unwrap();
+        assert_eq!(items.len(), 9);
+        for item in items {
             let n: usize = item.id.as_str()[1..].parse().unwrap();
             assert_eq!(item.payload, bodies[n], "{}", item.id.as_str());
         }
@@ -1928,7 +2044,7 @@ mod tests {
             .await
             .unwrap();
         let bodies: Vec<(String, i64)> =
-            sqlx::query_as("SELECT delivery_id, body FROM inbox ORDER BY body")
+            sqlx::query_as("SELECT delivery_id, body FROM inbox ORDER BY body, body_at")
                 .fetch_all(&store.pool)
                 .await
                 .unwrap();
