@@ -444,45 +444,17 @@ impl Committed {
     /// if it failed or cannot be made durable, answers with the error and
     /// hands nothing over.
     async fn answer(self, wake: &Notify) {
-        let Committed {
-            result,
-            new,
-            inserts,
-            finishes,
-            claimers,
-        } = self;
-        let result = match result {
+        let result = match self.result {
             Ok((written, durable)) => durable.wait().await.map(|()| written),
             Err(e) => Err(e),
         };
         match result {
             Ok(written) => {
-                let mut woke = false;
-                for ((delivery, (handed, reply)), is_new) in
-                    new.into_iter().zip(inserts).zip(written.fresh)
-                {
-                    if let (true, Some(handed)) = (is_new, handed) {
-                        handed.permit.send(Handed {
-                            item: InboxItem {
-                                id: delivery.id,
-                                event: delivery.event,
-                                payload: handed.body,
-                                received_at: delivery.received_at,
-                                state: DeliveryState::Pending,
-                                attempts: 0,
-                                last_error: None,
-                            },
-                            claimed_at: handed.claimed_at,
-                            parsed: handed.parsed,
-                        });
-                    }
-                    woke |= is_new;
-                    let _ = reply.send(Ok(is_new));
-                }
-                for reply in finishes {
+                let woke = hand_over(self.new, self.inserts, written.fresh);
+                for reply in self.finishes {
                     let _ = reply.send(Ok(()));
                 }
-                for (reply, ids) in claimers.into_iter().zip(written.claimed) {
+                for (reply, ids) in self.claimers.into_iter().zip(written.claimed) {
                     let _ = reply.send(Ok(ids));
                 }
                 if woke {
@@ -498,13 +470,13 @@ impl Committed {
                 // after the restart SQLite recovers whatever of the log is
                 // whole, and a redelivery of the rest is new again.
                 let error = e.to_string();
-                for (_, reply) in inserts {
+                for (_, reply) in self.inserts {
                     let _ = reply.send(Err(error.clone()));
                 }
-                for reply in finishes {
+                for reply in self.finishes {
                     let _ = reply.send(Err(error.clone()));
                 }
-                for reply in claimers {
+                for reply in self.claimers {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
@@ -512,7 +484,36 @@ impl Committed {
     }
 }
 
-/// A `ping` delivery `d{n}` for tests, and its body.
+/// Answers each durable new delivery with whether it was new, and hands
+/// the new ones that had room to the worker; `true` when any was new.
+fn hand_over(
+    new: Vec<NewDelivery>,
+    inserts: Vec<(Option<Box<Reserved>>, Reply<bool>)>,
+    fresh: Vec<bool>,
+) -> bool {
+    let mut any = false;
+    for ((delivery, (handed, reply)), is_new) in new.into_iter().zip(inserts).zip(fresh) {
+        if let (true, Some(handed)) = (is_new, handed) {
+            handed.permit.send(Handed {
+                item: InboxItem {
+                    id: delivery.id,
+                    event: delivery.event,
+                    payload: handed.body,
+                    received_at: delivery.received_at,
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                },
+                claimed_at: handed.claimed_at,
+                parsed: handed.parsed,
+            });
+        }
+        any |= is_new;
+        let _ = reply.send(Ok(is_new));
+    }
+    any
+}
+
 #[cfg(test)]
 pub(crate) fn test_delivery(n: u32) -> (NewDelivery, String) {
     let body = format!("{{\"n\":{n}}}");

@@ -1657,6 +1657,30 @@ mod tests {
         }
     }
 
+    /// A store on a file of its own, in a folder dropped with the guard.
+    async fn new_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("convoy.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    /// `n` random letters: LZ4 leaves them about their size.
+    fn letters(n: usize) -> String {
+        (0..n)
+            .map(|_| char::from(b'a' + fastrand::u8(..26)))
+            .collect()
+    }
+
+    /// Rows in `inbox_bodies`.
+    async fn body_rows(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM inbox_bodies")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
     /// Without the background checkpointer the log holds everything below
     /// the writer's threshold (16 MB) and the database file does not grow.
     #[tokio::test]
@@ -1665,10 +1689,8 @@ mod tests {
         let path = dir.path().join("convoy.db");
         let store = SqliteStore::open(&path).await.unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
-        // Random letters: LZ4 leaves them about their size. 2 MB in all.
-        let body: String = (0..20_000)
-            .map(|_| char::from(b'a' + fastrand::u8(..26)))
-            .collect();
+        // 2 MB in all.
+        let body = letters(20_000);
         let batch: Vec<NewDelivery> = (0..100).map(|n| delivery(n, &body)).collect();
         store.insert_deliveries(&batch).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1702,10 +1724,7 @@ mod tests {
     /// the same shape reuses the statements without carrying anything over.
     #[tokio::test]
     async fn a_filled_group_writes_each_row_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = new_store().await;
         for round in 0..2 {
             let base = round * 10;
             let new = vec![
@@ -1713,17 +1732,8 @@ mod tests {
                 delivery(base + 2, "{}"),
                 delivery(base + 1, "{}"),
             ];
-            let written = store
-                .write_inbox(
-                    InboxWrite {
-                        new: &new,
-                        ..InboxWrite::default()
-                    },
-                    Utc::now(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(written.fresh, vec![true, true, false], "round {round}");
+            let written = store.insert_deliveries(&new).await.unwrap();
+            assert_eq!(written, vec![true, true, false], "round {round}");
             let finished: Vec<(DeliveryId, DeliveryOutcome)> = [base + 1, base + 2]
                 .iter()
                 .map(|n| (DeliveryId::new(format!("d{n}")), DeliveryOutcome::Done))
@@ -1753,11 +1763,7 @@ mod tests {
             }
         }
         // One packed row per round.
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_bodies")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(rows, 2);
+        assert_eq!(body_rows(&store).await, 2);
     }
 
     fn sized(id: &str, bytes: usize) -> NewDelivery {
@@ -1816,31 +1822,14 @@ mod tests {
     /// row names a stored body and every stored body is named.
     #[tokio::test]
     async fn a_group_of_several_chunks_keeps_every_body_and_no_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .unwrap();
-        let letters = |n: usize| -> String {
-            (0..n)
-                .map(|_| char::from(b'a' + fastrand::u8(..26)))
-                .collect()
-        };
+        let (_dir, store) = new_store().await;
         let earlier: Vec<NewDelivery> = (0..28)
             .map(|n| NewDelivery {
                 id: DeliveryId::new(format!("r{n}")),
                 ..delivery(0, &format!("{{\"earlier\":{n}}}"))
             })
             .collect();
-        store
-            .write_inbox(
-                InboxWrite {
-                    new: &earlier,
-                    ..InboxWrite::default()
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
+        store.insert_deliveries(&earlier).await.unwrap();
 
         let mut bodies: std::collections::HashMap<String, String> = earlier
             .iter()
@@ -1877,17 +1866,8 @@ mod tests {
             add(format!("n{n}"), letters(3_000 + n * 37 % 7_000), true);
         }
         assert_eq!(inbox_chunks(&group).count(), 3);
-        let written = store
-            .write_inbox(
-                InboxWrite {
-                    new: &group,
-                    ..InboxWrite::default()
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(written.fresh, fresh);
+        let written = store.insert_deliveries(&group).await.unwrap();
+        assert_eq!(written, fresh);
 
         let ids: Vec<DeliveryId> = bodies
             .keys()
@@ -1925,55 +1905,26 @@ mod tests {
     /// and a group of redeliveries only stores no row.
     #[tokio::test]
     async fn packed_bodies_read_back_each_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .unwrap();
-        // Random letters: LZ4 leaves them about their size, 5–15 KB.
-        let bodies: Vec<String> = (0..9)
-            .map(|n| {
-                (0..5_000 + n * 1_200)
-                    .map(|_| char::from(b'a' + fastrand::u8(..26)))
-                    .collect()
-            })
-            .collect();
+        let (_dir, store) = new_store().await;
+        // 5–15 KB each.
+        let bodies: Vec<String> = (0..9).map(|n| letters(5_000 + n * 1_200)).collect();
         let mut group: Vec<NewDelivery> = bodies
             .iter()
             .enumerate()
             .map(|(n, body)| delivery(n, body))
             .collect();
         group.push(delivery(4, "{\"other\":true}"));
-        let written = store
-            .write_inbox(
-                InboxWrite {
-                    new: &group,
-                    ..InboxWrite::default()
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(written.fresh.iter().filter(|f| **f).count(), 9);
-        let rows = || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM inbox_bodies")
-                .fetch_one(&store.pool)
-                .await
-                .unwrap()
-        };
-        let packed_rows = rows().await;
+        let written = store.insert_deliveries(&group).await.unwrap();
+        assert_eq!(written.iter().filter(|f| **f).count(), 9);
+        let packed_rows = body_rows(&store).await;
         assert!((2..9).contains(&packed_rows), "{packed_rows} rows");
         let again = [delivery(2, "{}"), delivery(7, "{}")];
-        store
-            .write_inbox(
-                InboxWrite {
-                    new: &again,
-                    ..InboxWrite::default()
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(rows().await, packed_rows, "redeliveries store nothing");
+        store.insert_deliveries(&again).await.unwrap();
+        assert_eq!(
+            body_rows(&store).await,
+            packed_rows,
+            "redeliveries store nothing"
+        );
         let ids: Vec<DeliveryId> = (0..9).map(|n| DeliveryId::new(format!("d{n}"))).collect();
         let items = store.deliveries(&ids).await.unwrap();
         assert_eq!(items.len(), 9);
@@ -2134,10 +2085,7 @@ mod tests {
     /// connection's other transactions sync as they commit again.
     #[tokio::test]
     async fn an_inbox_write_is_durable_after_the_log_sync_that_follows_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = new_store().await;
         // Twice: the second time the transaction's statements come from
         // the connection's cache.
         for n in [1, 2] {
@@ -2175,10 +2123,7 @@ mod tests {
     /// is not ready (`/readyz`), until convoy restarts.
     #[tokio::test]
     async fn a_failed_log_sync_fails_the_inbox_and_readiness() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("convoy.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = new_store().await;
         store.log.fail_syncs();
         let error = store
             .insert_deliveries(&[delivery(1, "{}")])
