@@ -192,6 +192,13 @@ impl Store for Counting {
     async fn unfinished_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
         self.inner.unfinished_rollouts().await
     }
+    async fn unfinished_deploys(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> StoreResult<Vec<RolloutSummary>> {
+        self.inner.unfinished_deploys(repo, branch).await
+    }
     async fn last_succeeded_commit(
         &self,
         repo: &RepoName,

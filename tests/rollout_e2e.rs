@@ -479,3 +479,69 @@ async fn a_freeze_written_by_another_process_reaches_running_rollouts() {
     assert_eq!(done.state, "succeeded");
     running.stop().await;
 }
+
+/// Two merges on one branch, the second while the first still runs: with
+/// `concurrency` (default `queue`) the second waits its turn and starts
+/// when the first ends; with `supersede` the first is superseded and the
+/// second runs. Returns the two rollouts' ends and the fleet.
+async fn second_merge_while_the_first_runs(policy: &str) -> (String, String, Fleet) {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(4).await;
+    for (name, _) in &envs {
+        // Each step takes a while to turn healthy: the first rollout is
+        // still running when the second merge arrives.
+        fleet.update_knobs(name, |k| k.healthy_after = Duration::from_millis(400));
+    }
+    let spec = fleet_spec(&envs, policy, "");
+    let first = git.commit(&[("convoy.yml", &spec)], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let one = rollout_of(&running, &first).await;
+    wait_state(&running, &one.id, &["running"], 30).await;
+
+    let second = git.commit(&[("services/api/main.rs", "fn main() {}")], "second");
+    deliver(&running, "pull_request", "pr-2", &merged_pr(2, &second)).await;
+    let two = rollout_of(&running, &second).await;
+    let one_end;
+    if policy.contains("supersede") {
+        one_end = wait_state(
+            &running,
+            &one.id,
+            &["superseded", "succeeded", "failed"],
+            30,
+        )
+        .await
+        .state;
+    } else {
+        let waiting = wait_state(&running, &two.id, &["queued", "running", "succeeded"], 30).await;
+        assert_eq!(waiting.state, "queued", "the second waits for the first");
+        let first_state = running.store.rollout(&one.id).await.unwrap().unwrap().state;
+        assert_eq!(first_state, "running", "…while the first runs");
+        one_end = wait_state(&running, &one.id, &["succeeded", "failed", "halted"], 60)
+            .await
+            .state;
+    }
+    let two_end = wait_state(&running, &two.id, &["succeeded", "failed", "halted"], 60)
+        .await
+        .state;
+    running.stop().await;
+    (one_end, two_end, fleet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_merge_queues_behind_the_branch_s_running_rollout() {
+    let (one, two, fleet) = second_merge_while_the_first_runs("").await;
+    assert_eq!((one.as_str(), two.as_str()), ("succeeded", "succeeded"));
+    // Each rollout's deploys came after the other's, never between them.
+    let deploys = fleet.deploys();
+    let versions: Vec<&str> = deploys.iter().map(|d| d.version.as_str()).collect();
+    let switched = versions.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(switched, 1, "one rollout after the other: {versions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_merge_supersedes_the_running_rollout_when_the_policy_says_so() {
+    let (one, two, _fleet) = second_merge_while_the_first_runs("  concurrency: supersede\n").await;
+    assert_eq!((one.as_str(), two.as_str()), ("superseded", "succeeded"));
+}

@@ -560,3 +560,114 @@ async fn both_stores_answer_alike() {
         assert_eq!(x, y, "answer {n} differs between SQLite and PostgreSQL");
     }
 }
+
+/// Admission's question, asked of both stores: the branch's unfinished
+/// deploy rollouts, oldest first, whatever else is stored.
+async fn branch_queue(store: &dyn Store) -> Vec<(String, String)> {
+    let at = |s: i64| {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + s * 1000)
+            .unwrap()
+    };
+    let rows: [(&str, &str, &str, RolloutKind, &str, i64); 8] = [
+        (
+            "r-queued-later",
+            "acme/app",
+            "main",
+            RolloutKind::Deploy,
+            "queued",
+            5,
+        ),
+        (
+            "r-running",
+            "acme/app",
+            "main",
+            RolloutKind::Deploy,
+            "running",
+            2,
+        ),
+        (
+            "r-queued",
+            "acme/app",
+            "main",
+            RolloutKind::Deploy,
+            "queued",
+            3,
+        ),
+        (
+            "r-done",
+            "acme/app",
+            "main",
+            RolloutKind::Deploy,
+            "succeeded",
+            1,
+        ),
+        (
+            "r-halted",
+            "acme/app",
+            "main",
+            RolloutKind::Deploy,
+            "halted",
+            4,
+        ),
+        (
+            "r-rollback",
+            "acme/app",
+            "main",
+            RolloutKind::Rollback,
+            "running",
+            2,
+        ),
+        (
+            "r-other-branch",
+            "acme/app",
+            "release",
+            RolloutKind::Deploy,
+            "running",
+            2,
+        ),
+        (
+            "r-other-repo",
+            "acme/web",
+            "main",
+            RolloutKind::Deploy,
+            "running",
+            2,
+        ),
+    ];
+    for (n, (id, repo, branch, kind, state, second)) in rows.into_iter().enumerate() {
+        let mut r = record(id, &format!("{n:040x}"), kind);
+        r.repo = RepoName::new(repo);
+        r.branch = BranchName::new(branch);
+        r.state = state.into();
+        r.created_at = at(second);
+        r.updated_at = at(second);
+        assert_eq!(store.create_rollout(&r).await.unwrap(), Created::New);
+    }
+    store
+        .unfinished_deploys(&RepoName::new("acme/app"), &BranchName::new("main"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id.to_string(), s.state))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = convoy::store::SqliteStore::open(&dir.path().join("convoy.db"))
+        .await
+        .unwrap();
+    let postgres = postgres::fresh_store().await.expect("test PostgreSQL");
+    let expected: Vec<(String, String)> = [
+        ("r-running", "running"),
+        ("r-queued", "queued"),
+        ("r-halted", "halted"),
+        ("r-queued-later", "queued"),
+    ]
+    .iter()
+    .map(|(id, state)| (id.to_string(), state.to_string()))
+    .collect();
+    assert_eq!(branch_queue(&sqlite).await, expected, "SQLite");
+    assert_eq!(branch_queue(&postgres).await, expected, "PostgreSQL");
+}

@@ -23,7 +23,7 @@ use crate::engine::{
 use crate::plan::model::{EnvTarget, StepKey};
 use crate::store::{
     AttemptRecord, Created, Freeze, LEASE_BRANCH, LEASE_ROLLOUT, RolloutKind, RolloutRecord,
-    RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
+    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
 };
 
 use super::leases::{HeldLease, Replica, branch_key};
@@ -438,7 +438,7 @@ impl RolloutRuntime {
             return Ok(created);
         }
         let others = self.branch_rollouts(&record.repo, &record.branch).await?;
-        let others: Vec<&RolloutRecord> = others.iter().filter(|r| r.id != record.id).collect();
+        let others: Vec<&RolloutSummary> = others.iter().filter(|r| r.id != record.id).collect();
         let active = others
             .iter()
             .any(|r| r.state != RolloutState::Queued.as_str());
@@ -450,7 +450,7 @@ impl RolloutRuntime {
             }
             engine::Admission::SupersedeActive => {
                 for other in &others {
-                    self.supersede(other, &record.id).await?;
+                    self.supersede(&other.id, &record.id).await?;
                 }
                 // Starts when the superseded ones have ended (`Finished`).
                 if !self.branch_has_active(&record.repo, &record.branch).await? {
@@ -462,10 +462,10 @@ impl RolloutRuntime {
         Ok(created)
     }
 
-    async fn supersede(&self, other: &RolloutRecord, by: &RolloutId) -> Result<(), RuntimeError> {
+    async fn supersede(&self, other: &RolloutId, by: &RolloutId) -> Result<(), RuntimeError> {
         let event = Event::Superseded { by: by.to_string() };
         // Called while admitting: the branch is ours already.
-        self.deliver(&other.id, RemoteInput::Event(event), false, true)
+        self.deliver(other, RemoteInput::Event(event), false, true)
             .await
     }
 
@@ -699,19 +699,14 @@ impl RolloutRuntime {
         Ok(())
     }
 
+    /// The branch's unfinished deploy rollouts, oldest first, by their
+    /// headers: only the one that starts is read whole.
     async fn branch_rollouts(
         &self,
         repo: &RepoName,
         branch: &BranchName,
-    ) -> Result<Vec<RolloutRecord>, RuntimeError> {
-        Ok(self
-            .inner
-            .store
-            .unfinished_rollouts()
-            .await?
-            .into_iter()
-            .filter(|r| &r.repo == repo && &r.branch == branch && r.kind == RolloutKind::Deploy)
-            .collect())
+    ) -> Result<Vec<RolloutSummary>, RuntimeError> {
+        Ok(self.inner.store.unfinished_deploys(repo, branch).await?)
     }
 
     async fn branch_has_active(
@@ -746,9 +741,17 @@ impl RolloutRuntime {
         {
             return Ok(());
         }
-        if let Some(next) = rollouts.first() {
-            let rollout = decode(next)?;
-            self.start_rollout(Meta::of(next), rollout).await;
+        let Some(next) = rollouts.first() else {
+            return Ok(());
+        };
+        // Gone or finished since the list was read (another replica): the
+        // next admission or end on the branch starts whatever is queued.
+        let Some(next) = self.inner.store.rollout(&next.id).await? else {
+            return Ok(());
+        };
+        if next.state == RolloutState::Queued.as_str() {
+            let rollout = decode(&next)?;
+            self.start_rollout(Meta::of(&next), rollout).await;
         }
         Ok(())
     }

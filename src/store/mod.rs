@@ -402,6 +402,16 @@ pub trait Store: Send + Sync + 'static {
     /// Rollouts in a state that is not terminal, oldest first.
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>>;
 
+    /// The unfinished deploy rollouts of a branch, oldest first, without
+    /// their documents: admission asks on every merge and whenever a
+    /// rollout ends, and needs only their states, while a
+    /// 10,000-environment rollout's document is megabytes.
+    async fn unfinished_deploys(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Vec<RolloutSummary>>;
+
     /// The commit of the newest succeeded deploy rollout on the branch.
     async fn last_succeeded_commit(
         &self,

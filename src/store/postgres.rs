@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -785,6 +785,23 @@ impl Store for PostgresStore {
         )
         .bind(repo.map(|r| r.as_str()))
         .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::summary).collect()
+    }
+
+    async fn unfinished_deploys(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
+             FROM rollouts WHERE repo = $1 AND branch = $2 AND {DEPLOY} \
+             AND state NOT IN {TERMINAL} ORDER BY created_at, id COLLATE \"C\""
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::summary).collect()

@@ -74,6 +74,9 @@ pub(crate) const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous
 /// SPEC 8's terminal rollout states, as SQL.
 pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
+/// A deploy rollout, as SQL: any kind `RolloutKind::parse` reads as one.
+pub(crate) const DEPLOY: &str = "kind NOT IN ('rollback', 'resync')";
+
 /// The row as stored: its `document` is only the header. Callers want the
 /// record made whole by [`Parts::complete`].
 pub(crate) fn rollout_record(row: &impl Columns) -> Result<RolloutRecord> {

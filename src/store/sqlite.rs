@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use super::checkpoint::{Checkpointer, WRITER_PAGES};
 use super::delivery_order::delivery_order;
 use super::log_sync::LogSyncer;
-use super::rows::{self, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
 use super::{
     AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, Durable,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -1041,6 +1041,23 @@ impl Store for SqliteStore {
         .bind(repo.map(|r| r.as_str()))
         .bind(repo.map(|r| r.as_str()))
         .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::summary).collect()
+    }
+
+    async fn unfinished_deploys(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
+             FROM rollouts WHERE repo = ? AND branch = ? AND {DEPLOY} \
+             AND state NOT IN {TERMINAL} ORDER BY created_at, id"
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::summary).collect()
