@@ -33,7 +33,7 @@ fn delivery(n: usize) -> NewDelivery {
     NewDelivery {
         id: DeliveryId::new(format!("d-{n}")),
         event: "push".into(),
-        payload: Payload::compress(&format!("{{\"n\":{n}}}")),
+        payload: Payload::compress(format!("{{\"n\":{n}}}")),
         received_at: Utc
             .timestamp_millis_opt(1_700_000_000_000 + n as i64)
             .unwrap(),

@@ -58,11 +58,35 @@ pub const HANDOFF: usize = 2048;
 /// `claimed_at` (the claim in the database runs a lease from then).
 #[derive(Debug)]
 pub struct Handed {
+    /// Its `payload` is the body only when `parsed` is `None`: a body the
+    /// intake parsed is not kept (the database has it compressed), so the
+    /// worker, which parses only when `parsed` is `None`, never misses it.
     pub item: InboxItem,
     pub claimed_at: Instant,
     /// The event as the intake parsed it, when it did: the worker need
     /// not parse the body again.
     pub parsed: Option<Parsed>,
+}
+
+/// What a delivery brings the worker when it is handed over in memory.
+#[derive(Debug)]
+pub enum Handover {
+    /// The body, for the worker to parse.
+    Body(String),
+    /// The event the intake parsed from the body; the body itself is not
+    /// kept: 25 KB less held per delivery until the worker takes it, and
+    /// no copy of it made.
+    Parsed(Parsed),
+}
+
+impl Handover {
+    /// The item's payload and the parsed event, as [`Handed`] holds them.
+    fn into_parts(self) -> (String, Option<Parsed>) {
+        match self {
+            Handover::Body(body) => (body, None),
+            Handover::Parsed(parsed) => (String::new(), Some(parsed)),
+        }
+    }
 }
 
 /// The intake's end of the handoff.
@@ -141,19 +165,13 @@ pub fn handoff(replica: Replica, capacity: usize) -> (HandoffSender, HandoffRece
 struct Reserved {
     permit: OwnedPermit<Handed>,
     claimed_at: Instant,
-    body: String,
-    parsed: Option<Parsed>,
+    handover: Handover,
 }
 
 impl HandoffSender {
     /// Claims `delivery` for this replica when the worker has room and no
     /// backlog in the database.
-    fn reserve(
-        &self,
-        delivery: &mut NewDelivery,
-        body: String,
-        parsed: Option<Parsed>,
-    ) -> Option<Box<Reserved>> {
+    fn reserve(&self, delivery: &mut NewDelivery, handover: Handover) -> Option<Box<Reserved>> {
         if self.backlog.on.load(Ordering::Acquire) {
             self.backlog.send_to_database();
             return None;
@@ -171,8 +189,7 @@ impl HandoffSender {
                 Some(Box::new(Reserved {
                     permit,
                     claimed_at,
-                    body,
-                    parsed,
+                    handover,
                 }))
             }
             Err(_) => {
@@ -311,20 +328,18 @@ impl InboxWriter {
         InboxWriter { tx, handoff }
     }
 
-    /// Stores the delivery (`body` is its uncompressed payload, `parsed`
-    /// what `events::parse` made of it, if known); `Ok(true)` when new,
-    /// `Ok(false)` when its id was seen before. Returns only once the
-    /// delivery is committed.
+    /// Stores the delivery (`handover` is what the worker gets if it is
+    /// handed over in memory); `Ok(true)` when new, `Ok(false)` when its id
+    /// was seen before. Returns only once the delivery is committed.
     pub async fn write(
         &self,
         mut delivery: NewDelivery,
-        body: String,
-        parsed: Option<Parsed>,
+        handover: Handover,
     ) -> Result<bool, IntakeError> {
         let handed = self
             .handoff
             .as_ref()
-            .and_then(|h| h.reserve(&mut delivery, body, parsed));
+            .and_then(|h| h.reserve(&mut delivery, handover));
         self.ask(|reply| Op::Insert {
             delivery,
             handed,
@@ -494,18 +509,19 @@ fn hand_over(
     let mut any = false;
     for ((delivery, (handed, reply)), is_new) in new.into_iter().zip(inserts).zip(fresh) {
         if let (true, Some(handed)) = (is_new, handed) {
+            let (payload, parsed) = handed.handover.into_parts();
             handed.permit.send(Handed {
                 item: InboxItem {
                     id: delivery.id,
                     event: delivery.event,
-                    payload: handed.body,
+                    payload,
                     received_at: delivery.received_at,
                     state: DeliveryState::Pending,
                     attempts: 0,
                     last_error: None,
                 },
                 claimed_at: handed.claimed_at,
-                parsed: handed.parsed,
+                parsed,
             });
         }
         any |= is_new;
@@ -573,7 +589,7 @@ mod tests {
             let writer = writer.clone();
             tokio::spawn(async move {
                 let (new, body) = delivery(n);
-                writer.write(new, body, None).await
+                writer.write(new, Handover::Body(body)).await
             })
         };
         let visible = |n: u32| {
@@ -621,21 +637,21 @@ mod tests {
         for n in 1..=3 {
             let (new, body) = delivery(n);
             let parsed = crate::webhook::events::parse("ping", body.as_bytes());
-            assert!(writer.write(new, body, Some(parsed)).await.unwrap());
+            assert!(writer.write(new, Handover::Parsed(parsed)).await.unwrap());
         }
         assert!(handed.backlog(), "the third found no room");
         let taken = handed.take(10).await;
         let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, vec!["d1", "d2"]);
-        assert_eq!(taken[0].item.payload, "{\"n\":1}", "the body, from memory");
         assert!(
             matches!(taken[0].parsed, Some(Ok(Some(_)))),
             "the event as the intake parsed it"
         );
+        assert_eq!(taken[0].item.payload, "", "a parsed body is not kept");
         // While the backlog lasts, new deliveries wait in the database too
         // (behind the older ones), though there is room again.
         let (new, body) = delivery(4);
-        assert!(writer.write(new, body, None).await.unwrap());
+        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
         assert!(handed.take(10).await.is_empty());
         assert_eq!(
             claimable(store.as_ref()).await,
@@ -649,8 +665,11 @@ mod tests {
         assert!(!handed.backlog());
         assert!(handed.database_first());
         let (new, body) = delivery(5);
-        assert!(writer.write(new, body, None).await.unwrap());
-        assert_eq!(handed.take(10).await.len(), 1, "handed again");
+        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
+        let taken = handed.take(10).await;
+        assert_eq!(taken.len(), 1, "handed again");
+        assert_eq!(taken[0].item.payload, "{\"n\":5}", "the body, from memory");
+        assert!(taken[0].parsed.is_none(), "for the worker to parse");
         assert!(claimable(store.as_ref()).await.is_empty());
         // Nothing was on its way to the database when this claim began.
         handed.after_claim(handed.before_claim(), true);
@@ -666,7 +685,7 @@ mod tests {
         let mut kept = Vec::new();
         for n in 1..=2 {
             let (mut new, body) = delivery(n);
-            let reserved = tx.reserve(&mut new, body, None);
+            let reserved = tx.reserve(&mut new, Handover::Body(body));
             assert_eq!(reserved.is_some(), n == 1, "room for one");
             kept.push(reserved);
         }
@@ -691,8 +710,13 @@ mod tests {
     async fn a_redelivery_is_neither_stored_nor_handed_over_again() {
         let (_dir, _store, writer, handed) = writer(8).await;
         let (new, body) = delivery(1);
-        assert!(writer.write(new.clone(), body.clone(), None).await.unwrap());
-        assert!(!writer.write(new, body, None).await.unwrap());
+        assert!(
+            writer
+                .write(new.clone(), Handover::Body(body.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!writer.write(new, Handover::Body(body)).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1);
     }
 
@@ -701,7 +725,7 @@ mod tests {
         let (_dir, store, writer, handed) = writer(1).await;
         for n in 1..=2 {
             let (new, body) = delivery(n);
-            writer.write(new, body, None).await.unwrap();
+            writer.write(new, Handover::Body(body)).await.unwrap();
         }
         let now = Utc::now();
         let ids = writer

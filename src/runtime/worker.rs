@@ -569,7 +569,7 @@ pub fn claim_still_ours(
 mod tests {
     use std::sync::Mutex;
 
-    use crate::runtime::intake::{handoff, test_delivery};
+    use crate::runtime::intake::{Handover, handoff, test_delivery};
     use crate::store::SqliteStore;
 
     #[test]
@@ -694,8 +694,8 @@ mod tests {
             seen,
             _dir,
         } = with_intake(8).await;
-        let (new, body) = test_delivery(1);
-        assert!(writer.write(new, body, Some(Ok(None))).await.unwrap());
+        let (new, _body) = test_delivery(1);
+        assert!(writer.write(new, Handover::Parsed(Ok(None))).await.unwrap());
         assert!(worker.round().await.unwrap());
         assert!(seen.0.lock().unwrap().is_empty());
         let item = store
@@ -722,7 +722,7 @@ mod tests {
         // d1 handed over; the handoff is then full: d2, d3 to the database.
         for n in 1..=3 {
             let (new, body) = test_delivery(n);
-            assert!(writer.write(new, body, None).await.unwrap());
+            assert!(writer.write(new, Handover::Body(body)).await.unwrap());
         }
         assert!(worker.round().await.unwrap(), "d1, from memory");
         assert!(
@@ -734,7 +734,7 @@ mod tests {
         let (late, _) = test_delivery(5);
         store.insert_deliveries(&[late]).await.unwrap();
         let (new, body) = test_delivery(4);
-        assert!(writer.write(new, body, None).await.unwrap());
+        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
         while worker.round().await.unwrap() {}
         assert_eq!(*seen.0.lock().unwrap(), ["d1", "d2", "d3", "d5", "d4"]);
     }

@@ -119,11 +119,11 @@ impl Payload {
     /// out at its size: allocating LZ4's worst case (a little more than the
     /// body) for every delivery, and keeping it until the commit, was a
     /// good part of the intake's time in the allocator.
-    pub fn compress(body: &str) -> Payload {
+    pub fn compress(body: impl AsRef<[u8]>) -> Payload {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let input = body.as_bytes();
+        let input = body.as_ref();
         let Ok(length) = u32::try_from(input.len()) else {
             return Payload(lz4_flex::compress_prepend_size(input));
         };

@@ -2050,7 +2050,7 @@ mod tests {
         for (seq, id) in ids.iter().enumerate() {
             sqlx::query("INSERT INTO inbox_bodies (seq, payload) VALUES (?, ?)")
                 .bind(seq as i64 + 1)
-                .bind(Payload::compress(&format!("{{\"n\":{seq}}}")).as_bytes())
+                .bind(Payload::compress(format!("{{\"n\":{seq}}}")).as_bytes())
                 .execute(&pool)
                 .await
                 .unwrap();

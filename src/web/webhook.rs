@@ -2,7 +2,7 @@
 //! and JSON; the handler only stores and acknowledges. No work happens while
 //! GitHub waits.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::domain::DeliveryId;
+use crate::runtime::intake::Handover;
 use crate::store::{NewDelivery, Payload};
 use crate::webhook::events::{self, Parsed};
 use crate::webhook::signature;
@@ -18,11 +19,13 @@ use crate::webhook::signature;
 /// GitHub caps payloads at 25 MB; anything larger is not from GitHub.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
-/// A delivery whose signature, headers and JSON have been checked.
+/// A delivery whose signature, headers and JSON have been checked. The
+/// body itself is not kept: what is stored is its compressed copy, and
+/// what the worker gets is the event parsed from it.
 pub struct VerifiedDelivery {
     pub id: DeliveryId,
     pub event: String,
-    pub body: String,
+    pub payload: Payload,
     /// The body as the worker will want it.
     pub parsed: Parsed,
 }
@@ -47,11 +50,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The most of a body's announced length allocated before it arrives.
 const PRESIZE: usize = 64 * 1024;
 
-/// The body in one buffer, sized by `Content-Length` (up to [`PRESIZE`];
-/// a larger body grows it) and filled straight from the connection's
-/// chunks: the stored body is this buffer, not a copy of a joined copy.
-/// Refused over [`MAX_BODY`] whatever the header says.
-async fn read_body(mut body: Body, headers: &HeaderMap) -> Result<Vec<u8>, Rejection> {
+/// The body in one buffer. A body that arrives in one chunk (a webhook
+/// usually does) is that chunk, the connection's own buffer, not a copy;
+/// one in several chunks is joined into a buffer sized by
+/// `Content-Length` (up to [`PRESIZE`]; a larger body grows it). Refused
+/// over [`MAX_BODY`] whatever the header says.
+async fn read_body(mut body: Body, headers: &HeaderMap) -> Result<Bytes, Rejection> {
     use http_body_util::BodyExt;
     let too_large = || Rejection(StatusCode::PAYLOAD_TOO_LARGE, "payload larger than 25 MiB");
     let expected = header(headers, "content-length")
@@ -62,18 +66,29 @@ async fn read_body(mut body: Body, headers: &HeaderMap) -> Result<Vec<u8>, Rejec
     }
     // The header is the sender's word, read before the signature is
     // checked: it sizes the buffer only up to what a webhook usually is.
-    let mut buf = Vec::with_capacity(expected.min(PRESIZE));
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|_| Rejection(StatusCode::BAD_REQUEST, "the body could not be read"))?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > MAX_BODY {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(data);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if let Some(chunk) = first.take() {
+            joined.reserve(expected.min(PRESIZE).max(chunk.len()));
+            joined.extend_from_slice(&chunk);
+        }
+        let so_far = joined.len();
+        if so_far + data.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        if so_far == 0 {
+            first = Some(data);
+        } else {
+            joined.extend_from_slice(&data);
         }
     }
-    Ok(buf)
+    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
 impl FromRequest<AppState> for VerifiedDelivery {
@@ -112,12 +127,13 @@ impl FromRequest<AppState> for VerifiedDelivery {
         // not read 25 KB of JSON a second time.
         let parsed = events::parse_received(event, &bytes)
             .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid JSON"))?;
-        let body = String::from_utf8(bytes)
+        // The typed parse checks only the strings it reads.
+        std::str::from_utf8(&bytes)
             .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid UTF-8"))?;
         Ok(VerifiedDelivery {
             id: DeliveryId::new(id),
             event: event.to_owned(),
-            body,
+            payload: Payload::compress(&bytes),
             parsed,
         })
     }
@@ -149,12 +165,11 @@ pub async fn receive(
                 NewDelivery {
                     id: delivery.id,
                     event: delivery.event,
-                    payload: Payload::compress(&delivery.body),
+                    payload: delivery.payload,
                     received_at: Utc::now(),
                     claim: None,
                 },
-                delivery.body,
-                Some(delivery.parsed),
+                Handover::Parsed(delivery.parsed),
             )
             .await;
         match stored {
@@ -196,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_is_read_whole_and_the_limit_holds_whatever_the_length_header_says() {
-        let body = b"{\"zen\":\"hi\"}".to_vec();
+        let body = Bytes::from_static(b"{\"zen\":\"hi\"}");
         let read = read_body(Body::from(body.clone()), &length(body.len())).await;
         assert_eq!(read.ok(), Some(body.clone()));
         // No length, or a wrong one: the bytes that arrive count.
@@ -214,6 +229,49 @@ mod tests {
         let Err(Rejection(status, _)) = read_body(Body::empty(), &length(MAX_BODY + 1)).await
         else {
             panic!("an announced 25 MiB + 1 was read");
+        };
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// A body that arrives as these chunks, one frame each.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl axum::body::HttpBody for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    fn chunked(parts: &[&[u8]]) -> Body {
+        Body::new(Chunks(
+            parts.iter().map(|p| Bytes::copy_from_slice(p)).collect(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_chunks_is_joined_in_order() {
+        let read = read_body(chunked(&[b"{\"zen\"", b"", b":\"hi\"", b"}"]), &length(12)).await;
+        assert_eq!(read.ok().as_deref(), Some(&b"{\"zen\":\"hi\"}"[..]));
+        // An empty first chunk, and chunks larger than the buffer's
+        // first size, whatever the length header says.
+        let big = vec![b'x'; PRESIZE + 10];
+        for headers in [HeaderMap::new(), length(3), length(2 * PRESIZE + 20)] {
+            let read = read_body(chunked(&[b"", &big, &big]), &headers).await;
+            let read = read.ok().expect("read");
+            assert_eq!(read.len(), 2 * big.len());
+            assert!(read.iter().all(|&b| b == b'x'));
+        }
+        // Over the limit across chunks: refused.
+        let half = vec![b' '; MAX_BODY / 2 + 1];
+        let Err(Rejection(status, _)) = read_body(chunked(&[&half, &half]), &length(10)).await
+        else {
+            panic!("over the limit was read");
         };
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
