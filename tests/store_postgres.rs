@@ -535,13 +535,20 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn both_stores_answer_alike() {
+/// A fresh SQLite store (its folder lives as long as the guard) and a
+/// fresh PostgreSQL one, to ask both the same.
+async fn both_stores() -> (tempfile::TempDir, convoy::store::SqliteStore, PostgresStore) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = convoy::store::SqliteStore::open(&dir.path().join("convoy.db"))
         .await
         .unwrap();
     let postgres = postgres::fresh_store().await.expect("test PostgreSQL");
+    (dir, sqlite, postgres)
+}
+
+#[tokio::test]
+async fn both_stores_answer_alike() {
+    let (_dir, sqlite, postgres) = both_stores().await;
     let a = side_tables(&sqlite).await;
     let b = side_tables(&postgres).await;
     // What the answers must be, not only that they agree.
@@ -654,11 +661,7 @@ async fn branch_queue(store: &dyn Store) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = convoy::store::SqliteStore::open(&dir.path().join("convoy.db"))
-        .await
-        .unwrap();
-    let postgres = postgres::fresh_store().await.expect("test PostgreSQL");
+    let (_dir, sqlite, postgres) = both_stores().await;
     let expected: Vec<(String, String)> = [
         ("r-running", "running"),
         ("r-queued", "queued"),

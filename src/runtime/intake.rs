@@ -58,35 +58,13 @@ pub const HANDOFF: usize = 2048;
 /// `claimed_at` (the claim in the database runs a lease from then).
 #[derive(Debug)]
 pub struct Handed {
-    /// Its `payload` is the body only when `parsed` is `None`: a body the
-    /// intake parsed is not kept (the database has it compressed), so the
-    /// worker, which parses only when `parsed` is `None`, never misses it.
+    /// Its `payload` is empty: the intake keeps no body it has parsed
+    /// (the database has it compressed); the worker acts on `parsed`.
     pub item: InboxItem,
     pub claimed_at: Instant,
-    /// The event as the intake parsed it, when it did: the worker need
-    /// not parse the body again.
-    pub parsed: Option<Parsed>,
-}
-
-/// What a delivery brings the worker when it is handed over in memory.
-#[derive(Debug)]
-pub enum Handover {
-    /// The body, for the worker to parse.
-    Body(String),
-    /// The event the intake parsed from the body; the body itself is not
-    /// kept: 25 KB less held per delivery until the worker takes it, and
-    /// no copy of it made.
-    Parsed(Parsed),
-}
-
-impl Handover {
-    /// The item's payload and the parsed event, as [`Handed`] holds them.
-    fn into_parts(self) -> (String, Option<Parsed>) {
-        match self {
-            Handover::Body(body) => (body, None),
-            Handover::Parsed(parsed) => (String::new(), Some(parsed)),
-        }
-    }
+    /// The event as the intake parsed it: the worker does not read the
+    /// body again.
+    pub parsed: Parsed,
 }
 
 /// The intake's end of the handoff.
@@ -165,13 +143,13 @@ pub fn handoff(replica: Replica, capacity: usize) -> (HandoffSender, HandoffRece
 struct Reserved {
     permit: OwnedPermit<Handed>,
     claimed_at: Instant,
-    handover: Handover,
+    parsed: Parsed,
 }
 
 impl HandoffSender {
     /// Claims `delivery` for this replica when the worker has room and no
     /// backlog in the database.
-    fn reserve(&self, delivery: &mut NewDelivery, handover: Handover) -> Option<Box<Reserved>> {
+    fn reserve(&self, delivery: &mut NewDelivery, parsed: Parsed) -> Option<Box<Reserved>> {
         if self.backlog.on.load(Ordering::Acquire) {
             self.backlog.send_to_database();
             return None;
@@ -189,7 +167,7 @@ impl HandoffSender {
                 Some(Box::new(Reserved {
                     permit,
                     claimed_at,
-                    handover,
+                    parsed,
                 }))
             }
             Err(_) => {
@@ -328,18 +306,19 @@ impl InboxWriter {
         InboxWriter { tx, handoff }
     }
 
-    /// Stores the delivery (`handover` is what the worker gets if it is
-    /// handed over in memory); `Ok(true)` when new, `Ok(false)` when its id
-    /// was seen before. Returns only once the delivery is committed.
+    /// Stores the delivery (`parsed` is what `events::parse` made of its
+    /// body, which the worker gets if it is handed over in memory);
+    /// `Ok(true)` when new, `Ok(false)` when its id was seen before.
+    /// Returns only once the delivery is committed.
     pub async fn write(
         &self,
         mut delivery: NewDelivery,
-        handover: Handover,
+        parsed: Parsed,
     ) -> Result<bool, IntakeError> {
         let handed = self
             .handoff
             .as_ref()
-            .and_then(|h| h.reserve(&mut delivery, handover));
+            .and_then(|h| h.reserve(&mut delivery, parsed));
         self.ask(|reply| Op::Insert {
             delivery,
             handed,
@@ -509,19 +488,18 @@ fn hand_over(
     let mut any = false;
     for ((delivery, (handed, reply)), is_new) in new.into_iter().zip(inserts).zip(fresh) {
         if let (true, Some(handed)) = (is_new, handed) {
-            let (payload, parsed) = handed.handover.into_parts();
             handed.permit.send(Handed {
                 item: InboxItem {
                     id: delivery.id,
                     event: delivery.event,
-                    payload,
+                    payload: String::new(),
                     received_at: delivery.received_at,
                     state: DeliveryState::Pending,
                     attempts: 0,
                     last_error: None,
                 },
                 claimed_at: handed.claimed_at,
-                parsed,
+                parsed: handed.parsed,
             });
         }
         any |= is_new;
@@ -531,7 +509,7 @@ fn hand_over(
 }
 
 #[cfg(test)]
-pub(crate) fn test_delivery(n: u32) -> (NewDelivery, String) {
+pub(crate) fn test_delivery(n: u32) -> (NewDelivery, Parsed) {
     let body = format!("{{\"n\":{n}}}");
     let new = NewDelivery {
         id: DeliveryId::new(format!("d{n}")),
@@ -540,7 +518,7 @@ pub(crate) fn test_delivery(n: u32) -> (NewDelivery, String) {
         received_at: Utc::now(),
         claim: None,
     };
-    (new, body)
+    (new, crate::webhook::events::parse("ping", body.as_bytes()))
 }
 
 #[cfg(test)]
@@ -588,8 +566,8 @@ mod tests {
         let send = |n: u32| {
             let writer = writer.clone();
             tokio::spawn(async move {
-                let (new, body) = delivery(n);
-                writer.write(new, Handover::Body(body)).await
+                let (new, parsed) = delivery(n);
+                writer.write(new, parsed).await
             })
         };
         let visible = |n: u32| {
@@ -635,23 +613,22 @@ mod tests {
     async fn deliveries_with_room_are_handed_over_claimed_and_the_rest_wait_in_the_database() {
         let (_dir, store, writer, handed) = writer(2).await;
         for n in 1..=3 {
-            let (new, body) = delivery(n);
-            let parsed = crate::webhook::events::parse("ping", body.as_bytes());
-            assert!(writer.write(new, Handover::Parsed(parsed)).await.unwrap());
+            let (new, parsed) = delivery(n);
+            assert!(writer.write(new, parsed).await.unwrap());
         }
         assert!(handed.backlog(), "the third found no room");
         let taken = handed.take(10).await;
         let ids: Vec<&str> = taken.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, vec!["d1", "d2"]);
         assert!(
-            matches!(taken[0].parsed, Some(Ok(Some(_)))),
+            matches!(taken[0].parsed, Ok(Some(_))),
             "the event as the intake parsed it"
         );
         assert_eq!(taken[0].item.payload, "", "a parsed body is not kept");
         // While the backlog lasts, new deliveries wait in the database too
         // (behind the older ones), though there is room again.
-        let (new, body) = delivery(4);
-        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
+        let (new, parsed) = delivery(4);
+        assert!(writer.write(new, parsed).await.unwrap());
         assert!(handed.take(10).await.is_empty());
         assert_eq!(
             claimable(store.as_ref()).await,
@@ -664,12 +641,9 @@ mod tests {
         handed.after_claim(mark, true);
         assert!(!handed.backlog());
         assert!(handed.database_first());
-        let (new, body) = delivery(5);
-        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
-        let taken = handed.take(10).await;
-        assert_eq!(taken.len(), 1, "handed again");
-        assert_eq!(taken[0].item.payload, "{\"n\":5}", "the body, from memory");
-        assert!(taken[0].parsed.is_none(), "for the worker to parse");
+        let (new, parsed) = delivery(5);
+        assert!(writer.write(new, parsed).await.unwrap());
+        assert_eq!(handed.take(10).await.len(), 1, "handed again");
         assert!(claimable(store.as_ref()).await.is_empty());
         // Nothing was on its way to the database when this claim began.
         handed.after_claim(handed.before_claim(), true);
@@ -684,8 +658,8 @@ mod tests {
         let (tx, rx) = handoff(Replica::new("me", Duration::from_secs(15)), 1);
         let mut kept = Vec::new();
         for n in 1..=2 {
-            let (mut new, body) = delivery(n);
-            let reserved = tx.reserve(&mut new, Handover::Body(body));
+            let (mut new, parsed) = delivery(n);
+            let reserved = tx.reserve(&mut new, parsed);
             assert_eq!(reserved.is_some(), n == 1, "room for one");
             kept.push(reserved);
         }
@@ -709,14 +683,10 @@ mod tests {
     #[tokio::test]
     async fn a_redelivery_is_neither_stored_nor_handed_over_again() {
         let (_dir, _store, writer, handed) = writer(8).await;
-        let (new, body) = delivery(1);
-        assert!(
-            writer
-                .write(new.clone(), Handover::Body(body.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(!writer.write(new, Handover::Body(body)).await.unwrap());
+        let (new, parsed) = delivery(1);
+        let (_, again) = delivery(1);
+        assert!(writer.write(new.clone(), parsed).await.unwrap());
+        assert!(!writer.write(new, again).await.unwrap());
         assert_eq!(handed.take(10).await.len(), 1);
     }
 
@@ -724,8 +694,8 @@ mod tests {
     async fn outcomes_and_claims_go_through_the_group_commit() {
         let (_dir, store, writer, handed) = writer(1).await;
         for n in 1..=2 {
-            let (new, body) = delivery(n);
-            writer.write(new, Handover::Body(body)).await.unwrap();
+            let (new, parsed) = delivery(n);
+            writer.write(new, parsed).await.unwrap();
         }
         let now = Utc::now();
         let ids = writer

@@ -547,7 +547,7 @@ struct Batch {
 /// Handed deliveries as a batch.
 fn handed_batch(handed: Vec<crate::runtime::intake::Handed>) -> Option<Batch> {
     let claimed_at = handed.iter().map(|h| h.claimed_at).min()?;
-    let (items, parsed) = handed.into_iter().map(|h| (h.item, h.parsed)).unzip();
+    let (items, parsed) = handed.into_iter().map(|h| (h.item, Some(h.parsed))).unzip();
     Some(Batch {
         items,
         parsed,
@@ -569,7 +569,7 @@ pub fn claim_still_ours(
 mod tests {
     use std::sync::Mutex;
 
-    use crate::runtime::intake::{Handover, handoff, test_delivery};
+    use crate::runtime::intake::{handoff, test_delivery};
     use crate::store::SqliteStore;
 
     #[test]
@@ -694,8 +694,8 @@ mod tests {
             seen,
             _dir,
         } = with_intake(8).await;
-        let (new, _body) = test_delivery(1);
-        assert!(writer.write(new, Handover::Parsed(Ok(None))).await.unwrap());
+        let (new, _) = test_delivery(1);
+        assert!(writer.write(new, Ok(None)).await.unwrap());
         assert!(worker.round().await.unwrap());
         assert!(seen.0.lock().unwrap().is_empty());
         let item = store
@@ -721,8 +721,8 @@ mod tests {
 
         // d1 handed over; the handoff is then full: d2, d3 to the database.
         for n in 1..=3 {
-            let (new, body) = test_delivery(n);
-            assert!(writer.write(new, Handover::Body(body)).await.unwrap());
+            let (new, parsed) = test_delivery(n);
+            assert!(writer.write(new, parsed).await.unwrap());
         }
         assert!(worker.round().await.unwrap(), "d1, from memory");
         assert!(
@@ -733,8 +733,8 @@ mod tests {
         // way to the database and arrives now; d4 is handed over after it.
         let (late, _) = test_delivery(5);
         store.insert_deliveries(&[late]).await.unwrap();
-        let (new, body) = test_delivery(4);
-        assert!(writer.write(new, Handover::Body(body)).await.unwrap());
+        let (new, parsed) = test_delivery(4);
+        assert!(writer.write(new, parsed).await.unwrap());
         while worker.round().await.unwrap() {}
         assert_eq!(*seen.0.lock().unwrap(), ["d1", "d2", "d3", "d5", "d4"]);
     }

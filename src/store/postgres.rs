@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL};
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -778,11 +778,10 @@ impl Store for PostgresStore {
         repo: Option<&RepoName>,
         limit: u32,
     ) -> Result<Vec<RolloutSummary>> {
-        let rows = sqlx::query(
-            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
-             FROM rollouts WHERE ($1::TEXT IS NULL OR repo = $1) \
-             ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $2",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE ($1::TEXT IS NULL OR repo = $1) \
+             ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $2"
+        )))
         .bind(repo.map(|r| r.as_str()))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -796,8 +795,7 @@ impl Store for PostgresStore {
         branch: &BranchName,
     ) -> Result<Vec<RolloutSummary>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
-             FROM rollouts WHERE repo = $1 AND branch = $2 AND {DEPLOY} \
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = $1 AND branch = $2 AND {DEPLOY} \
              AND state NOT IN {TERMINAL} ORDER BY created_at, id COLLATE \"C\""
         )))
         .bind(repo.as_str())

@@ -71,6 +71,10 @@ columns_for!(sqlx::postgres::PgRow);
 pub(crate) const ROLLOUT_COLUMNS: &str = "id, repo, branch, commit_sha, previous_commit, pull_request, \
     installation_id, kind, parent_id, state, created_at, updated_at, document, error, targets, wave_environments";
 
+/// The columns [`summary`] reads.
+pub(crate) const SUMMARY_COLUMNS: &str =
+    "id, repo, commit_sha, pull_request, state, created_at, updated_at";
+
 /// SPEC 8's terminal rollout states, as SQL.
 pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 

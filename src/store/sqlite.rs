@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use super::checkpoint::{Checkpointer, WRITER_PAGES};
 use super::delivery_order::delivery_order;
 use super::log_sync::LogSyncer;
-use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, TERMINAL};
+use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL};
 use super::{
     AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, Durable,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -1033,11 +1033,10 @@ impl Store for SqliteStore {
         repo: Option<&RepoName>,
         limit: u32,
     ) -> Result<Vec<RolloutSummary>> {
-        let rows = sqlx::query(
-            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
-             FROM rollouts WHERE (? IS NULL OR repo = ?) \
-             ORDER BY created_at DESC, id DESC LIMIT ?",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE (? IS NULL OR repo = ?) \
+             ORDER BY created_at DESC, id DESC LIMIT ?"
+        )))
         .bind(repo.map(|r| r.as_str()))
         .bind(repo.map(|r| r.as_str()))
         .bind(i64::from(limit))
@@ -1052,8 +1051,7 @@ impl Store for SqliteStore {
         branch: &BranchName,
     ) -> Result<Vec<RolloutSummary>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id, repo, commit_sha, pull_request, state, created_at, updated_at \
-             FROM rollouts WHERE repo = ? AND branch = ? AND {DEPLOY} \
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? AND {DEPLOY} \
              AND state NOT IN {TERMINAL} ORDER BY created_at, id"
         )))
         .bind(repo.as_str())

@@ -11,7 +11,6 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::domain::DeliveryId;
-use crate::runtime::intake::Handover;
 use crate::store::{NewDelivery, Payload};
 use crate::webhook::events::{self, Parsed};
 use crate::webhook::signature;
@@ -47,48 +46,38 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The most of a body's announced length allocated before it arrives.
-const PRESIZE: usize = 64 * 1024;
-
 /// The body in one buffer. A body that arrives in one chunk (a webhook
 /// usually does) is that chunk, the connection's own buffer, not a copy;
-/// one in several chunks is joined into a buffer sized by
-/// `Content-Length` (up to [`PRESIZE`]; a larger body grows it). Refused
-/// over [`MAX_BODY`] whatever the header says.
+/// one in several chunks is joined once, at its size. Refused over
+/// [`MAX_BODY`] whatever `Content-Length` says.
 async fn read_body(mut body: Body, headers: &HeaderMap) -> Result<Bytes, Rejection> {
     use http_body_util::BodyExt;
     let too_large = || Rejection(StatusCode::PAYLOAD_TOO_LARGE, "payload larger than 25 MiB");
-    let expected = header(headers, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    if expected > MAX_BODY {
+    let announced = header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY) {
         return Err(too_large());
     }
-    // The header is the sender's word, read before the signature is
-    // checked: it sizes the buffer only up to what a webhook usually is.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|_| Rejection(StatusCode::BAD_REQUEST, "the body could not be read"))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if let Some(chunk) = first.take() {
-            joined.reserve(expected.min(PRESIZE).max(chunk.len()));
-            joined.extend_from_slice(&chunk);
-        }
-        let so_far = joined.len();
-        if so_far + data.len() > MAX_BODY {
+        total += data.len();
+        if total > MAX_BODY {
             return Err(too_large());
         }
-        if so_far == 0 {
-            first = Some(data);
-        } else {
-            joined.extend_from_slice(&data);
+        if !data.is_empty() {
+            chunks.push(data);
         }
     }
-    Ok(first.unwrap_or_else(|| joined.into()))
+    match chunks.as_slice() {
+        // A reference count, not a copy.
+        [only] => Ok(only.clone()),
+        all => Ok(all.concat().into()),
+    }
 }
 
 impl FromRequest<AppState> for VerifiedDelivery {
@@ -170,7 +159,7 @@ pub async fn receive(
                     received_at: Utc::now(),
                     claim: None,
                 },
-                Handover::Parsed(delivery.parsed),
+                delivery.parsed,
             )
             .await;
         match stored {
@@ -259,10 +248,10 @@ mod tests {
     async fn a_body_in_several_chunks_is_joined_in_order() {
         let read = read_body(chunked(&[b"{\"zen\"", b"", b":\"hi\"", b"}"]), &length(12)).await;
         assert_eq!(read.ok().as_deref(), Some(&b"{\"zen\":\"hi\"}"[..]));
-        // An empty first chunk, and chunks larger than the buffer's
-        // first size, whatever the length header says.
-        let big = vec![b'x'; PRESIZE + 10];
-        for headers in [HeaderMap::new(), length(3), length(2 * PRESIZE + 20)] {
+        // An empty first chunk, and large chunks, whatever the length
+        // header says.
+        let big = vec![b'x'; 64 * 1024 + 10];
+        for headers in [HeaderMap::new(), length(3), length(2 * big.len())] {
             let read = read_body(chunked(&[b"", &big, &big]), &headers).await;
             let read = read.ok().expect("read");
             assert_eq!(read.len(), 2 * big.len());
