@@ -396,6 +396,10 @@ impl Store for Counting {
     ) -> StoreResult<Vec<convoy::store::StoredBaseline>> {
         self.inner.baselines(repo).await
     }
+    async fn in_flight_environments(&self) -> StoreResult<Vec<(RepoName, EnvName)>> {
+        self.inner.in_flight_environments().await
+    }
+
     async fn held_step_locks(&self) -> StoreResult<Vec<(RepoName, EnvName, ServiceName)>> {
         self.inner.held_step_locks().await
     }

@@ -674,3 +674,82 @@ async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
     assert_eq!(branch_queue(&sqlite).await, expected, "SQLite");
     assert_eq!(branch_queue(&postgres).await, expected, "PostgreSQL");
 }
+
+/// The drift pass's question, asked of both stores: environments with a
+/// step in flight in an unfinished rollout, each once, sorted.
+async fn in_flight(store: &dyn Store) -> Vec<(String, String)> {
+    let doc = |steps: &[(&str, &str, &str)]| {
+        let steps: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|(env, service, state)| {
+                serde_json::json!({"environment": env, "service": service, "state": state})
+            })
+            .collect();
+        serde_json::json!({"targets": {}, "waves": [{"environments": [], "steps": steps}]})
+            .to_string()
+    };
+    let rollouts = [
+        (
+            "r-run",
+            "acme/app",
+            "running",
+            doc(&[
+                ("e1", "api", "deploying"),
+                ("e2", "api", "pending"),
+                ("e3", "api", "verifying"),
+                ("e1", "web", "preflight"),
+                ("e6", "api", "failed"),
+            ]),
+        ),
+        (
+            "r-done",
+            "acme/app",
+            "succeeded",
+            doc(&[("e4", "api", "deploying")]),
+        ),
+        (
+            "r-other",
+            "acme/other",
+            "halted",
+            doc(&[("e1", "api", "preflight")]),
+        ),
+        (
+            "r-queued",
+            "acme/app",
+            "queued",
+            doc(&[("e5", "api", "pending")]),
+        ),
+    ];
+    for (n, (id, repo, state, document)) in rollouts.into_iter().enumerate() {
+        store
+            .create_rollout(&RolloutRecord {
+                repo: RepoName::new(repo),
+                state: state.into(),
+                document: Some(document),
+                ..record(id, &format!("{n:040}"), RolloutKind::Deploy)
+            })
+            .await
+            .unwrap();
+    }
+    let mut found: Vec<(String, String)> = store
+        .in_flight_environments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, e)| (r.as_str().to_owned(), e.as_str().to_owned()))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn environments_in_flight_are_listed_alike_by_both_stores() {
+    let (_dir, sqlite, postgres) = both_stores().await;
+    let expected: Vec<(String, String)> =
+        [("acme/app", "e1"), ("acme/app", "e3"), ("acme/other", "e1")]
+            .iter()
+            .map(|(r, e)| (r.to_string(), e.to_string()))
+            .collect();
+    assert_eq!(in_flight(&sqlite).await, expected, "SQLite");
+    assert_eq!(in_flight(&postgres).await, expected, "PostgreSQL");
+}

@@ -19,7 +19,7 @@ use super::reconcile::{
 };
 use crate::domain::{CommitSha, EnvName, InstallationId, RepoName, ServiceName, WaveName};
 use crate::drivers::{Drivers, Endpoint};
-use crate::engine::{Importance, Rollout, StepState};
+use crate::engine::{Importance, Rollout};
 use crate::github::GitHubApi;
 use crate::plan::model::{EnvTarget, FailureBudget, OnDrift, Plan, PlannedStep, PlannedWave, Risk};
 use crate::report::transport::{Desired, ReportKey, ReportObject, Transport};
@@ -345,19 +345,7 @@ impl DriftService {
             .into_iter()
             .map(|(r, e, _)| (r, e))
             .collect();
-        for record in store.unfinished_rollouts().await? {
-            let Some(rollout) = decode(&record) else {
-                continue;
-            };
-            for step in rollout.steps() {
-                if matches!(
-                    step.state,
-                    StepState::Preflight | StepState::Deploying | StepState::Verifying
-                ) {
-                    busy.insert((record.repo.clone(), step.environment.clone()));
-                }
-            }
-        }
+        busy.extend(store.in_flight_environments().await?);
         Ok(busy)
     }
 
@@ -805,6 +793,7 @@ impl DriftCommands for DriftService {
 mod tests {
     use super::*;
     use crate::domain::{BranchName, RolloutId};
+    use crate::engine::StepState;
     use crate::plan::model::{RolloutPolicy, StepKey};
     use crate::store::SqliteStore;
 
@@ -926,6 +915,68 @@ mod tests {
             // Short: the pass spreads its queries over half of this.
             Duration::from_millis(200),
         )
+    }
+
+    /// A rollout that is not finished, stored with `states` for its steps
+    /// (one api step per environment, in order).
+    async fn unfinished_rollout(store: &dyn Store, id: &str, envs: &[&str], states: &[StepState]) {
+        let stored = store
+            .rollout(&RolloutId::new("r-1"))
+            .await
+            .unwrap()
+            .expect("seeded");
+        let mut rollout: Rollout =
+            serde_json::from_str(stored.document.as_deref().unwrap()).unwrap();
+        let wave = &mut rollout.waves[0];
+        wave.steps
+            .retain(|s| envs.contains(&s.environment.as_str()));
+        for (step, state) in wave.steps.iter_mut().zip(states) {
+            step.state = *state;
+        }
+        let now = Utc::now();
+        store
+            .create_rollout(&RolloutRecord {
+                id: RolloutId::new(id),
+                commit: CommitSha::new(format!("c-{id}")),
+                state: "running".into(),
+                created_at: now,
+                updated_at: now,
+                document: Some(serde_json::to_string(&rollout).unwrap()),
+                ..stored
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn environments_with_a_step_in_flight_in_an_unfinished_rollout_are_not_asked() {
+        let (_dir, store, _) = seeded(&["a", "b", "c", "d", "e"]).await;
+        unfinished_rollout(
+            store.as_ref(),
+            "r-2",
+            &["a", "b", "c", "d", "e"],
+            &[
+                StepState::Preflight,
+                StepState::Deploying,
+                StepState::Verifying,
+                StepState::Pending,
+                StepState::Succeeded,
+            ],
+        )
+        .await;
+        let source = Arc::new(Scripted::default());
+        for env in ["a", "b", "c", "d", "e"] {
+            source.set(env, Answer::Running(Some("v1".into())));
+        }
+        let summary = service(store.clone(), source.clone()).pass().await.unwrap();
+        assert_eq!(summary.busy, 3, "{summary:?}");
+        let mut asked = lock(&source.asked).clone();
+        asked.sort();
+        assert_eq!(
+            asked,
+            ["d", "e"],
+            "pending and succeeded steps are not in flight"
+        );
     }
 
     #[tokio::test]

@@ -608,6 +608,13 @@ pub trait Store: Send + Sync + 'static {
     /// repository, environment, service.
     async fn baselines(&self, repo: Option<&RepoName>) -> Result<Vec<StoredBaseline>>;
 
+    /// The (repository, environment) pairs with a step in preflight,
+    /// deploying or verifying in an unfinished rollout, each once. Read from
+    /// the stored steps alone: the drift pass asks every interval, and
+    /// reading every unfinished rollout whole (a 10,000-environment one is
+    /// megabytes) only to find these was most of its work.
+    async fn in_flight_environments(&self) -> Result<Vec<(RepoName, EnvName)>>;
+
     /// The (repository, environment, service) step locks held now: deploys
     /// in flight, in any rollout of any replica.
     async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>>;

@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL};
+use super::rows::{
+    self, DEPLOY, DRIFT_COLUMNS, IN_FLIGHT_STEP, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL,
+};
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -1300,6 +1302,23 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::stored_baseline).collect()
+    }
+
+    async fn in_flight_environments(&self) -> Result<Vec<(RepoName, EnvName)>> {
+        // Every rollout here is stored split (no PostgreSQL database
+        // predates per-step storage), so its steps are all rows.
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT r.repo, s.step::json ->> 'environment' \
+             FROM rollouts r JOIN rollout_steps s ON s.rollout_id = r.id \
+             WHERE r.state NOT IN {TERMINAL} \
+               AND s.step::json ->> 'state' IN {IN_FLIGHT_STEP}"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(r, e)| Some((RepoName::new(r), EnvName::new(e?))))
+            .collect())
     }
 
     async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>> {

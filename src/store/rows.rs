@@ -78,6 +78,10 @@ pub(crate) const SUMMARY_COLUMNS: &str =
 /// SPEC 8's terminal rollout states, as SQL.
 pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
+/// A step's `state` while something is being done to its environment
+/// (`StepState::Preflight`, `Deploying`, `Verifying` as stored), as SQL.
+pub(crate) const IN_FLIGHT_STEP: &str = "('preflight', 'deploying', 'verifying')";
+
 /// A deploy rollout, as SQL: any kind `RolloutKind::parse` reads as one.
 pub(crate) const DEPLOY: &str = "kind NOT IN ('rollback', 'resync')";
 

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use super::checkpoint::{Checkpointer, WRITER_PAGES};
 use super::delivery_order::delivery_order;
 use super::log_sync::LogSyncer;
-use super::rows::{self, DEPLOY, DRIFT_COLUMNS, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL};
+use super::rows::{
+    self, DEPLOY, DRIFT_COLUMNS, IN_FLIGHT_STEP, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL,
+};
 use super::{
     AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, Durable,
     FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
@@ -1533,6 +1535,34 @@ impl Store for SqliteStore {
         rows.iter().map(rows::stored_baseline).collect()
     }
 
+    async fn in_flight_environments(&self) -> Result<Vec<(RepoName, EnvName)>> {
+        // Steps are rows of `rollout_steps`; the second half reads those of
+        // a document stored whole (one that did not have a rollout's shape
+        // when stored: `document::split`), whose steps are still inside it.
+        // A split document's header has empty `steps`, so nothing is read
+        // twice.
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT r.repo, json_extract(s.step, '$.environment') \
+             FROM rollouts r JOIN rollout_steps s ON s.rollout_id = r.id \
+             WHERE r.state NOT IN {TERMINAL} \
+               AND json_extract(s.step, '$.state') IN {IN_FLIGHT_STEP} \
+             UNION \
+             SELECT r.repo, json_extract(s.value, '$.environment') \
+             FROM rollouts r, \
+               json_each(CASE WHEN json_valid(r.document) THEN r.document ELSE '{{}}' END, \
+                         '$.waves') w, \
+               json_each(w.value, '$.steps') s \
+             WHERE r.state NOT IN {TERMINAL} \
+               AND json_extract(s.value, '$.state') IN {IN_FLIGHT_STEP}"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(r, e)| Some((RepoName::new(r), EnvName::new(e?))))
+            .collect())
+    }
+
     async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT repo, environment, service FROM step_locks")
@@ -1670,6 +1700,50 @@ mod tests {
             received_at: Utc::now(),
             claim: None,
         }
+    }
+
+    #[tokio::test]
+    async fn steps_in_flight_are_found_in_a_document_stored_whole_too() {
+        let (_dir, store) = new_store().await;
+        // No `targets`: not a rollout's shape when stored, so kept whole
+        // (`document::split`), steps and all.
+        let whole = r#"{"waves":[{"steps":[{"environment":"e1","service":"api","state":"verifying"},{"environment":"e2","service":"api","state":"pending"}]}]}"#;
+        let now = Utc::now();
+        for (id, document) in [
+            ("r-whole", Some(whole)),
+            ("r-none", None),
+            ("r-bad", Some("{not json")),
+        ] {
+            store
+                .create_rollout(&RolloutRecord {
+                    id: RolloutId::new(id),
+                    repo: RepoName::new("acme/app"),
+                    branch: BranchName::new("main"),
+                    commit: CommitSha::new(id),
+                    previous_commit: None,
+                    pull_request: None,
+                    installation: None,
+                    kind: RolloutKind::Deploy,
+                    parent: None,
+                    state: "running".into(),
+                    created_at: now,
+                    updated_at: now,
+                    document: document.map(str::to_owned),
+                    error: None,
+                })
+                .await
+                .unwrap();
+        }
+        let step_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rollout_steps")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(step_rows, 0, "stored whole, not split");
+        assert_eq!(
+            store.in_flight_environments().await.unwrap(),
+            vec![(RepoName::new("acme/app"), EnvName::new("e1"))],
+            "a missing or unreadable document is no error"
+        );
     }
 
     /// A store on a file of its own, in a folder dropped with the guard.
