@@ -1315,10 +1315,7 @@ impl Store for PostgresStore {
         )))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(r, e)| Some((RepoName::new(r), EnvName::new(e?))))
-            .collect())
+        Ok(rows::environments(rows))
     }
 
     async fn held_step_locks(&self) -> Result<Vec<(RepoName, EnvName, ServiceName)>> {

@@ -82,6 +82,15 @@ pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'supersede
 /// (`StepState::Preflight`, `Deploying`, `Verifying` as stored), as SQL.
 pub(crate) const IN_FLIGHT_STEP: &str = "('preflight', 'deploying', 'verifying')";
 
+/// (repository, environment) rows, as `Store::in_flight_environments`
+/// answers; a row whose environment is not text (a step of another
+/// shape) is left out.
+pub(crate) fn environments(rows: Vec<(String, Option<String>)>) -> Vec<(RepoName, EnvName)> {
+    rows.into_iter()
+        .filter_map(|(repo, env)| Some((RepoName::new(repo), EnvName::new(env?))))
+        .collect()
+}
+
 /// A deploy rollout, as SQL: any kind `RolloutKind::parse` reads as one.
 pub(crate) const DEPLOY: &str = "kind NOT IN ('rollback', 'resync')";
 
