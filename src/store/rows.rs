@@ -78,8 +78,8 @@ pub(crate) const SUMMARY_COLUMNS: &str =
 /// SPEC 8's terminal rollout states, as SQL.
 pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'aborted', 'superseded', 'noop')";
 
-/// A step's `state` while something is being done to its environment
-/// (`StepState::Preflight`, `Deploying`, `Verifying` as stored), as SQL.
+/// A step's `state` while a driver call is outstanding for it
+/// (`StepRun::is_in_flight`: preflight, deploying, verifying), as SQL.
 pub(crate) const IN_FLIGHT_STEP: &str = "('preflight', 'deploying', 'verifying')";
 
 /// (repository, environment) rows, as `Store::in_flight_environments`
@@ -281,4 +281,38 @@ pub(crate) fn drift_record(row: &impl Columns) -> Result<DriftRecord> {
         resolution: row.opt_text("resolution")?,
         resolved_by: row.opt_text("resolved_by")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{StepRun, StepState};
+
+    /// `IN_FLIGHT_STEP` names, as stored, exactly the states in which the
+    /// engine calls a step in flight.
+    #[test]
+    fn the_in_flight_states_are_the_engine_s() {
+        for state in [
+            StepState::Pending,
+            StepState::Preflight,
+            StepState::Deploying,
+            StepState::Verifying,
+            StepState::Succeeded,
+            StepState::Failed,
+            StepState::Skipped,
+            StepState::RolledBack,
+        ] {
+            let step: StepRun = serde_json::from_value(serde_json::json!({
+                "environment": "e", "service": "s", "state": state,
+                "attempts": 0, "run_attempts": 0, "version": "v",
+            }))
+            .unwrap();
+            let stored = serde_json::to_value(state).unwrap();
+            let name = format!("'{}'", stored.as_str().unwrap());
+            assert_eq!(
+                super::IN_FLIGHT_STEP.contains(&name),
+                step.is_in_flight(),
+                "{state:?}"
+            );
+        }
+    }
 }
