@@ -172,6 +172,45 @@ async fn a_timeout_kills_the_whole_process_group() {
     assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
 }
 
+/// The engine's deploy_timeout is a timer around the driver's call: when
+/// it fires, the call is dropped mid-run. What the command started must
+/// die with it, or a retry runs beside it.
+#[tokio::test]
+async fn a_deploy_abandoned_by_its_caller_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile: PathBuf = dir.path().join("child.pid");
+    let prog = script(
+        dir.path(),
+        "hang.sh",
+        &format!("sleep 300 &\necho $! > '{}'\nwait", pidfile.display()),
+    );
+    // The driver's own timeout is far away: only the caller stops waiting.
+    let d = driver(vec![prog], Duration::from_secs(600), vec![]);
+    let req = request("e");
+    let mut deploy = Box::pin(d.deploy(&req));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        tokio::select! {
+            r = &mut deploy => panic!("the deploy ended on its own: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the script never started");
+    };
+    assert!(alive(pid));
+    drop(deploy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
+}
+
 #[tokio::test]
 async fn status_argv_prints_the_status_json() {
     let dir = tempfile::tempdir().unwrap();

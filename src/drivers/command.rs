@@ -158,9 +158,14 @@ async fn run_argv(
     let child = spawn_retrying_busy(&mut cmd)
         .await
         .map_err(|e| DriverError::permanent(format!("{what}: cannot run `{program}`: {e}")))?;
-    let pid = child.id();
+    // Armed until the command has finished: a caller that stops waiting
+    // (the step's deploy_timeout, a shutdown) drops this future, and
+    // `kill_on_drop` alone would kill only the leader, leaving what it
+    // started (helm, kubectl) running beside the next attempt.
+    let mut group = GroupGuard(child.id());
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => {
+            group.disarm();
             let mut stdout = out.stdout;
             let mut stderr = out.stderr;
             stdout.truncate(MAX_OUTPUT);
@@ -175,14 +180,34 @@ async fn run_argv(
             "{what}: waiting for `{program}` failed: {e}"
         ))),
         Err(_) => {
-            if let Some(pid) = pid {
-                kill_group(pid);
-            }
+            group.kill();
             Err(DriverError::transient(format!(
                 "{what}: `{program}` timed out after {}; its process group was killed",
                 crate::duration::format_duration(timeout)
             )))
         }
+    }
+}
+
+/// The process group of a command still running: killed when this is
+/// dropped, unless the command finished first.
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_group(pid);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
