@@ -46,10 +46,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = value
             .checked_mul(millis_per)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("invalid duration `{text}`: too large"))?;
+            .filter(|&v| v <= MAX_MILLIS)
+            .ok_or_else(|| {
+                format!(
+                    "invalid duration `{text}`: too large (at most {}d)",
+                    MAX_MILLIS / 86_400_000
+                )
+            })?;
     }
     Ok(Duration::from_millis(total))
 }
+
+/// The longest duration anything accepts: ten years. Longer ones mean a
+/// typo, and times that far out leave the range of calendar dates
+/// (`bake: 200000000d` once made the engine's time arithmetic panic).
+const MAX_MILLIS: u64 = 3_650 * 86_400_000;
 
 /// Writes a duration back in the shortest exact `1h30m`-style form.
 pub fn format_duration(d: Duration) -> String {
@@ -101,6 +112,18 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should fail");
         }
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn ten_years_is_the_longest() {
+        assert_eq!(
+            parse_duration("3650d").unwrap(),
+            Duration::from_secs(3_650 * 86_400)
+        );
+        for long in ["3651d", "3650d1ms", "200000000d", "87601h"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("too large (at most 3650d)"), "{long}: {e}");
+        }
     }
 
     #[test]

@@ -852,6 +852,21 @@ fn bake_passes_then_the_next_wave_starts_after_it() {
     assert_eq!(rounds, 4);
 }
 
+/// Validation now refuses durations over ten years, but a rollout stored
+/// before that may carry any bake: its end saturates at the calendar's
+/// last day, and working back from there must not panic.
+#[test]
+fn a_bake_past_the_end_of_the_calendar_does_not_panic() {
+    let mut canary = wave("canary", &["c1"]);
+    canary.bake = Duration::from_secs(200_000_000 * 86_400);
+    let mut sim = Sim::new(simple_plan(vec![canary, wave("rest", &["r1"])]));
+    sim.start();
+    // The simulated clock jumps to each timer, the calendar's end included.
+    sim.run();
+    assert_eq!(sim.r.waves[0].bake_until, Some(DateTime::<Utc>::MAX_UTC));
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+}
+
 #[test]
 fn approval_waits_and_only_the_waiting_wave_can_be_approved() {
     let policy = RolloutPolicy {

@@ -156,6 +156,20 @@ fn durations() {
 }
 
 #[test]
+fn durations_over_ten_years_are_refused() {
+    let yaml = format!("{BASE}    bake: 200000000d\npolicy:\n  deploy_timeout: 3651d\n");
+    let out = check(&yaml);
+    assert!(
+        out.contains("bake: invalid duration `200000000d`: too large (at most 3650d)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deploy_timeout: invalid duration `3651d`: too large (at most 3650d)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn percent_range_and_increase() {
     let yaml = format!(
         "{BASE}  - name: a\n    percent: 50\n  - name: b\n    percent: 40\n  - name: c\n    percent: 101\n  - name: d\n    percent: 0\n  - name: e\n    percent: 10%\n"

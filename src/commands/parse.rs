@@ -88,7 +88,7 @@ pub enum DurationProblem {
     MissingUnit,
     #[error("it is zero, so the freeze would end at once")]
     Zero,
-    #[error("it is too large")]
+    #[error("it is too large (at most 3650d)")]
     TooLarge,
 }
 

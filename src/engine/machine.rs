@@ -1086,7 +1086,11 @@ pub fn bake_rounds(bake: Duration) -> u32 {
 fn bake_round_at(w: &WaveRun, round: u32) -> DateTime<Utc> {
     let until = w.bake_until.unwrap_or(DateTime::<Utc>::MIN_UTC);
     let n = bake_rounds(w.bake);
-    let start = until - chrono(w.bake);
+    // Checked: a bake from a document stored before durations had a limit
+    // may reach past the calendar's start.
+    let start = until
+        .checked_sub_signed(chrono(w.bake))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     add(start, w.bake.mul_f64(f64::from(round) / f64::from(n)))
 }
 
