@@ -368,6 +368,31 @@ async fn a_reader_is_refused_and_typos_and_code_blocks_change_nothing() {
     w.finish().await;
 }
 
+/// `/convoy unfreeze` lifts the repository's own freeze only; when the
+/// operator's freeze of every repository still holds it, the reply says so
+/// and names what lifts that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfreeze_under_the_operator_s_freeze_says_what_still_holds() {
+    let w = world("", "", true).await;
+    w.halted().await;
+    w.running
+        .runtime
+        .freeze(None, None, Some("kill switch".into()), "operator")
+        .await
+        .unwrap();
+    let unfreeze = w.say(WRITER, "/convoy unfreeze").await;
+    w.reaction(unfreeze, "confused").await;
+    let replies = w.replies();
+    let last = replies.last().unwrap();
+    assert!(
+        last.contains("this repository has no freeze of its own to lift")
+            && last.contains("`convoy unfreeze --all` lifts it"),
+        "{last}"
+    );
+    let view = api_rollout(&w.running, &w.rollout).await;
+    assert_eq!(view["emergency_freeze"]["reason"], "kill switch");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_runs_each_command_on_a_halted_rollout() {
     let w = world("", "", true).await;

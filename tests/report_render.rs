@@ -619,15 +619,15 @@ mod preflight {
 
     #[test]
     fn the_freeze_in_force_that_lasts_longest_is_the_one_shown() {
-        use convoy::report::preflight::emergency_freeze;
+        use convoy::store::Freeze;
         let now = t("2026-11-26T09:00:00Z");
         let expired = stored_freeze("acme/app", Some("2026-11-26T08:30:00Z"), Some("old"));
         let short = stored_freeze("acme/app", Some("2026-11-26T10:00:00Z"), Some("short"));
         let long = stored_freeze("*", Some("2026-11-26T18:00:00Z"), Some("long"));
         let open = stored_freeze("acme/app", None, Some("open"));
-        assert_eq!(emergency_freeze(&[], now), None);
-        assert_eq!(emergency_freeze(std::slice::from_ref(&expired), now), None);
-        let pick = |fs: &[Freeze]| emergency_freeze(fs, now).and_then(|f| f.reason);
+        assert_eq!(Freeze::in_force(&[], now), None);
+        assert_eq!(Freeze::in_force(std::slice::from_ref(&expired), now), None);
+        let pick = |fs: &[Freeze]| Freeze::in_force(fs, now).and_then(|f| f.reason);
         assert_eq!(
             pick(&[expired.clone(), short.clone(), long.clone()]).as_deref(),
             Some("long")

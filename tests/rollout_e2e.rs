@@ -422,6 +422,59 @@ async fn an_emergency_freeze_holds_new_rollouts_until_lifted() {
     running.stop().await;
 }
 
+/// A rollout holds one freeze. The operator's freeze of every repository
+/// must outlast a repository's shorter freeze and its `/convoy unfreeze`:
+/// the rollout holds the freeze in force that lasts longest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_s_own_freeze_and_unfreeze_do_not_lift_the_operator_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(4).await;
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    let repo = convoy::domain::RepoName::new(REPO);
+    running
+        .runtime
+        .freeze(None, None, Some("kill switch".into()), "operator")
+        .await
+        .unwrap();
+    deliver(&running, "pull_request", "pr-1", &merged_pr(9, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    wait_state(&running, &rollout.id, &["frozen"], 30).await;
+
+    // A freeze of the repository for a second, then its unfreeze.
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let held = running
+        .runtime
+        .freeze(Some(&repo), Some(soon), Some("short".into()), "alice")
+        .await
+        .unwrap();
+    assert_eq!(held, 1);
+    assert!(
+        running
+            .runtime
+            .unfreeze(Some(&repo), "alice")
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(fleet.deploys().is_empty(), "the operator's freeze holds");
+    let view = api_rollout(&running, &rollout.id).await;
+    assert_eq!(view["state"], "frozen");
+    assert_eq!(view["emergency_freeze"]["reason"], "kill switch");
+
+    assert!(running.runtime.unfreeze(None, "operator").await.unwrap());
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    running.stop().await;
+}
+
 /// `convoy freeze --all` runs in another process: it only writes the
 /// database. Running rollouts must still stop starting steps, and go on
 /// when the freeze is lifted the same way.

@@ -80,20 +80,9 @@ pub enum PreflightOutcome {
         probes: Vec<Probe>,
         freeze: Option<ActiveFreeze>,
         /// The emergency freeze (`/convoy freeze`, or `convoy freeze
-        /// --all`) in force at the check, if any: see [`emergency_freeze`].
+        /// --all`) in force at the check, if any: see [`Freeze::in_force`].
         emergency_freeze: Option<Freeze>,
     },
-}
-
-/// Of a repository's stored freezes (its own and `*`), the one in force at
-/// `now` that lasts longest (one without an end first): that is when a
-/// rollout started now could start its first step.
-pub fn emergency_freeze(freezes: &[Freeze], now: DateTime<Utc>) -> Option<Freeze> {
-    freezes
-        .iter()
-        .filter(|f| f.active(now))
-        .max_by_key(|f| (f.until.is_none(), f.until))
-        .cloned()
 }
 
 /// Everything the preflight shows.
@@ -557,7 +546,7 @@ impl Preflight {
             plan: Box::new(plan),
             probes,
             freeze,
-            emergency_freeze: emergency_freeze(&freezes, now),
+            emergency_freeze: Freeze::in_force(&freezes, now),
         })))
     }
 

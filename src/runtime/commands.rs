@@ -840,14 +840,43 @@ impl CommandHandler {
                     reason: reason.clone(),
                 }),
             crate::engine::Command::Unfreeze { by } => {
-                match self.runtime.unfreeze(Some(asker.repo), by).await {
-                    Ok(true) => Ok(Notice::Unfrozen { count: 1 }),
-                    Ok(false) => {
+                let lifted = self.runtime.unfreeze(Some(asker.repo), by).await;
+                // The operator's freeze of every repository outlives this
+                // one's unfreeze: say so rather than "unfrozen".
+                let all = match &lifted {
+                    Ok(_) => self
+                        .runtime
+                        .freeze_in_force(asker.repo)
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|f| f.scope == crate::store::Freeze::ALL),
+                    Err(_) => None,
+                };
+                let by_operator = "the operator's freeze of every repository (`convoy freeze \
+                                   --all`) holds its rollouts; `convoy unfreeze --all` lifts it";
+                match (lifted, all) {
+                    (Ok(true), Some(_)) => {
+                        return Handled::Problem(Notice::NotDone {
+                            reason: format!(
+                                "lifted this repository's own freeze, but {by_operator}"
+                            ),
+                        });
+                    }
+                    (Ok(false), Some(_)) => {
+                        return Handled::Problem(Notice::NotDone {
+                            reason: format!(
+                                "this repository has no freeze of its own to lift: {by_operator}"
+                            ),
+                        });
+                    }
+                    (Ok(true), None) => Ok(Notice::Unfrozen { count: 1 }),
+                    (Ok(false), None) => {
                         return Handled::Problem(Notice::NotDone {
                             reason: "this repository is not frozen".into(),
                         });
                     }
-                    Err(e) => Err(e),
+                    (Err(e), _) => Err(e),
                 }
             }
             _ => {

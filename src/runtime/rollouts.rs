@@ -779,24 +779,20 @@ impl RolloutRuntime {
             .await
             .unwrap_or_default();
         let tx = self.spawn_actor(meta, rollout, held);
-        let now = Utc::now();
-        if let Some(f) = freezes.iter().find(|f| f.active(now)) {
+        if let Some(f) = Freeze::in_force(&freezes, Utc::now()) {
             let (reply, _) = oneshot::channel();
-            let _ = tx.send(Input::Command(
-                Command::Freeze {
-                    until: f.until,
-                    reason: f.reason.clone(),
-                    by: f.by.clone(),
-                },
-                reply,
-            ));
+            let _ = tx.send(Input::Command(freeze_command(Some(f), ""), reply));
         }
         let _ = tx.send(Input::Event(Event::Start));
     }
 
     /// The emergency stop (SPEC 7.4 `/convoy freeze`, `convoy freeze
     /// --all`): recorded, applied to every running rollout in scope, and to
-    /// every rollout that starts while it lasts. `repo` `None`: all.
+    /// every rollout that starts while it lasts. `repo` `None`: all. A
+    /// rollout holds one freeze, the one in force that lasts longest
+    /// ([`Freeze::in_force`]): a one-hour freeze of a repository does not
+    /// cut short an operator's freeze of all of them. The count is of the
+    /// running rollouts that hold a freeze after it.
     pub async fn freeze(
         &self,
         repo: Option<&RepoName>,
@@ -810,46 +806,74 @@ impl RolloutRuntime {
             .set_freeze(&Freeze {
                 scope,
                 until,
-                reason: reason.clone(),
+                reason,
                 by: by.to_owned(),
                 at: Utc::now(),
             })
             .await?;
-        let mut applied = 0;
-        for (id, tx) in self.live_in(repo) {
-            let (reply, answer) = oneshot::channel();
-            let cmd = Command::Freeze {
-                until,
-                reason: reason.clone(),
-                by: by.to_owned(),
-            };
-            if tx.send(Input::Command(cmd, reply)).is_ok() && matches!(answer.await, Ok(Ok(()))) {
-                applied += 1;
-            } else {
-                tracing::debug!(rollout = %id, "freeze not applied (rollout ending)");
-            }
-        }
-        Ok(applied)
+        self.apply_freezes_in_force(repo, by).await
     }
 
     /// Lifts the emergency freeze of `repo` (or of all); running rollouts in
-    /// scope go on. `false` when there was none.
+    /// scope go on, unless a freeze of wider scope still holds them (the
+    /// operator's `convoy freeze --all` outlives a repository's
+    /// `/convoy unfreeze`). `false` when there was none.
     pub async fn unfreeze(&self, repo: Option<&RepoName>, by: &str) -> Result<bool, RuntimeError> {
         let scope = repo.map_or(Freeze::ALL.to_owned(), |r| r.to_string());
         let existed = self.inner.store.clear_freeze(&scope).await?;
-        for (_, tx) in self.live_in(repo) {
+        self.apply_freezes_in_force(repo, by).await?;
+        Ok(existed)
+    }
+
+    /// The freeze in force for `repo` now (its own or of all), if any.
+    pub async fn freeze_in_force(&self, repo: &RepoName) -> Result<Option<Freeze>, RuntimeError> {
+        let freezes = self.inner.store.freezes_for(repo).await?;
+        Ok(Freeze::in_force(&freezes, Utc::now()))
+    }
+
+    /// Gives every running rollout in scope the freeze in force for its
+    /// repository, or lifts its freeze when none is; returns how many hold
+    /// one after. Waits for each rollout's answer, so a reply sent after
+    /// this is true.
+    async fn apply_freezes_in_force(
+        &self,
+        repo: Option<&RepoName>,
+        by: &str,
+    ) -> Result<usize, RuntimeError> {
+        let live: Vec<(RolloutId, RepoName, mpsc::UnboundedSender<Input>)> =
+            lock(&self.inner.actors)
+                .iter()
+                .filter(|(_, (r, _))| repo.is_none_or(|want| want == r))
+                .map(|(id, (r, tx))| (id.clone(), r.clone(), tx.clone()))
+                .collect();
+        let mut in_force: HashMap<RepoName, Option<Freeze>> = HashMap::new();
+        let mut frozen = 0;
+        for (id, repo, tx) in live {
+            let freeze = match in_force.get(&repo) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.freeze_in_force(&repo).await?;
+                    in_force.insert(repo.clone(), f.clone());
+                    f
+                }
+            };
+            let holds = freeze.is_some();
             let (reply, answer) = oneshot::channel();
             if tx
-                .send(Input::Command(
-                    Command::Unfreeze { by: by.to_owned() },
-                    reply,
-                ))
+                .send(Input::Command(freeze_command(freeze, by), reply))
                 .is_ok()
             {
-                let _ = answer.await;
+                // An unfreeze of a rollout that was not frozen is refused,
+                // and that is fine: it was not.
+                let applied = matches!(answer.await, Ok(Ok(())));
+                if holds && applied {
+                    frozen += 1;
+                } else if holds {
+                    tracing::debug!(rollout = %id, "freeze not applied (rollout ending)");
+                }
             }
         }
-        Ok(existed)
+        Ok(frozen)
     }
 
     /// Makes freezes written by another process (`convoy freeze --all`, a
@@ -884,8 +908,7 @@ impl RolloutRuntime {
                     if !by_repo.contains_key(&repo) {
                         match runtime.inner.store.freezes_for(&repo).await {
                             Ok(list) => {
-                                by_repo
-                                    .insert(repo.clone(), list.into_iter().find(|f| f.active(now)));
+                                by_repo.insert(repo.clone(), Freeze::in_force(&list, now));
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "reading freezes failed");
@@ -901,17 +924,8 @@ impl RolloutRuntime {
                     if previous == key {
                         continue;
                     }
-                    let cmd = match active {
-                        Some(f) => Command::Freeze {
-                            until: f.until,
-                            reason: f.reason,
-                            by: f.by,
-                        },
-                        None => Command::Unfreeze {
-                            by: "convoy (freeze lifted)".into(),
-                        },
-                    };
                     let (reply, _) = oneshot::channel();
+                    let cmd = freeze_command(active, "convoy (freeze lifted)");
                     let _ = tx.send(Input::Command(cmd, reply));
                     tracing::info!(rollout = %id, frozen = key.is_some(), "freeze change applied");
                 }
@@ -1088,14 +1102,6 @@ impl RolloutRuntime {
         {
             tracing::warn!(error = %e, "releasing leases failed; they expire");
         }
-    }
-
-    fn live_in(&self, repo: Option<&RepoName>) -> Vec<(RolloutId, mpsc::UnboundedSender<Input>)> {
-        lock(&self.inner.actors)
-            .iter()
-            .filter(|(_, (r, _))| repo.is_none_or(|want| want == r))
-            .map(|(id, (_, tx))| (id.clone(), tx.clone()))
-            .collect()
     }
 
     /// Starts the task that drives a rollout, under its lease `held`.
@@ -1492,6 +1498,19 @@ fn is_terminal_state(state: &str) -> bool {
     ]
     .iter()
     .any(|s| s.as_str() == state)
+}
+
+/// The engine command that makes a rollout hold `freeze`, or lifts the
+/// one it holds (`by` names who lifted it).
+fn freeze_command(freeze: Option<Freeze>, by: &str) -> Command {
+    match freeze {
+        Some(f) => Command::Freeze {
+            until: f.until,
+            reason: f.reason,
+            by: f.by,
+        },
+        None => Command::Unfreeze { by: by.to_owned() },
+    }
 }
 
 fn ctx_now() -> Ctx {

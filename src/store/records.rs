@@ -169,6 +169,18 @@ impl Freeze {
     pub fn active(&self, now: DateTime<Utc>) -> bool {
         self.until.is_none_or(|u| u > now)
     }
+
+    /// Of a repository's stored freezes (its own and `*`), the one in force
+    /// at `now` that lasts longest (one without an end first). That is the
+    /// one its rollouts hold: a rollout holds one freeze, and the one that
+    /// ends last is when it may start steps again, whichever scope set it.
+    pub fn in_force(freezes: &[Freeze], now: DateTime<Utc>) -> Option<Freeze> {
+        freezes
+            .iter()
+            .filter(|f| f.active(now))
+            .max_by_key(|f| (f.until.is_none(), f.until))
+            .cloned()
+    }
 }
 
 /// A baseline with the (repository, environment, service) it belongs to,
