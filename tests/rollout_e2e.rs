@@ -582,6 +582,61 @@ async fn second_merge_while_the_first_runs(policy: &str) -> (String, String, Fle
     (one_end, two_end, fleet)
 }
 
+/// An abort ends the rollout at once, but its deploys in flight go on at
+/// the agents: the branch's next rollout must not deploy to the same
+/// (environment, service) until they end, and their outcome is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_abort_the_next_rollout_waits_for_the_deploys_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(2).await;
+    for (name, _) in &envs {
+        fleet.update_knobs(name, |k| k.deploy_duration = Duration::from_millis(1500));
+    }
+    let first = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let one = rollout_of(&running, &first).await;
+    let second = git.commit(&[("services/api/main.rs", "fn main() {}")], "second");
+    deliver(&running, "pull_request", "pr-2", &merged_pr(2, &second)).await;
+    let two = rollout_of(&running, &second).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fleet.deploys().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no deploy started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
+        .runtime
+        .command(
+            &one.id,
+            convoy::engine::Command::Abort { by: "alice".into() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        running.store.rollout(&one.id).await.unwrap().unwrap().state,
+        "aborted"
+    );
+    let done = wait_state(&running, &two.id, &["succeeded", "failed", "halted"], 60).await;
+    assert_eq!(done.state, "succeeded");
+    assert!(
+        fleet.overlapping_deploys().is_empty(),
+        "{:#?}",
+        fleet.overlapping_deploys()
+    );
+    // The aborted rollout's step in flight ended and is recorded as such.
+    let view = api_rollout(&running, &one.id).await;
+    let in_flight: Vec<&serde_json::Value> = view["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["steps"].as_array().unwrap())
+        .filter(|s| ["preflight", "deploying", "verifying"].contains(&s["state"].as_str().unwrap()))
+        .collect();
+    assert!(in_flight.is_empty(), "{in_flight:#?}");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_merge_queues_behind_the_branch_s_running_rollout() {
     let (one, two, fleet) = second_merge_while_the_first_runs("").await;

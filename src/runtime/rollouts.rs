@@ -1208,7 +1208,16 @@ impl RolloutRuntime {
                 .any(|e| matches!(e, Effect::Finished { .. }));
             self.execute_with(&tx, &meta, &rollout, batch.effects, &held_locks)
                 .await;
-            if finished || rollout.state.is_terminal() {
+            // An abort ends the rollout at once, but the deploys it had in
+            // flight go on at the agents: the task stays to see them end
+            // (their outcome goes into the history) and keeps their locks
+            // until then, so that the branch's next rollout cannot deploy
+            // to the same (environment, service) meanwhile (SPEC 6.5).
+            // Every command to an ended rollout is refused, so nothing new
+            // starts while it waits.
+            if (finished || rollout.state.is_terminal())
+                && !rollout.steps().any(|s| s.is_in_flight())
+            {
                 break;
             }
         }
