@@ -199,6 +199,14 @@ impl Store for Counting {
     ) -> StoreResult<Vec<RolloutSummary>> {
         self.inner.unfinished_deploys(repo, branch).await
     }
+    async fn deploys_after(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        than: &RolloutRecord,
+    ) -> StoreResult<Vec<RolloutSummary>> {
+        self.inner.deploys_after(repo, branch, than).await
+    }
     async fn last_succeeded_commit(
         &self,
         repo: &RepoName,

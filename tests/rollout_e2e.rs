@@ -256,6 +256,68 @@ async fn a_failure_over_budget_halts_and_a_retry_finishes() {
     running.stop().await;
 }
 
+/// A retry may run a failed rollout again only while it is the branch's
+/// newest: once a later merge rolled out, the retry would put the older
+/// commit back over it (and could run beside a rollout in progress).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_is_not_retried_once_a_later_one_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(4).await;
+    let spec = fleet_spec(&envs, "", "    failure_budget: 3\n");
+    let first = git.commit(&[("convoy.yml", &spec)], "first");
+    // cust-003 lands in the last wave, whose budget lets the rollout end
+    // `failed` instead of halting.
+    fleet.set_knobs(
+        "cust-003",
+        AgentKnobs {
+            permanent_failure: true,
+            ..AgentKnobs::default()
+        },
+    );
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let one = rollout_of(&running, &first).await;
+    let ended = wait_state(&running, &one.id, &["failed", "halted", "succeeded"], 60).await;
+    assert_eq!(ended.state, "failed");
+
+    fleet.set_knobs("cust-003", AgentKnobs::default());
+    let second = git.commit(&[("services/api/main.rs", "fn main() {}")], "second");
+    deliver(&running, "pull_request", "pr-2", &merged_pr(2, &second)).await;
+    let two = rollout_of(&running, &second).await;
+    let ended = wait_state(&running, &two.id, &["failed", "halted", "succeeded"], 60).await;
+    assert_eq!(ended.state, "succeeded");
+    let deploys = fleet.deploys().len();
+
+    let err = running
+        .runtime
+        .command(
+            &one.id,
+            Command::Retry {
+                environments: vec![],
+                by: "alice".into(),
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot run again") && err.contains(two.id.as_str()),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.deploys().len(), deploys, "nothing deployed");
+    assert_eq!(
+        running.store.rollout(&one.id).await.unwrap().unwrap().state,
+        "failed"
+    );
+    assert_eq!(
+        fleet.version_of("cust-003", "api").as_deref(),
+        Some(second.as_str())
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried() {
     let dir = tempfile::tempdir().unwrap();

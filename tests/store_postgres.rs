@@ -675,6 +675,46 @@ async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
     assert_eq!(branch_queue(&postgres).await, expected, "PostgreSQL");
 }
 
+/// A retry's question, asked of both stores: the branch's deploy rollouts
+/// made after a given one (by time, then id), on the rows of
+/// `branch_queue`: other branches, repositories and rollbacks are not.
+#[tokio::test]
+async fn a_branch_s_later_deploys_are_listed_alike_by_both_stores() {
+    let (_dir, sqlite, postgres) = both_stores().await;
+    for (name, store) in [("SQLite", &sqlite as &dyn Store), ("PostgreSQL", &postgres)] {
+        branch_queue(store).await;
+        let after = |id: &'static str, second: i64| {
+            let mut than = record(id, &"0".repeat(40), RolloutKind::Deploy);
+            than.created_at = Utc
+                .timestamp_millis_opt(1_700_000_000_000 + second * 1000)
+                .unwrap();
+            async move {
+                store
+                    .deploys_after(&RepoName::new("acme/app"), &BranchName::new("main"), &than)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.id.to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            after("r-done", 1).await,
+            ["r-running", "r-queued", "r-halted", "r-queued-later"],
+            "{name}"
+        );
+        assert_eq!(
+            after("r-running", 2).await,
+            ["r-queued", "r-halted", "r-queued-later"],
+            "{name}"
+        );
+        // Made in the same millisecond: the id decides.
+        assert_eq!(after("r-a", 2).await[0], "r-running", "{name}");
+        assert_eq!(after("r-z", 2).await[0], "r-queued", "{name}");
+        assert!(after("r-queued-later", 5).await.is_empty(), "{name}");
+    }
+}
+
 /// The drift pass's question, asked of both stores: environments with a
 /// step in flight in an unfinished rollout, each once, sorted.
 async fn in_flight(store: &dyn Store) -> Vec<(String, String)> {

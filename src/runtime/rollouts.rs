@@ -666,6 +666,37 @@ impl RolloutRuntime {
             },
         };
         let effects = t.effects;
+        if was_terminal && !rollout.state.is_terminal() && record.kind == RolloutKind::Deploy {
+            // Running again (a retry after it failed) is for the branch's
+            // newest rollout only: one after it may be running, or have
+            // deployed a newer commit that this one would put back (SPEC
+            // 6.5: one active rollout per branch). Decided under the
+            // admission lock, like every start on the branch.
+            let newer = match self
+                .inner
+                .store
+                .deploys_after(&record.repo, &record.branch, &record)
+                .await
+            {
+                Ok(newer) => newer,
+                Err(e) => {
+                    self.give_up(id, &held).await;
+                    return Err(e.into());
+                }
+            };
+            if let Some(next) = newer.last() {
+                self.give_up(id, &held).await;
+                return Err(CommandError(format!(
+                    "rollout {id} cannot run again: rollout {} of commit {} came after it on \
+                     `{}` and is {}; act on that one, or merge a fix",
+                    next.id,
+                    crate::report::text::short_sha(next.commit.as_str()),
+                    record.branch,
+                    next.state
+                ))
+                .into());
+            }
+        }
         if !self
             .persist(id, &mut rollout, &t.changed, &effects, &held)
             .await

@@ -412,6 +412,16 @@ pub trait Store: Send + Sync + 'static {
         branch: &BranchName,
     ) -> Result<Vec<RolloutSummary>>;
 
+    /// The deploy rollouts of the branch made after `than` (by creation
+    /// time, then id), oldest first, without their documents: a finished
+    /// rollout may run again (a retry) only if nothing came after it.
+    async fn deploys_after(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        than: &RolloutRecord,
+    ) -> Result<Vec<RolloutSummary>>;
+
     /// The commit of the newest succeeded deploy rollout on the branch.
     async fn last_succeeded_commit(
         &self,

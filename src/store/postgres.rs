@@ -823,6 +823,26 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    async fn deploys_after(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        than: &RolloutRecord,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = $1 AND branch = $2 AND {DEPLOY} \
+             AND (created_at > $3 OR (created_at = $3 AND id COLLATE \"C\" > $4)) \
+             ORDER BY created_at, id COLLATE \"C\""
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .bind(to_millis(than.created_at))
+        .bind(than.id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::summary).collect()
+    }
+
     async fn last_succeeded_commit(
         &self,
         repo: &RepoName,

@@ -1078,6 +1078,26 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn deploys_after(
+        &self,
+        repo: &RepoName,
+        branch: &BranchName,
+        than: &RolloutRecord,
+    ) -> Result<Vec<RolloutSummary>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? AND {DEPLOY} \
+             AND (created_at > ? OR (created_at = ? AND id > ?)) ORDER BY created_at, id"
+        )))
+        .bind(repo.as_str())
+        .bind(branch.as_str())
+        .bind(to_millis(than.created_at))
+        .bind(to_millis(than.created_at))
+        .bind(than.id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::summary).collect()
+    }
+
     async fn last_succeeded_commit(
         &self,
         repo: &RepoName,
