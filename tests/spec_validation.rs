@@ -170,6 +170,21 @@ fn durations_over_ten_years_are_refused() {
 }
 
 #[test]
+fn environment_names_that_commands_read_as_keywords_are_refused() {
+    let base = check(BASE);
+    assert!(!base.contains("reserved"), "{base}");
+    for word in ["all", "failed"] {
+        let yaml = BASE.replacen("name: two", &format!("name: {word}"), 1);
+        assert_ne!(yaml, BASE, "BASE names `two`");
+        let out = check(&yaml);
+        assert!(
+            out.contains(&format!("environment name `{word}` is reserved")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn percent_range_and_increase() {
     let yaml = format!(
         "{BASE}  - name: a\n    percent: 50\n  - name: b\n    percent: 40\n  - name: c\n    percent: 101\n  - name: d\n    percent: 0\n  - name: e\n    percent: 10%\n"

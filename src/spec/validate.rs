@@ -150,6 +150,12 @@ pub fn parse_spec(text: &str, ctx: &CheckContext) -> Result<ConvoySpec, Vec<Spec
 
 // ---------------------------------------------------------------------------
 
+/// Words the slash commands read as keywords where environments are named.
+const RESERVED_ENVIRONMENT_NAMES: &[&str] = &[
+    crate::commands::parse::RETRY_ALL_KEYWORD,
+    crate::commands::parse::ROLLBACK_ALL_KEYWORD,
+];
+
 const TOP_KEYS: &[&str] = &["version", "services", "environments", "waves", "policy"];
 const SERVICE_KEYS: &[&str] = &["paths", "depends_on"];
 const ENV_KEYS: &[&str] = &["name", "labels", "driver", "url", "services", "depends_on"];
@@ -597,7 +603,20 @@ impl Validator<'_> {
                     None
                 }
                 Some(n) => self.name(n, "environment name").and_then(|name| {
-                    if let Some(first) = seen.get(&name) {
+                    if RESERVED_ENVIRONMENT_NAMES.contains(&name.as_str()) {
+                        // `/convoy retry failed` and `/convoy rollback all`
+                        // read these as keywords: an environment so named
+                        // could not be named in a command.
+                        self.err(
+                            n.pos,
+                            format!(
+                                "environment name `{name}` is reserved: commands read it as a \
+                                 keyword (`/convoy retry failed`, `/convoy rollback all`); \
+                                 choose another name"
+                            ),
+                        );
+                        None
+                    } else if let Some(first) = seen.get(&name) {
                         self.err(
                             n.pos,
                             format!(
