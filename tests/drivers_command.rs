@@ -212,6 +212,35 @@ async fn a_deploy_abandoned_by_its_caller_kills_the_whole_process_group() {
 }
 
 #[tokio::test]
+async fn a_status_answer_without_its_version_is_an_error_not_never_deployed() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        "status.sh",
+        r#"printf '{"service":"%s","Version":"v1","healthy":true}' "$1""#,
+    );
+    let d = CommandDriverImpl::new(
+        "helm",
+        &CommandDriver {
+            argv: vec!["true".into()],
+            status_argv: vec![prog, "{service}".into()],
+            timeout: Duration::from_secs(10),
+            permanent_exit_codes: vec![],
+        },
+    );
+    let endpoint = Endpoint {
+        environment: EnvName::new("acme"),
+        url: None,
+    };
+    let e = d
+        .status(&endpoint, &ServiceName::new("api"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, FailureKind::Permanent);
+    assert!(e.message.contains("missing field `version`"), "{e}");
+}
+
+#[tokio::test]
 async fn status_argv_prints_the_status_json() {
     let dir = tempfile::tempdir().unwrap();
     let prog = script(

@@ -271,7 +271,7 @@ impl Driver for CommandDriverImpl {
         if out.code != Some(0) {
             return Err(self.failure("status", &out));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
+        AgentStatus::read(&out.stdout, service).map_err(|e| {
             DriverError::permanent(format!(
                 "status: output is not the status JSON ({e}): {}",
                 truncate_chars(String::from_utf8_lossy(&out.stdout).trim(), 200)

@@ -217,7 +217,7 @@ impl Driver for HttpAgent {
         if !status.is_success() {
             return Err(status_error("status", status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        AgentStatus::read(&body, service).map_err(|e| {
             DriverError::permanent(format!("status: the agent's answer is not valid: {e}"))
         })
     }

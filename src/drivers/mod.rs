@@ -42,11 +42,34 @@ pub struct StepRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub service: String,
-    /// `None`: the service was never deployed there (not drift).
+    /// `None`: the service was never deployed there (not drift). The key
+    /// must be there (`"version": null`): read as absent, a misspelt
+    /// `Version` would hide every drift and keep every verify waiting.
+    #[serde(deserialize_with = "present_or_null")]
     pub version: Option<String>,
     pub healthy: bool,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+fn present_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+impl AgentStatus {
+    /// Reads an agent's status answer about `asked`; the error says what
+    /// is wrong with it. An answer about another service is refused: its
+    /// version is not this service's.
+    pub fn read(answer: &[u8], asked: &ServiceName) -> Result<AgentStatus, String> {
+        let status: AgentStatus = serde_json::from_slice(answer).map_err(|e| e.to_string())?;
+        if status.service != asked.as_str() {
+            return Err(format!(
+                "it is about service `{}`, not `{asked}`",
+                truncate_chars(&status.service, 64)
+            ));
+        }
+        Ok(status)
+    }
 }
 
 /// The agent's own preflight (SPEC 4.1, optional).
@@ -221,4 +244,24 @@ pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max).collect();
     out.push('…');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_answer_names_its_version_and_is_about_the_service_asked() {
+        let api = ServiceName::new("api");
+        let read = |answer: &str| AgentStatus::read(answer.as_bytes(), &api);
+        let never = read(r#"{"service":"api","version":null,"healthy":false}"#).unwrap();
+        assert_eq!((never.version, never.message), (None, None));
+        let runs = read(r#"{"service":"api","version":"abc","healthy":true,"message":"m"}"#);
+        assert_eq!(runs.unwrap().version.as_deref(), Some("abc"));
+        // A misspelt or missing key is not "never deployed".
+        let e = read(r#"{"service":"api","Version":"abc","healthy":true}"#).unwrap_err();
+        assert!(e.contains("missing field `version`"), "{e}");
+        let e = read(r#"{"service":"web","version":"abc","healthy":true}"#).unwrap_err();
+        assert_eq!(e, "it is about service `web`, not `api`");
+    }
 }
