@@ -374,7 +374,12 @@ fn apply_env_overrides(raw: &mut RawConfig, env: &[(String, String)]) -> Result<
 }
 
 /// `CONVOY_DRIVERS_<NAME>_<KEY>`: NAME is the driver's name upper-cased with
-/// `-` written as `_`; it must name a driver defined in the file.
+/// `-` written as `_`; it must name a driver defined in the file. When two
+/// drivers' names both fit (`agent` and `agent-eu`), the longer one whose
+/// rest is a known key is meant. `HEADERS_<HEADER>` sets one header (its
+/// name lower-cased, `_` as `-`, replacing the file's header of that name
+/// in any case); `ARGV` and `STATUS_ARGV` take a JSON array of strings, or
+/// words split on whitespace.
 fn apply_driver_override(
     raw: &mut RawConfig,
     var: &str,
@@ -384,27 +389,59 @@ fn apply_driver_override(
     const KEYS: &[&str] = &[
         "KIND",
         "ALLOWED_HOSTS",
+        "HEADERS_<HEADER>",
         "ARGV",
         "STATUS_ARGV",
         "TIMEOUT",
         "PERMANENT_EXIT_CODES",
     ];
-    let found = raw.drivers.iter_mut().find_map(|(name, driver)| {
-        let prefix = format!("{}_", name.to_uppercase().replace('-', "_"));
-        rest.strip_prefix(&prefix).map(|key| (driver, key))
-    });
-    let Some((driver, key)) = found else {
+    let known = |key: &str| {
+        key.strip_prefix("HEADERS_").is_some_and(|h| !h.is_empty())
+            || KEYS.contains(&key) && !key.contains('<')
+    };
+    // Every driver whose name fits, the longest first; the first whose
+    // rest is a known key wins, else the longest names the unknown key.
+    let mut fits: Vec<(String, String)> = raw
+        .drivers
+        .keys()
+        .filter_map(|name| {
+            let prefix = format!("{}_", name.to_uppercase().replace('-', "_"));
+            rest.strip_prefix(&prefix)
+                .map(|key| (name.clone(), key.to_owned()))
+        })
+        .collect();
+    fits.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    let Some((name, key)) = fits
+        .iter()
+        .find(|(_, key)| known(key))
+        .or(fits.first())
+        .cloned()
+    else {
         return Err(err(format!(
             "{var}: names no driver defined in the configuration file"
         )));
     };
-    match key {
+    let Some(driver) = raw.drivers.get_mut(&name) else {
+        return Err(err(format!(
+            "{var}: names no driver defined in the configuration file"
+        )));
+    };
+    let argv = |value: &str| -> Result<Vec<String>, ConfigError> {
+        if value.trim_start().starts_with('[') {
+            serde_json::from_str(value).map_err(|e| {
+                err(format!(
+                    "{var}: not a JSON array of strings ({e}); write e.g. [\"helm\", \"upgrade\"]"
+                ))
+            })
+        } else {
+            Ok(value.split_whitespace().map(str::to_owned).collect())
+        }
+    };
+    match key.as_str() {
         "KIND" => driver.kind = Some(value.to_owned()),
         "ALLOWED_HOSTS" => driver.allowed_hosts = Some(split_list(value)),
-        "ARGV" => driver.argv = Some(value.split_whitespace().map(str::to_owned).collect()),
-        "STATUS_ARGV" => {
-            driver.status_argv = Some(value.split_whitespace().map(str::to_owned).collect())
-        }
+        "ARGV" => driver.argv = Some(argv(value)?),
+        "STATUS_ARGV" => driver.status_argv = Some(argv(value)?),
         "TIMEOUT" => driver.timeout = Some(value.to_owned()),
         "PERMANENT_EXIT_CODES" => {
             driver.permanent_exit_codes = Some(
@@ -413,6 +450,12 @@ fn apply_driver_override(
                     .map(|c| parse_num(var, c))
                     .collect::<Result<_, _>>()?,
             )
+        }
+        other if known(other) => {
+            let header = other["HEADERS_".len()..].to_lowercase().replace('_', "-");
+            let headers = driver.headers.get_or_insert_with(BTreeMap::new);
+            headers.retain(|h, _| !h.eq_ignore_ascii_case(&header));
+            headers.insert(header, value.to_owned());
         }
         other => {
             return Err(err(format!(
@@ -861,6 +904,91 @@ permanent_exit_codes = [3]
 
         let e = Config::from_toml(text, "c.toml", &[]).unwrap_err();
         assert!(e.0.contains("AGENT_TOKEN is not set"), "{e}");
+    }
+
+    #[test]
+    fn every_driver_key_can_be_overridden_from_the_environment() {
+        let text = r#"
+[github]
+webhook_secret = "s"
+[drivers.agent]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+headers = { Authorization = "Bearer file" }
+[drivers.agent-eu]
+kind = "http-agent"
+allowed_hosts = ["127.0.0.1"]
+[drivers.helm]
+kind = "command"
+argv = ["helm"]
+"#;
+        let c = Config::from_toml(
+            text,
+            "c.toml",
+            &env(&[
+                // `agent` fits this name too; the longer `agent-eu` is meant.
+                ("CONVOY_DRIVERS_AGENT_EU_ALLOWED_HOSTS", "eu.example.com"),
+                ("CONVOY_DRIVERS_AGENT_TIMEOUT", "3s"),
+                (
+                    "CONVOY_DRIVERS_AGENT_HEADERS_AUTHORIZATION",
+                    "Bearer ${TOKEN}",
+                ),
+                ("CONVOY_DRIVERS_AGENT_HEADERS_X_API_KEY", "k"),
+                ("TOKEN", "from-env"),
+                (
+                    "CONVOY_DRIVERS_HELM_ARGV",
+                    r#"["helm", "upgrade", "--set", "a=1,b=2", "{service}"]"#,
+                ),
+                (
+                    "CONVOY_DRIVERS_HELM_STATUS_ARGV",
+                    "./status.sh {environment}",
+                ),
+            ]),
+        )
+        .unwrap();
+        let (DriverConfig::HttpAgent(agent), DriverConfig::HttpAgent(eu)) =
+            (&c.drivers["agent"], &c.drivers["agent-eu"])
+        else {
+            panic!("http agents");
+        };
+        assert_eq!(eu.allowed_hosts, ["eu.example.com"]);
+        assert_eq!(agent.allowed_hosts, ["127.0.0.1"]);
+        assert_eq!(agent.timeout, Duration::from_secs(3));
+        let headers: Vec<(&str, &str)> = agent
+            .headers
+            .iter()
+            .map(|(h, v)| (h.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("authorization", "Bearer from-env"), ("x-api-key", "k")]
+        );
+        let DriverConfig::Command(helm) = &c.drivers["helm"] else {
+            panic!("helm should be command");
+        };
+        assert_eq!(
+            helm.argv,
+            ["helm", "upgrade", "--set", "a=1,b=2", "{service}"]
+        );
+        assert_eq!(helm.status_argv, ["./status.sh", "{environment}"]);
+
+        let e = Config::from_toml(
+            text,
+            "c.toml",
+            &env(&[("CONVOY_DRIVERS_HELM_ARGV", "[\"helm\", 3]")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("CONVOY_DRIVERS_HELM_ARGV: not a JSON array of strings"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            text,
+            "c.toml",
+            &env(&[("CONVOY_DRIVERS_AGENT_EU_COLOUR", "blue")]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("unknown driver key `colour`"), "{e}");
     }
 
     #[test]
