@@ -303,6 +303,34 @@ fn halted_with_failures() {
     assert!(!rep.comment.contains("<b>"));
 }
 
+/// Commands on the pull request act on its deploy rollout, so a halted
+/// rollback's report offers none to type (a `/convoy retry` would retry
+/// the deploy); it points at its check run's buttons, which reach it.
+#[test]
+fn a_halted_rollback_offers_its_buttons_not_commands_that_reach_the_deploy() {
+    let r = halted();
+    let mut rec = record("halted");
+    rec.kind = RolloutKind::Rollback;
+    rec.parent = Some(RolloutId::new("20261126090000000-parent"));
+    rec.document = Some(serde_json::to_string(&r).unwrap());
+    let rep = render_rollout(&rec, Some(&r), &opts());
+    assert!(!rep.comment.contains("`/convoy "), "{}", rep.comment);
+    assert!(
+        rep.comment
+            .contains("Act on it with the buttons of its `convoy/rollback` check run"),
+        "{}",
+        rep.comment
+    );
+    assert_eq!(rep.check_run.name, "convoy/rollback");
+    assert!(labels(&rep).contains(&"Retry failed"), "{:?}", labels(&rep));
+    // The deploy's own report keeps them.
+    assert!(
+        report("halted", Some(&r))
+            .comment
+            .contains("`/convoy retry cust-0004`")
+    );
+}
+
 #[test]
 fn awaiting_approval() {
     let mut r = started(small());

@@ -670,7 +670,9 @@ impl<'a> Facts<'a> {
             && let Some(parent) = &self.record.parent
         {
             out.push(format!(
-                "Rolls back [rollout {parent}]({}) to the last known good versions.",
+                "Rolls back [rollout {parent}]({}) to the last known good versions. \
+                 Act on it with the buttons of its `{ROLLBACK_CHECK}` check run: commands \
+                 commented on the pull request act on the rollout it rolls back.",
                 self.opts.rollout_url(parent.as_str())
             ));
         }
@@ -751,6 +753,9 @@ impl<'a> Facts<'a> {
     /// (SPEC 6.6) is first offered `adopt` (then retry) and `resync`.
     fn drift_recovery(&self, env: &EnvName, steps: &[FailedStepFacts]) -> Vec<String> {
         let mut out = Vec::new();
+        if !self.commands_reach_it() {
+            return out;
+        }
         if steps
             .iter()
             .any(|(_, error, _)| error.starts_with("drifted:"))
@@ -767,7 +772,19 @@ impl<'a> Facts<'a> {
         out
     }
 
+    /// Whether a command commented on the pull request acts on this
+    /// rollout. It acts on the pull request's deploy rollout, never on a
+    /// rollback of it: a rollback's report offers no commands to type
+    /// (they would retry or abort the deploy), only its check run's
+    /// buttons, which do reach it.
+    fn commands_reach_it(&self) -> bool {
+        self.record.kind != RolloutKind::Rollback
+    }
+
     fn recovery(&self, envs: &[EnvName]) -> Vec<String> {
+        if !self.commands_reach_it() {
+            return Vec::new();
+        }
         let mut out = vec![
             self.line(&Command::Retry {
                 target: RetryTarget::Environments(envs.to_vec()),
@@ -889,6 +906,9 @@ impl<'a> Facts<'a> {
         let Some(r) = self.rollout else {
             return out;
         };
+        if !self.commands_reach_it() {
+            return out;
+        }
         let failed = r.steps().any(|s| s.state == StepState::Failed);
         match self.state {
             RolloutState::Halted | RolloutState::Failed if failed => {
