@@ -643,6 +643,54 @@ async fn approval_needs_a_listed_approver_who_is_not_the_author() {
     w.finish().await;
 }
 
+/// With `forbid_self_approval`, a click on Approve needs the pull
+/// request's author, which only GitHub knows: when it will not say, the
+/// click is refused (a failed lookup never grants), with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approve_click_is_refused_when_the_author_cannot_be_read() {
+    let w = world(
+        "  forbid_self_approval: true\n",
+        "    approval: true\n",
+        false,
+    )
+    .await;
+    let waiting = wait_state(&w.running, &w.rollout, &["awaiting_approval"], 60).await;
+    assert_eq!(waiting.state, "awaiting_approval");
+    w.standin.inject(
+        convoy::testkit::github_standin::Fault::new(
+            convoy::testkit::github_standin::FaultKind::NotFound,
+            1,
+        )
+        .on(axum::http::Method::GET, &format!("/pulls/{PR}")),
+    );
+    let replies_before = w.replies().len();
+    let click = check_run_click(601, &w.rollout, Some("approve:rest"), AUTHOR);
+    deliver(&w.running, "check_run", "click-approve", &click).await;
+    for _ in 0..400 {
+        if w.replies().len() > replies_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replies = w.replies();
+    let last = replies.last().unwrap();
+    assert!(
+        last.contains("cannot tell who opened the pull request")
+            && last.contains("(a button on the `convoy/rollout` check run)"),
+        "{last}"
+    );
+    assert_eq!(w.state().await, "awaiting_approval");
+    let audit = w.audit(&w.rollout).await;
+    assert!(
+        audit.iter().any(|a| a["actor"] == AUTHOR
+            && a["result"]
+                .as_str()
+                .is_some_and(|r| r.contains("cannot tell who opened"))),
+        "{audit:#?}"
+    );
+    w.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_button_click_retries_the_failed_steps_for_a_writer_only() {
     let w = world("", "", true).await;

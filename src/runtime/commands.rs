@@ -460,7 +460,34 @@ impl CommandHandler {
             }
         };
         let pr_author = if command.verb() == Verb::Approve && rollout.policy.forbid_self_approval {
-            self.pr_author(installation, &e.repo, pull_request).await?
+            match self.pr_author(installation, &e.repo, pull_request).await? {
+                Ok(author) => author,
+                Err(why) => {
+                    // Without the author, `forbid_self_approval` cannot be
+                    // checked: a lookup that fails never grants.
+                    let reason = format!(
+                        "cannot tell who opened the pull request ({why}), so the rule against \
+                         approving one's own cannot be checked; approve with a comment on the \
+                         pull request instead"
+                    );
+                    let outcome = Outcome::Refused(reason.clone());
+                    self.audit(&asker, Some(&id), &location, &outcome, identifier.clone())
+                        .await;
+                    if let Some(pr) = pull_request {
+                        let notice = commands::render_notice(
+                            &Notice::NotDone { reason },
+                            &self.prefix,
+                            &asker.line,
+                        );
+                        let body = format!(
+                            "{}\n\n_(a button on the `{ROLLOUT_CHECK}` check run)_\n",
+                            notice.trim_end()
+                        );
+                        self.reply(installation, &e.repo, pr, &body).await;
+                    }
+                    return Ok(());
+                }
+            }
         } else {
             None
         };
@@ -491,21 +518,30 @@ impl CommandHandler {
         Ok(())
     }
 
+    /// Who opened the rollout's pull request: `Ok(None)` when it has none;
+    /// the inner `Err` says why it could not be read (a transient failure
+    /// is the outer one, and the delivery is retried).
     async fn pr_author(
         &self,
         installation: InstallationId,
         repo: &RepoName,
         pull_request: Option<u64>,
-    ) -> Result<Option<String>, HandlerError> {
-        let (Some(github), Some(number)) = (&self.github, pull_request) else {
-            return Ok(None);
+    ) -> Result<Result<Option<String>, String>, HandlerError> {
+        let Some(number) = pull_request else {
+            return Ok(Ok(None));
+        };
+        let Some(github) = &self.github else {
+            return Ok(Err("convoy cannot call GitHub".into()));
         };
         match github.get_pull_request(installation, repo, number).await {
-            Ok(pr) => Ok(pr.user.map(|u| u.login)),
+            Ok(pr) => Ok(pr
+                .user
+                .map(|u| Some(u.login))
+                .ok_or_else(|| "GitHub names no author".to_string())),
             Err(e) if e.is_transient() => Err(transient(e)),
             Err(e) => {
                 tracing::warn!(error = %e, pr = number, "cannot read the pull request's author");
-                Ok(None)
+                Ok(Err("GitHub would not show the pull request".into()))
             }
         }
     }

@@ -108,6 +108,9 @@ pub enum FaultKind {
     PrimaryRateLimit { reset_in_secs: u64 },
     /// The request is processed, then answered after the delay.
     Slow(Duration),
+    /// 404 Not Found; nothing happens (GitHub's answer to what the App
+    /// may not see).
+    NotFound,
 }
 
 /// A fault for the next `count` matching requests.
@@ -656,6 +659,10 @@ fn process(
             FaultKind::BadGateway => Some(answer(
                 StatusCode::BAD_GATEWAY,
                 json!({"message": "Server Error"}),
+            )),
+            FaultKind::NotFound => Some(answer(
+                StatusCode::NOT_FOUND,
+                json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
             )),
             FaultKind::SecondaryRateLimit { retry_after_secs } => {
                 let mut a = answer(
