@@ -185,6 +185,22 @@ fn environment_names_that_commands_read_as_keywords_are_refused() {
 }
 
 #[test]
+fn a_url_with_credentials_is_refused_without_repeating_them() {
+    let yaml = BASE.replacen(
+        "url: http://127.0.0.1:9102",
+        "url: http://deployer:hunter2@127.0.0.1:9102",
+        1,
+    );
+    assert_ne!(yaml, BASE);
+    let out = check(&yaml);
+    assert!(
+        out.contains("the url of environment `two` carries a user name or password"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+#[test]
 fn percent_range_and_increase() {
     let yaml = format!(
         "{BASE}  - name: a\n    percent: 50\n  - name: b\n    percent: 40\n  - name: c\n    percent: 101\n  - name: d\n    percent: 0\n  - name: e\n    percent: 10%\n"

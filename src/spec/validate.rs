@@ -685,6 +685,19 @@ impl Validator<'_> {
         url: Option<&(String, Pos)>,
     ) {
         let parsed_url = url.and_then(|(u, pos)| match reqwest::Url::parse(u) {
+            // The driver refuses such a URL before every request; said here,
+            // it fails the check instead of every step. Not quoted: it
+            // holds a secret.
+            Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+                self.err(
+                    *pos,
+                    format!(
+                        "the url of {what} carries a user name or password; remove them (the \
+                         operator's driver headers carry credentials)"
+                    ),
+                );
+                None
+            }
             Ok(parsed)
                 if matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some() =>
             {
