@@ -894,7 +894,7 @@ async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
     assert_eq!(deliver(&running, "check_run", "rerun-1", &rerun).await, 202);
 
     // On the drift issue: a drift command about an environment convoy never
-    // deployed to says there is nothing to compare with; rollout commands
+    // deployed to says it does not know it; rollout commands
     // point to the pull request; a freeze with nothing running says so.
     let adopt = say(issue, false, WRITER, "/convoy adopt cust-000", "created").await;
     wait_reaction(&standin, adopt, "confused").await;
@@ -910,7 +910,8 @@ async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
     let replies = bot_replies(&standin, issue);
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert!(
-        replies[0].contains("was not carried out") && replies[0].contains("no baseline"),
+        replies[0].contains("was not carried out")
+            && replies[0].contains("unknown environment `cust-000`"),
         "{}",
         replies[0]
     );

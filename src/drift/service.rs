@@ -4,7 +4,7 @@
 //! Decisions are [`super::reconcile`]'s and [`super::issue`]'s; this file
 //! reads the store, asks the agents and writes what was decided.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::issue::{self, IssueOptions};
 use super::reconcile::{
     self, Answer, Change, MAX_CONCURRENT_AGENTS, StatusSource, Ticker, Verdict,
 };
+use crate::commands::code_span;
 use crate::domain::{CommitSha, EnvName, InstallationId, RepoName, ServiceName, WaveName};
 use crate::drivers::{Drivers, Endpoint};
 use crate::engine::{Importance, Rollout};
@@ -26,6 +27,7 @@ use crate::report::transport::{Desired, ReportKey, ReportObject, Transport};
 use crate::runtime::commands::DriftCommands;
 use crate::runtime::rollouts::{RolloutRuntime, new_rollout_id};
 use crate::store::{DriftKind, RolloutKind, RolloutRecord, Store, StoreError};
+use crate::suggest::closest;
 
 /// How many of a repository's newest rollouts are read to find its
 /// environments' targets (the `convoy.yml` convoy last planned with).
@@ -467,11 +469,24 @@ impl DriftService {
         environment: &EnvName,
         service: Option<&ServiceName>,
     ) -> Result<(RepoView, Vec<(ServiceName, String, Answer)>), String> {
+        // Names as typed in a command: shown as code, never as Markdown.
+        let env_shown = code_span(environment.as_str());
         let store = &self.inner.store;
-        let baselines: Vec<_> = store
+        let all = store
             .baselines(Some(repo))
             .await
-            .map_err(|e| format!("convoy's database: {e}"))?
+            .map_err(|e| format!("convoy's database: {e}"))?;
+        if !all.iter().any(|b| &b.environment == environment) {
+            let known: BTreeSet<&str> = all.iter().map(|b| b.environment.as_str()).collect();
+            let hint = closest(environment.as_str(), known.iter().copied())
+                .map(|c| format!(" (did you mean {}?)", code_span(c)))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown environment {env_shown}: convoy has deployed nothing there in this \
+                 repository{hint}"
+            ));
+        }
+        let baselines: Vec<_> = all
             .into_iter()
             .filter(|b| &b.environment == environment)
             .filter(|b| service.is_none_or(|s| &b.service == s))
@@ -479,10 +494,11 @@ impl DriftService {
         if baselines.is_empty() {
             return Err(match service {
                 Some(s) => format!(
-                    "convoy has not deployed `{s}` to `{environment}`: there is no baseline to compare with"
+                    "convoy has not deployed {} to {env_shown}: there is no baseline to compare with",
+                    code_span(s.as_str())
                 ),
                 None => format!(
-                    "convoy has not deployed anything to `{environment}`: there is no baseline to compare with"
+                    "convoy has not deployed anything to {env_shown}: there is no baseline to compare with"
                 ),
             });
         }
@@ -493,7 +509,7 @@ impl DriftService {
             .map_err(|e| format!("convoy's database: {e}"))?;
         let Some(target) = view.targets.get(environment).cloned() else {
             return Err(format!(
-                "convoy does not know how to reach `{environment}` (not in a recent plan)"
+                "convoy does not know how to reach {env_shown} (not in a recent plan)"
             ));
         };
         let mut out = Vec::new();
@@ -517,6 +533,7 @@ impl DriftService {
         by: &str,
     ) -> Result<(), String> {
         let (_, answers) = self.live(repo, environment, service).await?;
+        let env_shown = code_span(environment.as_str());
         let store = &self.inner.store;
         let now = Utc::now();
         let mut adopted = 0;
@@ -567,12 +584,12 @@ impl DriftService {
         }
         if !unreachable.is_empty() {
             return Err(format!(
-                "cannot ask `{environment}` what runs there: {}",
+                "cannot ask {env_shown} what runs there: {}",
                 unreachable.join("; ")
             ));
         }
         Err(format!(
-            "`{environment}` has not drifted: it runs what convoy expects"
+            "{env_shown} has not drifted: it runs what convoy expects"
         ))
     }
 
@@ -584,6 +601,7 @@ impl DriftService {
         by: &str,
     ) -> Result<crate::domain::RolloutId, String> {
         let (view, answers) = self.live(repo, environment, None).await?;
+        let env_shown = code_span(environment.as_str());
         let mut unreachable = Vec::new();
         let mut versions = Vec::new();
         for (svc, expected, answer) in answers {
@@ -595,10 +613,10 @@ impl DriftService {
         }
         if versions.is_empty() {
             return Err(if unreachable.is_empty() {
-                format!("`{environment}` has not drifted: it runs what convoy expects")
+                format!("{env_shown} has not drifted: it runs what convoy expects")
             } else {
                 format!(
-                    "cannot ask `{environment}` what runs there: {}",
+                    "cannot ask {env_shown} what runs there: {}",
                     unreachable.join("; ")
                 )
             });
@@ -609,7 +627,7 @@ impl DriftService {
             .find(|(_, r)| r.targets.contains_key(environment))
         else {
             return Err(format!(
-                "convoy does not know how to reach `{environment}` (not in a recent plan)"
+                "convoy does not know how to reach {env_shown} (not in a recent plan)"
             ));
         };
         let rollout = resync_rollout(original, environment, &versions);
@@ -1069,7 +1087,38 @@ mod tests {
             .adopt(inst, &repo, &EnvName::new("zz"), None, "wanda")
             .await
             .unwrap_err();
-        assert!(err.contains("no baseline"), "{err}");
+        assert_eq!(
+            err,
+            "unknown environment `zz`: convoy has deployed nothing there in this repository"
+        );
+        let err = drift
+            .resync(inst, &repo, &EnvName::new("bb"), "wanda")
+            .await
+            .unwrap_err();
+        assert!(err.ends_with("(did you mean `b`?)"), "{err}");
+        // A name as typed is shown as code, never as Markdown.
+        let err = drift
+            .adopt(inst, &repo, &EnvName::new("a`[x](http://e)`"), None, "w")
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with("unknown environment `` a`[x](http://e)` ``:"),
+            "{err}"
+        );
+        let err = drift
+            .adopt(
+                inst,
+                &repo,
+                &EnvName::new("a"),
+                Some(&ServiceName::new("we`b")),
+                "w",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with("convoy has not deployed ``we`b`` to `a`"),
+            "{err}"
+        );
 
         drift
             .adopt(inst, &repo, &EnvName::new("b"), None, "wanda")
