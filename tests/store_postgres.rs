@@ -675,6 +675,79 @@ async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
     assert_eq!(branch_queue(&postgres).await, expected, "PostgreSQL");
 }
 
+/// A step lock is released by the rollout that holds it. One whose holder
+/// has ended and that no replica drives any more (it crashed while an
+/// aborted rollout waited for its deploys in flight) is free to take;
+/// while the ended rollout is driven, or while the holder runs, it is not.
+#[tokio::test]
+async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
+    let (_dir, sqlite, postgres) = both_stores().await;
+    for (name, store) in [("SQLite", &sqlite as &dyn Store), ("PostgreSQL", &postgres)] {
+        let now = Utc.timestamp_millis_opt(1_700_000_100_000).unwrap();
+        let (repo, env, service) = (
+            RepoName::new("acme/app"),
+            EnvName::new("e1"),
+            ServiceName::new("api"),
+        );
+        for (id, state) in [("r-aborted", "aborted"), ("r-running", "running")] {
+            let mut r = record(id, &format!("{:0>40}", id.len()), RolloutKind::Deploy);
+            r.state = state.into();
+            r.commit = CommitSha::new(format!("{id:0>40}"));
+            store.create_rollout(&r).await.unwrap();
+        }
+        let running = RolloutId::new("r-running");
+        let next = RolloutId::new("r-next");
+        let lock = |holder: &'static str| {
+            let holder = RolloutId::new(holder);
+            let (repo, env, service) = (repo.clone(), env.clone(), service.clone());
+            async move {
+                store
+                    .try_lock_step(&repo, &env, &service, &holder, now)
+                    .await
+            }
+        };
+        assert!(lock("r-aborted").await.unwrap(), "{name}");
+        // Still driven (its deploys in flight): the lock holds.
+        let lease = store
+            .claim_lease(
+                "rollout",
+                "r-aborted",
+                "replica-1",
+                now,
+                now + chrono::Duration::seconds(15),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!lock("r-next").await.unwrap(), "{name}: driven");
+        // Its replica is gone (the lease ran out): the lock is free.
+        store
+            .release_lease("rollout", "r-aborted", "replica-1", lease.generation)
+            .await
+            .unwrap();
+        assert!(lock("r-next").await.unwrap(), "{name}: ended and undriven");
+        assert!(
+            lock("r-next").await.unwrap(),
+            "{name}: taken again by its holder"
+        );
+        // A running holder keeps its lock, driven or not.
+        let other = ServiceName::new("web");
+        assert!(
+            store
+                .try_lock_step(&repo, &env, &other, &running, now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .try_lock_step(&repo, &env, &other, &next, now)
+                .await
+                .unwrap(),
+            "{name}: running holder"
+        );
+    }
+}
+
 /// A retry's question, asked of both stores: the branch's deploy rollouts
 /// made after a given one (by time, then id), on the rows of
 /// `branch_queue`: other branches, repositories and rollbacks are not.

@@ -72,13 +72,24 @@ async fn lock_steps(
     }
     let unique: BTreeSet<&(EnvName, ServiceName)> = keys.iter().collect();
     let (environments, services) = columns(unique);
-    let held: Vec<(String, String)> = sqlx::query_as(
+    // A lock whose holder has ended and that no replica drives (it
+    // crashed while an aborted rollout waited for its deploys in flight)
+    // is free: nothing would ever release it.
+    let held: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
          SELECT $1, e, s, $2, $3 FROM UNNEST($4::TEXT[], $5::TEXT[]) WITH ORDINALITY AS t (e, s, n) \
          ORDER BY n \
-         ON CONFLICT (repo, environment, service) DO UPDATE SET rollout_id = step_locks.rollout_id \
-         WHERE step_locks.rollout_id = excluded.rollout_id RETURNING environment, service",
-    )
+         ON CONFLICT (repo, environment, service) DO UPDATE SET rollout_id = excluded.rollout_id, \
+           acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
+                              THEN step_locks.acquired_at ELSE excluded.acquired_at END \
+         WHERE step_locks.rollout_id = excluded.rollout_id \
+            OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                        AND r.state IN {TERMINAL}) \
+                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
+                                AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
+                                AND l.expires_at > $3)) \
+         RETURNING environment, service"
+    )))
     .bind(repo)
     .bind(rollout.as_str())
     .bind(now_ms)
