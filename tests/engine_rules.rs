@@ -1804,6 +1804,34 @@ fn auto_rollback_on_halt_lists_the_touched_environments_of_the_wave() {
     assert_eq!(sim.step("c1", "api").state, StepState::Succeeded);
 }
 
+/// A rollback pins its environments until the next merge (SPEC 6.8): a
+/// step of the rolled-back rollout still to run there (here: waiting to
+/// retry) is skipped, not deployed over the pin.
+#[test]
+fn a_rolled_back_environment_s_waiting_steps_do_not_deploy_over_the_pin() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
+    sim.deploy = Box::new(|_, _| Some((FailureKind::Transient, "503".into())));
+    sim.start();
+    sim.run_until(|s| s.step("a", "api").retry_at.is_some());
+    assert_eq!(sim.step("a", "api").state, StepState::Pending);
+    sim.send(Event::RolledBack {
+        environments: vec![EnvName::new("a")],
+    });
+    let a = sim.step("a", "api");
+    assert_eq!(a.state, StepState::Skipped);
+    assert_eq!(
+        a.note.as_deref(),
+        Some("skipped: the environment was rolled back")
+    );
+    sim.run();
+    let deploys = sim
+        .effects()
+        .filter(|e| matches!(e, Effect::Deploy { .. }))
+        .count();
+    assert_eq!(deploys, 1, "the retry never ran");
+    assert_eq!(sim.state(), RolloutState::Succeeded);
+}
+
 #[test]
 fn recovery_reverifies_in_flight_steps_before_redeploying() {
     let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"])]));

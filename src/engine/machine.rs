@@ -260,6 +260,15 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
                     {
                         s.state = StepState::RolledBack;
                         out.mark(Importance::Matters);
+                    } else if envs.contains(&s.environment) && s.state == StepState::Pending {
+                        // The rollback pins the environment until the next
+                        // merge (SPEC 6.8): a step not yet run there, or
+                        // waiting to retry, must not deploy over the pin.
+                        s.state = StepState::Skipped;
+                        s.retry_at = None;
+                        s.note = Some("skipped: the environment was rolled back".into());
+                        s.finished_at = Some(ctx.now);
+                        out.mark(Importance::Matters);
                     }
                 }
             }
