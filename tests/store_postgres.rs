@@ -119,6 +119,33 @@ async fn two_replicas_creating_the_same_rollout_make_one() {
     }
 }
 
+/// The push creates the rollout without a pull request; the pull
+/// request's merge, which planned at the same time, loses the race but
+/// knows the number: the rollout takes it, and keeps the first it had.
+#[tokio::test]
+async fn the_loser_of_a_creation_race_gives_the_rollout_its_pull_request() {
+    let (_dir, sqlite, postgres) = both_stores().await;
+    for (name, store) in [("SQLite", &sqlite as &dyn Store), ("PostgreSQL", &postgres)] {
+        let commit = "a".repeat(40);
+        let mut push = record("from-push", &commit, RolloutKind::Deploy);
+        push.pull_request = None;
+        assert_eq!(store.create_rollout(&push).await.unwrap(), Created::New);
+        let mut merge = record("from-merge", &commit, RolloutKind::Deploy);
+        merge.pull_request = Some(12);
+        assert_eq!(
+            store.create_rollout(&merge).await.unwrap(),
+            Created::Existing(push.id.clone()),
+            "{name}"
+        );
+        let stored = store.rollout(&push.id).await.unwrap().unwrap();
+        assert_eq!(stored.pull_request, Some(12), "{name}");
+        merge.pull_request = Some(13);
+        store.create_rollout(&merge).await.unwrap();
+        let stored = store.rollout(&push.id).await.unwrap().unwrap();
+        assert_eq!(stored.pull_request, Some(12), "{name}: the first stays");
+    }
+}
+
 #[tokio::test]
 async fn a_step_lock_is_held_by_one_rollout_whichever_replica_asks() {
     let (a, b) = two_replicas().await;

@@ -355,7 +355,8 @@ pub trait Store: Send + Sync + 'static {
     // --- rollouts --------------------------------------------------------
 
     /// Creates the rollout, or finds the deploy rollout of the same
-    /// (repository, branch, commit) that a sibling event already created.
+    /// (repository, branch, commit) that a sibling event already created;
+    /// that one takes `record`'s pull request if it had none.
     async fn create_rollout(&self, record: &RolloutRecord) -> Result<Created>;
 
     async fn attach_pull_request(&self, id: &RolloutId, pull_request: u64) -> Result<()>;

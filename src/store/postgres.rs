@@ -654,6 +654,18 @@ impl Store for PostgresStore {
             .bind(r.commit.as_str())
             .fetch_optional(&mut *tx)
             .await?;
+            // The push and the pull request's merge race to create one
+            // rollout; whichever loses may be the one that knows the
+            // pull request's number.
+            if let (Some(id), Some(pr)) = (&existing, r.pull_request) {
+                sqlx::query(
+                    "UPDATE rollouts SET pull_request = $1 WHERE id = $2 AND pull_request IS NULL",
+                )
+                .bind(pr as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             return match existing {
                 Some(id) => Ok(Created::Existing(RolloutId::new(id))),

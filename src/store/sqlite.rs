@@ -90,6 +90,24 @@ async fn lock_step(
     Ok(holder.as_deref() == Some(rollout.as_str()))
 }
 
+/// The pull request's number on a rollout that has none: the push and the
+/// pull request's merge race to create one rollout, and whichever loses
+/// may be the one that knows the number.
+async fn attach_if_none(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    pull_request: Option<u64>,
+) -> Result<()> {
+    if let Some(pr) = pull_request {
+        sqlx::query("UPDATE rollouts SET pull_request = ? WHERE id = ? AND pull_request IS NULL")
+            .bind(pr as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Step rows per INSERT: each statement is a round trip to SQLite's worker
 /// thread, so a batch of thousands of steps (a start, a recovery) goes in
 /// a few statements rather than one per row. 4 parameters a row stays far
@@ -843,6 +861,8 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(id) = existing {
+                attach_if_none(&mut tx, &id, r.pull_request).await?;
+                tx.commit().await?;
                 return Ok(Created::Existing(RolloutId::new(id)));
             }
         }
