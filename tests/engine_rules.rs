@@ -617,6 +617,28 @@ fn backoff_is_capped_and_jittered() {
     assert_eq!(engine::backoff_delay(b, 40, f64::NAN), engine::MAX_BACKOFF);
 }
 
+/// Steps in flight at a halt finish, and may fail: the halt's count (what
+/// the waiting reason and the comment say) keeps up with them.
+#[test]
+fn a_halt_counts_the_failures_of_the_steps_in_flight_at_it() {
+    let mut sim = Sim::new(simple_plan(vec![
+        wave("w", &["a", "b", "c"]).parallel(3),
+        wave("next", &["d"]),
+    ]));
+    sim.deploy = Box::new(|_, _| Some((FailureKind::Permanent, "422 no such chart".into())));
+    sim.start();
+    sim.run();
+    assert_eq!(sim.state(), RolloutState::Halted);
+    let failed = sim
+        .r
+        .steps()
+        .filter(|s| s.state == StepState::Failed)
+        .count();
+    assert_eq!(failed, 3, "all three were in flight at the halt");
+    let halt = sim.r.halt.clone().unwrap();
+    assert_eq!((halt.failed, halt.allowed), (3, 0));
+}
+
 #[test]
 fn permanent_failure_is_not_retried_and_halts_at_budget_zero() {
     let mut sim = Sim::new(simple_plan(vec![

@@ -962,7 +962,19 @@ fn cascade_failure(r: &mut Rollout, failed: StepKey, held: bool, ctx: &Ctx) -> b
 
 /// Halts on the first started wave whose failures exceed its budget.
 fn check_budgets(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
-    if r.halt.is_some() || r.state.is_terminal() {
+    if r.state.is_terminal() {
+        return;
+    }
+    if let Some(halt) = &mut r.halt {
+        // Steps in flight at the halt may fail after it: the reason keeps
+        // counting them, so it says how far over the budget the wave is.
+        if let Some(wave) = r.waves.iter().find(|w| w.name == halt.wave) {
+            let failed = wave.failed_steps();
+            if failed != halt.failed {
+                halt.failed = failed;
+                out.mark(Importance::Matters);
+            }
+        }
         return;
     }
     if let Some(wave) = r
