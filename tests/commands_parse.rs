@@ -372,6 +372,13 @@ fn block_quotes_and_their_lazy_lines_are_ignored() {
     assert_eq!(commands(after_blank), vec![Command::Pause]);
     let after_empty_quote_line = ">\n/convoy pause";
     assert_eq!(commands(after_empty_quote_line), vec![Command::Pause]);
+    // A quote opening a list item is continued lazily the same way.
+    assert!(parse_comment("- > please run\n/convoy abort", P).is_empty());
+    assert!(parse_comment("1. > please run\n/convoy abort", P).is_empty());
+    assert_eq!(
+        commands("- > please run\n\n/convoy pause"),
+        vec![Command::Pause]
+    );
 }
 
 #[test]

@@ -372,8 +372,16 @@ impl Scanner {
             return None;
         }
 
-        if indent <= 3 && content.starts_with('>') {
-            let inner = content.trim_start_matches(['>', ' ', '\t']);
+        // A quote, also one opening a list item (`- > text`): a line that
+        // follows it lazily continues it, as GitHub shows.
+        let quoted = Some(content).filter(|c| c.starts_with('>')).or_else(|| {
+            let (rest, _, in_list_item) = strip_list_markers(content);
+            (in_list_item && rest.starts_with('>')).then_some(rest)
+        });
+        if indent <= 3
+            && let Some(quote) = quoted
+        {
+            let inner = quote.trim_start_matches(['>', ' ', '\t']);
             self.lazy_quote = !inner.is_empty() && opens_fence(inner, 0).is_none();
             return None;
         }
