@@ -1001,6 +1001,29 @@ async fn a_lost_ledger_entry_finds_the_comment_by_its_marker() {
     s.assert_no_violations();
 }
 
+/// Looking for its comment by the marker, convoy takes only a bot's: a
+/// person's comment that quotes the marker is left alone.
+#[tokio::test]
+async fn a_person_s_comment_quoting_the_marker_is_not_taken_over() {
+    let s = standin().await;
+    let quoted = "quoting convoy: <!-- convoy:rollout:r5 -->";
+    s.add_user_comment("acme/app", 7, "mallory", quoted);
+    let (t, task) = Transport::start(client(&s), Arc::new(MemoryLedger::new()), fast_cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    t.desire(comment_key("r5"), comment("r5", "v1"), Importance::Matters);
+    idle(&t).await;
+    let state = s.state();
+    let c = state.comments_on("acme/app", 7);
+    assert_eq!(c.len(), 2, "{c:#?}");
+    assert_eq!(c[0]["body"], quoted);
+    assert!(c[1]["body"].as_str().unwrap_or_default().ends_with("v1"));
+    assert_eq!(c[1]["user"]["type"], "Bot");
+    t.stop();
+    let _ = task.await;
+    s.assert_no_violations();
+}
+
 #[tokio::test]
 async fn the_drift_issue_is_created_edited_and_closed_in_place() {
     let s = standin().await;

@@ -347,11 +347,15 @@ async fn deliver_comment(
     } else if let Some(marker) = hidden_marker(body) {
         // No id known (first send, or a crash before the ledger was
         // written): the comment may exist already.
+        // Only a bot's: a person may quote the marker, and convoy must not
+        // take over (or fail to edit) their comment.
         let existing = api.list_comments(inst, &key.repo, issue).await?;
-        if let Some(c) = existing
-            .iter()
-            .find(|c| c.body.as_deref().is_some_and(|b| b.contains(marker)))
-        {
+        if let Some(c) = existing.iter().find(|c| {
+            c.user
+                .as_ref()
+                .is_some_and(|u| u.kind.as_deref() == Some("Bot"))
+                && c.body.as_deref().is_some_and(|b| b.contains(marker))
+        }) {
             if c.body.as_deref() == Some(body) {
                 return Ok(c.id);
             }
