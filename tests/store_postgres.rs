@@ -394,6 +394,88 @@ fn the_test_server_is_stopped_however_its_process_ends() {
     }
 }
 
+/// SPEC 6.8: a rollback goes back to what ran "before this rollout", not
+/// to what a later rollout deployed; and the branch's last rolled-out
+/// commit is the newest by merge, whatever was re-saved since.
+#[tokio::test]
+async fn the_last_good_version_is_from_before_the_rollout_rolled_back() {
+    use convoy::store::{AttemptRecord, RolloutWrite};
+    let (_dir, sqlite, postgres) = both_stores().await;
+    for (name, store) in [("SQLite", &sqlite as &dyn Store), ("PostgreSQL", &postgres)] {
+        let at = |s: i64| {
+            Utc.timestamp_millis_opt(1_700_000_000_000 + s * 1000)
+                .unwrap()
+        };
+        let (repo, env, api) = (
+            RepoName::new("acme/app"),
+            EnvName::new("e1"),
+            ServiceName::new("api"),
+        );
+        // Three merges, each rolled out in turn: c0, c1, c2.
+        for n in 0..3i64 {
+            let mut r = record(
+                &format!("r{n}"),
+                &format!("c{n}").repeat(20),
+                RolloutKind::Deploy,
+            );
+            r.created_at = at(n * 10);
+            r.state = "succeeded".into();
+            store.create_rollout(&r).await.unwrap();
+            let write = RolloutWrite {
+                state: "succeeded".into(),
+                document: "{}".into(),
+                attempts: vec![AttemptRecord {
+                    environment: env.clone(),
+                    service: api.clone(),
+                    version: r.commit.clone(),
+                    attempt: 1,
+                    succeeded: true,
+                    error: None,
+                }],
+                ..RolloutWrite::default()
+            };
+            store
+                .save_rollout(&r.id, &write, at(n * 10 + 1))
+                .await
+                .unwrap();
+        }
+        let good = |excluding: &'static str| {
+            let id = RolloutId::new(excluding);
+            let (repo, env, api) = (repo.clone(), env.clone(), api.clone());
+            async move {
+                store
+                    .last_good_version(&repo, &env, &api, Some(&id))
+                    .await
+                    .unwrap()
+                    .map(|c| c.to_string())
+            }
+        };
+        assert_eq!(good("r1").await, Some("c0".repeat(20)), "{name}");
+        assert_eq!(good("r2").await, Some("c1".repeat(20)), "{name}");
+        assert_eq!(good("r0").await, None, "{name}: nothing ran before");
+        // r1 is re-saved later (as when it is rolled back): r2 stays the
+        // branch's last rolled-out commit.
+        let resave = RolloutWrite {
+            state: "succeeded".into(),
+            document: "{}".into(),
+            ..RolloutWrite::default()
+        };
+        store
+            .save_rollout(&RolloutId::new("r1"), &resave, at(100))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .last_succeeded_commit(&repo, &BranchName::new("main"))
+                .await
+                .unwrap()
+                .map(|c| c.to_string()),
+            Some("c2".repeat(20)),
+            "{name}"
+        );
+    }
+}
+
 /// A save's side tables, asked the same questions of both stores: deploy
 /// history (last known good, first attempts), baselines, timers (replaced
 /// by kind, deleted when fired), locks (asked twice in one save, released

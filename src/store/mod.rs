@@ -423,7 +423,9 @@ pub trait Store: Send + Sync + 'static {
         than: &RolloutRecord,
     ) -> Result<Vec<RolloutSummary>>;
 
-    /// The commit of the newest succeeded deploy rollout on the branch.
+    /// The commit of the newest succeeded deploy rollout on the branch, by
+    /// when it was made (merge order): being rolled back later re-saves a
+    /// rollout, and must not make it the newest.
     async fn last_succeeded_commit(
         &self,
         repo: &RepoName,
@@ -440,7 +442,9 @@ pub trait Store: Send + Sync + 'static {
     async fn first_attempts(&self, repo: &RepoName) -> Result<BTreeMap<EnvName, FirstAttempts>>;
 
     /// The version the newest successful deploy of (environment, service)
-    /// put there, not counting `excluding` (the rollout being rolled back).
+    /// put there; with `excluding` (the rollout being rolled back), the
+    /// newest from before that rollout's first deploy there (SPEC 6.8:
+    /// "before this rollout"), so later rollouts do not count either.
     async fn last_good_version(
         &self,
         repo: &RepoName,

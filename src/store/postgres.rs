@@ -873,7 +873,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<CommitSha>> {
         let sha: Option<String> = sqlx::query_scalar(
             "SELECT commit_sha FROM rollouts WHERE repo = $1 AND branch = $2 AND kind = 'deploy' \
-             AND state = 'succeeded' ORDER BY updated_at DESC, id COLLATE \"C\" DESC LIMIT 1",
+             AND state = 'succeeded' ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT 1",
         )
         .bind(repo.as_str())
         .bind(branch.as_str())
@@ -924,7 +924,9 @@ impl Store for PostgresStore {
     ) -> Result<Option<CommitSha>> {
         let version: Option<String> = sqlx::query_scalar(
             "SELECT version FROM deploy_history WHERE repo = $1 AND environment = $2 \
-             AND service = $3 AND succeeded AND ($4::TEXT IS NULL OR rollout_id <> $4) \
+             AND service = $3 AND succeeded AND ($4::TEXT IS NULL OR (rollout_id <> $4 \
+               AND id < COALESCE((SELECT MIN(id) FROM deploy_history WHERE repo = $1 \
+                   AND environment = $2 AND service = $3 AND rollout_id = $4), id + 1))) \
              ORDER BY id DESC LIMIT 1",
         )
         .bind(repo.as_str())

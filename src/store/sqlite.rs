@@ -1135,7 +1135,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<CommitSha>> {
         let sha: Option<String> = sqlx::query_scalar(
             "SELECT commit_sha FROM rollouts WHERE repo = ? AND branch = ? AND kind = 'deploy' \
-             AND state = 'succeeded' ORDER BY updated_at DESC, id DESC LIMIT 1",
+             AND state = 'succeeded' ORDER BY created_at DESC, id DESC LIMIT 1",
         )
         .bind(repo.as_str())
         .bind(branch.as_str())
@@ -1185,14 +1185,15 @@ impl Store for SqliteStore {
         excluding: Option<&RolloutId>,
     ) -> Result<Option<CommitSha>> {
         let version: Option<String> = sqlx::query_scalar(
-            "SELECT version FROM deploy_history WHERE repo = ? AND environment = ? \
-             AND service = ? AND succeeded = 1 AND (? IS NULL OR rollout_id <> ?) \
+            "SELECT version FROM deploy_history WHERE repo = ?1 AND environment = ?2 \
+             AND service = ?3 AND succeeded = 1 AND (?4 IS NULL OR (rollout_id <> ?4 \
+               AND id < IFNULL((SELECT MIN(id) FROM deploy_history WHERE repo = ?1 \
+                   AND environment = ?2 AND service = ?3 AND rollout_id = ?4), id + 1))) \
              ORDER BY id DESC LIMIT 1",
         )
         .bind(repo.as_str())
         .bind(environment.as_str())
         .bind(service.as_str())
-        .bind(excluding.map(|r| r.as_str()))
         .bind(excluding.map(|r| r.as_str()))
         .fetch_optional(&self.pool)
         .await?;
