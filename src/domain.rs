@@ -95,9 +95,12 @@ string_newtype!(
 );
 
 impl RepoName {
-    /// Splits `owner/name`; `None` when the value has no slash.
+    /// Splits `owner/name`; `None` unless both parts are there and there
+    /// is exactly one slash.
     pub fn split(&self) -> Option<(&str, &str)> {
-        self.0.split_once('/')
+        self.0
+            .split_once('/')
+            .filter(|(owner, name)| !owner.is_empty() && !name.is_empty() && !name.contains('/'))
     }
 }
 
@@ -120,6 +123,9 @@ mod tests {
     fn repo_name_splits_owner_and_name() {
         assert_eq!(RepoName::new("acme/app").split(), Some(("acme", "app")));
         assert_eq!(RepoName::new("noslash").split(), None);
+        for bad in ["acme/", "/app", "/", "a/b/c"] {
+            assert_eq!(RepoName::new(bad).split(), None, "{bad}");
+        }
     }
 
     #[test]

@@ -395,7 +395,14 @@ async fn drift_is_shown_halts_only_its_environment_and_is_adopted_or_resynced() 
 async fn unreachable_is_not_drift_and_overwrite_and_skip_do_what_they_say() {
     let mut w = world().await;
     // The API needs to know which repository.
-    for query in ["", "?repo=", "?repo=nonsense"] {
+    for query in [
+        "",
+        "?repo=",
+        "?repo=nonsense",
+        "?repo=acme/",
+        "?repo=/app",
+        "?repo=a/b/c",
+    ] {
         let answer = reqwest::get(format!("http://{}/api/drift{query}", w.running.addr))
             .await
             .unwrap();

@@ -551,12 +551,17 @@ async fn failing_deliveries_are_kept_with_their_error() {
         .unwrap();
     assert_eq!(item.state, DeliveryState::Failed);
     assert_eq!(item.last_error.as_deref(), Some("config is broken"));
-    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
-        .await
-        .unwrap()
-        .text()
+    let answer = reqwest::get(format!("http://{}/metrics", running.addr))
         .await
         .unwrap();
+    // The text is OpenMetrics (`# EOF`, counters' `_total` samples), and
+    // says so, or Prometheus would drop the metric types.
+    assert_eq!(
+        answer.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let metrics = answer.text().await.unwrap();
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     assert!(metrics.contains("convoy_inbox_failed 1"), "{metrics}");
     assert!(
         metrics.contains(r#"convoy_deliveries_total{event="push",outcome="failed"} 1"#),

@@ -147,6 +147,12 @@ async fn merged_pr_rolls_out_fifty_environments_in_three_waves() {
     .await
     .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
+    for bad in ["nonsense", "acme/", "/app", "a/b/c"] {
+        let answer = reqwest::get(format!("http://{}/api/rollouts?repo={bad}", running.addr))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{bad}");
+    }
 
     // A second merge that only touches web deploys only web.
     let sha2 = git.commit(&[("services/web/index.html", "<h1>hi</h1>")], "web only");

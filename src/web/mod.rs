@@ -68,7 +68,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // What `prometheus_client` writes (`# EOF`, `_total`
+            // samples of a counter family): said as such, Prometheus keeps
+            // the metric types.
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.encode(),
     )
