@@ -982,6 +982,7 @@ impl RolloutRuntime {
             // `recover` has just done it.
             let mut last_scan = std::time::Instant::now();
             let mut dispatched: HashSet<i64> = HashSet::new();
+            let mut strays: HashMap<String, i64> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(INPUT_POLL) => {}
@@ -989,7 +990,7 @@ impl RolloutRuntime {
                 }
                 if last_renew.elapsed() >= replica.renew_every() {
                     last_renew = std::time::Instant::now();
-                    runtime.renew().await;
+                    runtime.renew(&mut strays).await;
                 }
                 if last_scan.elapsed() >= replica.scan_every() {
                     last_scan = std::time::Instant::now();
@@ -1023,8 +1024,12 @@ impl RolloutRuntime {
 
     /// Renews every rollout lease this replica holds; a task whose lease
     /// is gone (taken over while this replica was paused or cut off) is
-    /// told to stop.
-    async fn renew(&self) {
+    /// told to stop. A lease held in this replica's name that no task here
+    /// holds, at two renewals in a row (`strays`: those of the last one),
+    /// is let go: it is left from before a restart (the replica's name
+    /// survives it), and renewing it would keep every replica, this one
+    /// included, from ever resuming that rollout.
+    async fn renew(&self, strays: &mut HashMap<String, i64>) {
         let replica = &self.inner.replica;
         let until = replica.until(Utc::now());
         let kept = match self
@@ -1045,7 +1050,9 @@ impl RolloutRuntime {
             .iter()
             .map(|(id, h)| (id.clone(), h.clone()))
             .collect();
+        let mut unheld = kept.clone();
         for (id, h) in held {
+            unheld.remove(id.as_str());
             if kept.get(id.as_str()) == Some(&h.generation) {
                 h.extended(until, replica);
             } else {
@@ -1055,6 +1062,30 @@ impl RolloutRuntime {
                 }
             }
         }
+        // A lease claimed a moment ago for a short decision (a command on
+        // an ended rollout) is unheld at one renewal at most.
+        let mut next = HashMap::new();
+        for (key, generation) in unheld {
+            if strays.get(&key) != Some(&generation) {
+                next.insert(key, generation);
+                continue;
+            }
+            match self
+                .inner
+                .store
+                .release_lease(LEASE_ROLLOUT, &key, &replica.id, generation)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(rollout = %key, "let go of a lease no task here holds (left from before a restart)")
+                }
+                Err(e) => {
+                    tracing::warn!(rollout = %key, error = %e, "letting go of a stray lease failed");
+                    next.insert(key, generation);
+                }
+            }
+        }
+        *strays = next;
     }
 
     /// Hands inputs that other replicas queued to the tasks here that
@@ -1865,5 +1896,65 @@ impl StepJob {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn owner(store: &Arc<dyn Store>, key: &str) -> Option<String> {
+        store
+            .lease(LEASE_ROLLOUT, key)
+            .await
+            .unwrap()
+            .and_then(|(owner, _)| owner)
+    }
+
+    /// A restart keeps the replica's name: a lease claimed in it before,
+    /// for a rollout no task here drives (its resumption failed), must not
+    /// be renewed for ever, or no replica would ever resume that rollout.
+    #[tokio::test]
+    async fn a_lease_no_task_here_holds_is_let_go_at_the_second_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("convoy.db"))
+                .await
+                .unwrap(),
+        );
+        let replica = Replica::new("replica-1", Duration::from_secs(15));
+        let runtime =
+            RolloutRuntime::with_replica(store.clone(), Drivers::default(), None, replica.clone());
+        let now = Utc::now();
+        store
+            .claim_lease(
+                LEASE_ROLLOUT,
+                "r-stale",
+                &replica.id,
+                now,
+                replica.until(now),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        // One that a task here holds stays.
+        let driven = RolloutId::new("r-driven");
+        let held = runtime.claim(&driven).await.unwrap();
+        lock(&runtime.inner.held).insert(driven.clone(), held);
+
+        let mut strays = HashMap::new();
+        runtime.renew(&mut strays).await;
+        assert_eq!(owner(&store, "r-stale").await.as_deref(), Some("replica-1"));
+        runtime.renew(&mut strays).await;
+        assert_eq!(owner(&store, "r-stale").await, None, "let go");
+        assert_eq!(
+            owner(&store, "r-driven").await.as_deref(),
+            Some("replica-1")
+        );
+        runtime.renew(&mut strays).await;
+        assert_eq!(
+            owner(&store, "r-driven").await.as_deref(),
+            Some("replica-1")
+        );
     }
 }
