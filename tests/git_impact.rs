@@ -166,6 +166,32 @@ fn convoy_yml_changes_count_only_through_changed_services() {
 }
 
 #[test]
+fn reordering_a_service_s_paths_changes_nothing() {
+    let (dir, first) = repo();
+    let reordered = SPEC.replace(
+        "paths: [\"services/api/**\", \"libs/**\"]",
+        "paths: [\"libs/**\", \"services/api/**\"]",
+    );
+    assert_ne!(reordered, SPEC, "SPEC lists api's paths as expected");
+    write(dir.path(), "convoy.yml", &reordered);
+    let second = commit(dir.path(), "the same paths in another order");
+    assert_eq!(affected_between(dir.path(), &first, &second), ["cron"]);
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_still_counts_for_its_folder() {
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, first) = repo();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(dir.path().join("services/api").join(name), "latin-1\n").unwrap();
+    let second = commit(dir.path(), "a latin-1 name");
+    assert_eq!(
+        affected_between(dir.path(), &first, &second),
+        ["api", "cron"]
+    );
+}
+
+#[test]
 fn missing_or_broken_convoy_yml_is_a_reportable_error() {
     let (dir, _) = repo();
     let repo_handle = GitRepo::open(dir.path()).unwrap();

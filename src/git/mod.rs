@@ -297,8 +297,10 @@ impl GitRepo {
         let mut paths = std::collections::BTreeSet::new();
         for delta in diff.deltas() {
             for file in [delta.old_file(), delta.new_file()] {
-                if let Some(p) = file.path().and_then(|p| p.to_str()) {
-                    paths.insert(p.to_string());
+                // Lossy, not skipped: a name that is not UTF-8 still lies
+                // under its folder, which is what `paths` globs match.
+                if let Some(p) = file.path() {
+                    paths.insert(p.to_string_lossy().into_owned());
                 }
             }
         }

@@ -36,7 +36,14 @@ impl ServiceSpec {
     /// Whether two definitions deploy the same way; used to tell whether a
     /// change to `convoy.yml` changed this service.
     pub fn same_definition(&self, other: &ServiceSpec) -> bool {
-        self.name == other.name && self.paths == other.paths && self.depends_on == other.depends_on
+        // As sets: listing the same paths or dependencies in another order
+        // deploys the same way, and must not send the service to the fleet.
+        fn set<T: Ord>(items: &[T]) -> std::collections::BTreeSet<&T> {
+            items.iter().collect()
+        }
+        self.name == other.name
+            && set(&self.paths) == set(&other.paths)
+            && set(&self.depends_on) == set(&other.depends_on)
     }
 }
 
