@@ -324,6 +324,70 @@ async fn a_failed_rollout_is_not_retried_once_a_later_one_came() {
     running.stop().await;
 }
 
+/// The last commit rolled out can vanish from the repository (a force
+/// push); a replica whose cache never had it cannot diff against it. The
+/// merge then rolls out every service, as a first rollout, not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_after_a_force_push_lost_the_last_rolled_out_commit_rolls_out_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(2).await;
+    let first = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let one = rollout_of(&running, &first).await;
+    let ended = wait_state(&running, &one.id, &["succeeded", "failed", "halted"], 60).await;
+    assert_eq!(ended.state, "succeeded");
+    running.stop().await;
+
+    // History rewritten: `first` is unreachable and pruned.
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&git.path)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    sh(&["checkout", "-q", "--orphan", "rewritten"]);
+    sh(&["commit", "-q", "-m", "rewritten"]);
+    sh(&["branch", "-q", "-M", "rewritten", "main"]);
+    sh(&["reflog", "expire", "--expire=now", "--all"]);
+    sh(&["gc", "-q", "--prune=now"]);
+    let second = convoy::domain::CommitSha::new(sh(&["rev-parse", "HEAD"]));
+    assert!(
+        std::process::Command::new("git")
+            .args(["cat-file", "-e", first.as_str()])
+            .current_dir(&git.path)
+            .status()
+            .is_ok_and(|s| !s.success()),
+        "the first commit is gone"
+    );
+    // A replica with a fresh cache.
+    std::fs::remove_dir_all(dir.path().join("data").join("git")).unwrap();
+    let running = start(config(dir.path(), &git, "")).await;
+    deliver(&running, "pull_request", "pr-2", &merged_pr(2, &second)).await;
+    let two = rollout_of(&running, &second).await;
+    assert_eq!(two.previous_commit, None);
+    let ended = wait_state(&running, &two.id, &["succeeded", "failed", "halted"], 60).await;
+    assert_eq!(ended.state, "succeeded");
+    let view = api_rollout(&running, &two.id).await;
+    assert_eq!(
+        view["risk"]["steps"], 6,
+        "every service in both environments"
+    );
+    assert_eq!(
+        fleet.version_of(&envs[1].0, "web").as_deref(),
+        Some(second.as_str())
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried() {
     let dir = tempfile::tempdir().unwrap();

@@ -164,14 +164,16 @@ impl MergeHandler {
             .last_succeeded_commit(&merge.repo, &merge.branch)
             .await
             .map_err(transient)?;
-        let change = self.read_change(&merge, previous.clone()).await?;
+        let change = self.read_change(&merge, previous).await?;
         let now = Utc::now();
         let mut record = RolloutRecord {
             id: new_rollout_id(),
             repo: merge.repo.clone(),
             branch: merge.branch.clone(),
             commit: merge.commit.clone(),
-            previous_commit: previous,
+            // What the change was read against: none when the last commit
+            // rolled out could not be found.
+            previous_commit: change.previous_commit.clone(),
             pull_request: merge.pull_request,
             installation: Some(merge.installation),
             kind: RolloutKind::Deploy,
@@ -302,7 +304,25 @@ pub async fn read_change(
     git::run_blocking(move || {
         let mut wanted = vec![commit.clone()];
         wanted.extend(previous.clone());
-        let repo = cache.sync(&owner, &name, &url, token.as_ref(), &wanted)?;
+        let (repo, previous) = match cache.sync(&owner, &name, &url, token.as_ref(), &wanted) {
+            Ok(repo) => (repo, previous),
+            // The last commit rolled out is gone from the repository (a
+            // force push, and this cache never had it): nothing to diff
+            // against, so the merge rolls out as a first one would, every
+            // service (SPEC 6.1), rather than never.
+            Err(GitError::UnknownRevision(missing))
+                if previous.as_ref().is_some_and(|p| p.as_str() == missing) =>
+            {
+                tracing::warn!(
+                    %missing,
+                    "the last commit rolled out is not in the repository any more; \
+                     rolling out every service"
+                );
+                let repo = cache.sync(&owner, &name, &url, token.as_ref(), &[commit.clone()])?;
+                (repo, None)
+            }
+            Err(e) => return Err(e),
+        };
         let ctx = CheckContext::from_config(&config);
         ChangeSet::read(&repo, commit, previous, &ctx)
     })
