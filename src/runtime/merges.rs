@@ -318,7 +318,8 @@ pub async fn read_change(
                     "the last commit rolled out is not in the repository any more; \
                      rolling out every service"
                 );
-                let repo = cache.sync(&owner, &name, &url, token.as_ref(), &[commit.clone()])?;
+                let only = std::slice::from_ref(&commit);
+                let repo = cache.sync(&owner, &name, &url, token.as_ref(), only)?;
                 (repo, None)
             }
             Err(e) => return Err(e),
