@@ -344,18 +344,36 @@ impl InboxWriter {
 
     async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, IntakeError> {
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(op)) = self.tx.send(op(reply)).await {
-            // The writer is gone: a delivery sent to the database never
-            // gets there.
-            if let (Op::Insert { handed: None, .. }, Some(h)) = (op, &self.handoff) {
-                h.backlog.settled(1);
-            }
+        let op = op(reply);
+        // A delivery sent to the database unclaimed is settled by its
+        // group's commit once it is in the writer's queue; until then, by
+        // this guard: the writer may be gone, or the request dropped while
+        // the queue is full (a client that gave up), and a backlog left
+        // unsettled would keep the worker off the handoff for good.
+        let mut unsent = Unsent(match (&op, &self.handoff) {
+            (Op::Insert { handed: None, .. }, Some(h)) => Some(&*h.backlog),
+            _ => None,
+        });
+        if self.tx.send(op).await.is_err() {
             return Err(IntakeError::Closed);
         }
+        unsent.0 = None;
         answer
             .await
             .map_err(|_| IntakeError::Closed)?
             .map_err(IntakeError::Store)
+    }
+}
+
+/// A delivery counted in the backlog that is not in the writer's queue
+/// yet: settled when dropped, unless it got there (`None`).
+struct Unsent<'a>(Option<&'a Backlog>);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(backlog) = self.0.take() {
+            backlog.settled(1);
+        }
     }
 }
 
@@ -547,6 +565,33 @@ mod tests {
         let (tx, rx) = handoff(Replica::new("me", Duration::from_secs(15)), capacity);
         let writer = InboxWriter::spawn(store.clone(), Arc::new(Notify::new()), Some(tx));
         (dir, store, writer, rx)
+    }
+
+    /// A request dropped while the writer's queue is full (its client
+    /// gave up) must not leave its delivery counted as on its way to the
+    /// database: the worker would never take the handoff again.
+    #[tokio::test]
+    async fn a_write_dropped_before_the_queue_took_it_leaves_no_backlog() {
+        let (hs, hr) = handoff(Replica::new("me", Duration::from_secs(15)), 1);
+        let (tx, _queue) = mpsc::channel::<Op>(1);
+        let (reply, _answer) = oneshot::channel();
+        tx.send(Op::Finish {
+            results: Vec::new(),
+            reply,
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the queue takes one"));
+        // The worker fell behind: deliveries go to the database unclaimed.
+        hs.backlog.on.store(true, Ordering::Release);
+        let writer = InboxWriter {
+            tx,
+            handoff: Some(hs),
+        };
+        let (d, parsed) = delivery(1);
+        let write = tokio::time::timeout(Duration::from_millis(50), writer.write(d, parsed)).await;
+        assert!(write.is_err(), "the full queue kept it waiting");
+        assert_eq!(hr.backlog.unsettled.load(Ordering::Acquire), 0);
+        assert!(hr.before_claim().settled);
     }
 
     /// The writer commits the next group while the last one's sync is
