@@ -396,6 +396,57 @@ async fn preflight_shows_an_emergency_freeze_of_the_repository() {
     gh.assert_no_violations();
 }
 
+/// A pull request's branch is often behind its base. The preview shows
+/// what the pull request changes, from where its branch and the last
+/// commit rolled out meet: not the base's newer changes, which the head
+/// only seems to take back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(2).await;
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&git.path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git.commit(
+        &[
+            ("convoy.yml", &fleet_spec(&envs, "", "")),
+            ("services/api/main.rs", "fn main() {}"),
+            ("services/web/index.html", "<h1>one</h1>"),
+        ],
+        "first",
+    );
+    sh(&["branch", "feature"]);
+    // main moves on: an api change, rolled out.
+    let api = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &api)).await;
+    let rollout = rollout_of(&running, &api).await;
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    // The branch, still without it, changes web only.
+    sh(&["checkout", "-q", "feature"]);
+    let head = git.commit(&[("services/web/index.html", "<h1>two</h1>")], "web");
+    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("rolls out `web` to"), "{summary}");
+    assert!(!summary.contains("`api`"), "{summary}");
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
 /// SPEC 7.5: a 1,000-environment rollout that runs for about a minute or
 /// less costs at most 40 GitHub requests in all (default intervals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

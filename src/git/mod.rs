@@ -221,6 +221,16 @@ impl GitRepo {
             .map(|p| CommitSha::new(p.to_string())))
     }
 
+    /// The newest commit both `a` and `b` descend from, if any.
+    pub fn merge_base(&self, a: &CommitSha, b: &CommitSha) -> Result<Option<CommitSha>, GitError> {
+        let (a, b) = (self.commit(a)?.id(), self.commit(b)?.id());
+        match self.repo.merge_base(a, b) {
+            Ok(oid) => Ok(Some(CommitSha::new(oid.to_string()))),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn commit(&self, sha: &CommitSha) -> Result<git2::Commit<'_>, GitError> {
         let oid =
             Oid::from_str(sha.as_str()).map_err(|_| GitError::UnknownRevision(sha.to_string()))?;

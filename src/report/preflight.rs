@@ -30,7 +30,7 @@ use crate::github::types::{
 use crate::plan::cli::plan_change;
 use crate::plan::model::Plan;
 use crate::plan::render::{format_percent, plan_markdown};
-use crate::runtime::merges::{TokenSource, branch_configured, history_of, read_change};
+use crate::runtime::merges::{Against, TokenSource, branch_configured, history_of, read_change};
 use crate::runtime::worker::HandlerError;
 use crate::spec::SpecError;
 use crate::store::{Freeze, Store};
@@ -493,7 +493,7 @@ impl Preflight {
             installation,
             &pr.repo,
             pr.head_sha.clone(),
-            previous,
+            previous.map(|p| (p, Against::MergeBase)),
         )
         .await?;
         let now = Utc::now();

@@ -246,7 +246,7 @@ impl MergeHandler {
             merge.installation,
             &merge.repo,
             merge.commit.clone(),
-            previous,
+            previous.map(|p| (p, Against::Previous)),
         )
         .await
     }
@@ -286,8 +286,12 @@ pub async fn read_change(
     installation: InstallationId,
     repo: &RepoName,
     commit: CommitSha,
-    previous: Option<CommitSha>,
+    previous: Option<(CommitSha, Against)>,
 ) -> Result<ChangeSet, HandlerError> {
+    let (previous, against) = match previous {
+        Some((p, against)) => (Some(p), against),
+        None => (None, Against::Previous),
+    };
     let token = tokens
         .installation_token(installation)
         .await
@@ -324,6 +328,14 @@ pub async fn read_change(
             }
             Err(e) => return Err(e),
         };
+        // A pull request's head is compared from where it and the last
+        // commit rolled out meet: what the base gained since the branch
+        // left it is not the pull request's change (from `previous`, the
+        // head would seem to take it all back).
+        let previous = match (against, previous) {
+            (Against::MergeBase, Some(p)) => Some(repo.merge_base(&p, &commit)?.unwrap_or(p)),
+            (_, previous) => previous,
+        };
         let ctx = CheckContext::from_config(&config);
         ChangeSet::read(&repo, commit, previous, &ctx)
     })
@@ -334,6 +346,17 @@ pub async fn read_change(
         }
         _ => HandlerError::Transient(e.to_string()),
     })
+}
+
+/// What a commit's change is read against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Against {
+    /// The last commit rolled out itself: a merge deploys whatever differs
+    /// from it, a change taken back included.
+    Previous,
+    /// Where the commit and the last one rolled out meet: a pull request's
+    /// head, whose branch may be behind its base.
+    MergeBase,
 }
 
 /// Every error of an invalid `convoy.yml`, one `convoy.yml:LINE:COL:
