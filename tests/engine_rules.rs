@@ -1562,9 +1562,16 @@ fn abort_stops_everything_and_later_commands_say_so() {
             state: RolloutState::Aborted
         }));
     sim.run();
-    // The one in flight was recorded; nothing else started.
-    assert_eq!(sim.r.steps().filter(|s| s.attempts > 0).count(), 1);
-    assert_eq!(sim.step("e00", "api").state, StepState::Succeeded);
+    // The one in its preflight at the abort does not start either: its
+    // preflight's answer, when it comes, deploys nothing.
+    assert_eq!(sim.r.steps().filter(|s| s.attempts > 0).count(), 0);
+    let e00 = sim.step("e00", "api");
+    assert_eq!(e00.state, StepState::Pending);
+    assert_eq!(
+        e00.note.as_deref(),
+        Some("not started: the rollout was aborted")
+    );
+    assert!(!sim.effects().any(|e| matches!(e, Effect::Deploy { .. })));
     assert_eq!(
         sim.cmd(Command::Abort { by: "bob".into() })
             .unwrap_err()
@@ -1587,6 +1594,9 @@ fn after_an_abort_a_failing_in_flight_step_is_not_retried() {
     let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
     sim.deploy = Box::new(|_, _| Some((FailureKind::Transient, "503".into())));
     sim.start();
+    // Aborted while its deploy is on its way: that deploy's end is
+    // recorded, and it is not retried.
+    sim.run_until(|s| s.step("a", "api").state == StepState::Deploying);
     sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
     sim.run();
     let a = sim.step("a", "api");
@@ -1852,6 +1862,22 @@ fn a_rolled_back_environment_s_waiting_steps_do_not_deploy_over_the_pin() {
         .count();
     assert_eq!(deploys, 1, "the retry never ran");
     assert_eq!(sim.state(), RolloutState::Succeeded);
+}
+
+/// A step still in its preflight when its environment is rolled back has
+/// deployed nothing, and its preflight's answer must not deploy either.
+#[test]
+fn a_rolled_back_environment_s_step_in_preflight_does_not_deploy() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
+    sim.start();
+    assert_eq!(sim.step("a", "api").state, StepState::Preflight);
+    sim.send(Event::RolledBack {
+        environments: vec![EnvName::new("a")],
+    });
+    assert_eq!(sim.step("a", "api").state, StepState::Skipped);
+    sim.run();
+    assert!(!sim.effects().any(|e| matches!(e, Effect::Deploy { .. })));
+    assert_eq!(sim.step("a", "api").state, StepState::Skipped);
 }
 
 #[test]

@@ -260,6 +260,13 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
                     {
                         s.state = StepState::RolledBack;
                         out.mark(Importance::Matters);
+                    } else if envs.contains(&s.environment) && s.state == StepState::Preflight {
+                        // Nothing deployed yet; its preflight's answer must
+                        // not start a deploy over the pin.
+                        undo_preflight(s, "skipped: the environment was rolled back");
+                        s.state = StepState::Skipped;
+                        s.finished_at = Some(ctx.now);
+                        out.mark(Importance::Matters);
                     } else if envs.contains(&s.environment) && s.state == StepState::Pending {
                         // The rollback pins the environment until the next
                         // merge (SPEC 6.8): a step not yet run there, or
@@ -289,7 +296,10 @@ pub fn apply_command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Transit
     validate(r, &cmd)?;
     r.ensure_index();
     let mut out = Out::new();
-    if matches!(cmd, Command::Retry { .. } | Command::Skip { .. }) {
+    if matches!(
+        cmd,
+        Command::Retry { .. } | Command::Skip { .. } | Command::Abort { .. }
+    ) {
         out.all_changed = true;
     }
     let before = r.state;
@@ -313,6 +323,17 @@ pub fn apply_command(r: &mut Rollout, cmd: Command, ctx: &Ctx) -> Result<Transit
         }
         Command::Abort { by } => {
             r.aborted_by = Some(by);
+            // A step still in its preflight has deployed nothing: it does
+            // not start, and the preflight's answer, when it comes, finds
+            // no step waiting for it. Deploys already sent go on to their
+            // end (the runtime waits for them).
+            for wave in &mut r.waves {
+                for s in &mut wave.steps {
+                    if s.state == StepState::Preflight {
+                        undo_preflight(s, "not started: the rollout was aborted");
+                    }
+                }
+            }
             finish(r, RolloutState::Aborted, ctx, &mut out);
         }
         Command::Retry { environments, .. } => {
@@ -1538,6 +1559,18 @@ fn wave_all_terminal(r: &mut Rollout, w: usize) -> bool {
     let done = c == groups.len();
     r.index.cursor[w] = c;
     done
+}
+
+/// Takes back an attempt that did not get past its preflight: the step is
+/// pending again, as if it had not started, with `note` saying why.
+fn undo_preflight(s: &mut StepRun, note: &str) {
+    s.attempts = s.attempts.saturating_sub(1);
+    s.run_attempts = s.run_attempts.saturating_sub(1);
+    if s.attempts == 0 {
+        s.started_at = None;
+    }
+    s.state = StepState::Pending;
+    s.note = Some(note.into());
 }
 
 fn start_attempt(s: &mut StepRun, ctx: &Ctx, out: &mut Out) {
