@@ -427,7 +427,10 @@ fn apply_driver_override(
         )));
     };
     let argv = |value: &str| -> Result<Vec<String>, ConfigError> {
-        if value.trim_start().starts_with('[') {
+        // JSON when it reads as a JSON array of strings; `[ -f x ]` (the
+        // `[` program) stays words.
+        let trimmed = value.trim();
+        if trimmed.starts_with("[\"") || trimmed == "[]" {
             serde_json::from_str(value).map_err(|e| {
                 err(format!(
                     "{var}: not a JSON array of strings ({e}); write e.g. [\"helm\", \"upgrade\"]"
@@ -978,6 +981,16 @@ argv = ["helm"]
             &env(&[("CONVOY_DRIVERS_HELM_ARGV", "[\"helm\", 3]")]),
         )
         .unwrap_err();
+        let test = Config::from_toml(
+            text,
+            "c.toml",
+            &env(&[("CONVOY_DRIVERS_HELM_STATUS_ARGV", "[ -f /run/ok ]")]),
+        )
+        .unwrap();
+        let DriverConfig::Command(helm) = &test.drivers["helm"] else {
+            panic!("helm should be command");
+        };
+        assert_eq!(helm.status_argv, ["[", "-f", "/run/ok", "]"]);
         assert!(
             e.0.starts_with("CONVOY_DRIVERS_HELM_ARGV: not a JSON array of strings"),
             "{e}"

@@ -267,7 +267,14 @@ impl RolloutRuntime {
             )
             .await
         {
-            Ok(Some(lease)) => Some(Arc::new(HeldLease::new(lease, replica))),
+            Ok(Some(lease)) => {
+                // Known to the renewals from now on, also while it is held
+                // for a short decision without a task (which may wait for
+                // the admission lock): renewed, and not taken for a stray.
+                let held = Arc::new(HeldLease::new(lease, replica));
+                lock(&self.inner.held).insert(id.clone(), held.clone());
+                Some(held)
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(rollout = %id, error = %e, "claiming the rollout's lease failed");
@@ -280,6 +287,12 @@ impl RolloutRuntime {
     /// take the rollout at once.
     async fn give_up(&self, id: &RolloutId, held: &HeldLease) {
         held.revoke();
+        {
+            let mut all = lock(&self.inner.held);
+            if all.get(id).is_some_and(|h| std::ptr::eq(&**h, held)) {
+                all.remove(id);
+            }
+        }
         let replica = &self.inner.replica;
         if let Err(e) = self
             .inner
@@ -666,12 +679,21 @@ impl RolloutRuntime {
             },
         };
         let effects = t.effects;
-        if was_terminal && !rollout.state.is_terminal() && record.kind == RolloutKind::Deploy {
+        let reviving =
+            was_terminal && !rollout.state.is_terminal() && record.kind == RolloutKind::Deploy;
+        // Running again is a start on the branch: decided under the branch's
+        // admission lease (other replicas admit merges under it) until the
+        // revived state is stored, like every start.
+        let branch_lease = if reviving && !admitted {
+            self.lock_branch(&record.repo, &record.branch).await
+        } else {
+            None
+        };
+        if reviving {
             // Running again (a retry after it failed) is for the branch's
             // newest rollout only: one after it may be running, or have
             // deployed a newer commit that this one would put back (SPEC
-            // 6.5: one active rollout per branch). Decided under the
-            // admission lock, like every start on the branch.
+            // 6.5: one active rollout per branch).
             let newer = match self
                 .inner
                 .store
@@ -680,11 +702,13 @@ impl RolloutRuntime {
             {
                 Ok(newer) => newer,
                 Err(e) => {
+                    self.unlock_branch(branch_lease).await;
                     self.give_up(id, &held).await;
                     return Err(e.into());
                 }
             };
             if let Some(next) = newer.last() {
+                self.unlock_branch(branch_lease).await;
                 self.give_up(id, &held).await;
                 return Err(CommandError(format!(
                     "rollout {id} cannot run again: rollout {} of commit {} came after it on \
@@ -697,10 +721,11 @@ impl RolloutRuntime {
                 .into());
             }
         }
-        if !self
+        let stored = self
             .persist(id, &mut rollout, &t.changed, &effects, &held)
-            .await
-        {
+            .await;
+        self.unlock_branch(branch_lease).await;
+        if !stored {
             return Err(CommandError(format!("rollout {id} changed hands; try again")).into());
         }
         if was_terminal && !rollout.state.is_terminal() {
@@ -1937,10 +1962,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        // One that a task here holds stays.
+        // One claimed here stays, with a task or held for a decision that
+        // waits (for the admission lock) across renewals.
         let driven = RolloutId::new("r-driven");
         let held = runtime.claim(&driven).await.unwrap();
-        lock(&runtime.inner.held).insert(driven.clone(), held);
 
         let mut strays = HashMap::new();
         runtime.renew(&mut strays).await;
@@ -1956,5 +1981,9 @@ mod tests {
             owner(&store, "r-driven").await.as_deref(),
             Some("replica-1")
         );
+        // Given up, it is neither held nor renewed any more.
+        runtime.give_up(&driven, &held).await;
+        assert!(!lock(&runtime.inner.held).contains_key(&driven));
+        assert_eq!(owner(&store, "r-driven").await, None);
     }
 }

@@ -414,8 +414,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<RolloutSummary>>;
 
     /// The deploy rollouts of the branch made after `than` (by creation
-    /// time, then id), oldest first, without their documents: a finished
-    /// rollout may run again (a retry) only if nothing came after it.
+    /// time, then id) that have started (running, halted, paused …) or
+    /// deployed anything, oldest first, without their documents: a
+    /// finished rollout may run again (a retry) only if none did. One still
+    /// queued, or that ended without deploying (an invalid `convoy.yml`, a
+    /// noop, aborted before its first step), changed nothing to put back.
     async fn deploys_after(
         &self,
         repo: &RepoName,

@@ -855,6 +855,9 @@ impl Store for PostgresStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = $1 AND branch = $2 AND {DEPLOY} \
              AND (created_at > $3 OR (created_at = $3 AND id COLLATE \"C\" > $4)) \
+             AND ((state NOT IN {TERMINAL} AND state <> 'queued') \
+                  OR EXISTS (SELECT 1 FROM deploy_history h WHERE h.repo = $1 \
+                             AND h.rollout_id = rollouts.id)) \
              ORDER BY created_at, id COLLATE \"C\""
         )))
         .bind(repo.as_str())

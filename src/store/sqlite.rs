@@ -1115,12 +1115,15 @@ impl Store for SqliteStore {
         than: &RolloutRecord,
     ) -> Result<Vec<RolloutSummary>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = ? AND branch = ? AND {DEPLOY} \
-             AND (created_at > ? OR (created_at = ? AND id > ?)) ORDER BY created_at, id"
+            "SELECT {SUMMARY_COLUMNS} FROM rollouts WHERE repo = ?1 AND branch = ?2 AND {DEPLOY} \
+             AND (created_at > ?3 OR (created_at = ?3 AND id > ?4)) \
+             AND ((state NOT IN {TERMINAL} AND state <> 'queued') \
+                  OR EXISTS (SELECT 1 FROM deploy_history h WHERE h.repo = ?1 \
+                             AND h.rollout_id = rollouts.id)) \
+             ORDER BY created_at, id"
         )))
         .bind(repo.as_str())
         .bind(branch.as_str())
-        .bind(to_millis(than.created_at))
         .bind(to_millis(than.created_at))
         .bind(than.id.as_str())
         .fetch_all(&self.pool)
