@@ -144,15 +144,52 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-#[tokio::test]
-async fn a_timeout_kills_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile: PathBuf = dir.path().join("child.pid");
+/// A script that starts a grandchild `sleep` (its pid written to the
+/// returned file) and waits for it.
+fn hanging_script(dir: &Path) -> (String, PathBuf) {
+    let pidfile = dir.join("child.pid");
     let prog = script(
-        dir.path(),
+        dir,
         "hang.sh",
         &format!("sleep 300 &\necho $! > '{}'\nwait", pidfile.display()),
     );
+    (prog, pidfile)
+}
+
+/// `pid` is gone within a few seconds (SIGKILL is delivered
+/// asynchronously).
+async fn assert_killed(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
+}
+
+/// A command driver that only answers status, through `status_argv`.
+fn status_driver(status_argv: Vec<String>) -> CommandDriverImpl {
+    CommandDriverImpl::new(
+        "helm",
+        &CommandDriver {
+            argv: vec!["true".into()],
+            status_argv,
+            timeout: Duration::from_secs(10),
+            permanent_exit_codes: vec![],
+        },
+    )
+}
+
+fn acme() -> Endpoint {
+    Endpoint {
+        environment: EnvName::new("acme"),
+        url: None,
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prog, pidfile) = hanging_script(dir.path());
     let d = driver(vec![prog], Duration::from_millis(500), vec![]);
     let started = Instant::now();
     let e = d.deploy(&request("e")).await.unwrap_err();
@@ -164,12 +201,7 @@ async fn a_timeout_kills_the_whole_process_group() {
         .trim()
         .parse()
         .unwrap();
-    // SIGKILL is delivered asynchronously; give the kernel a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
+    assert_killed(pid).await;
 }
 
 /// The engine's deploy_timeout is a timer around the driver's call: when
@@ -178,12 +210,7 @@ async fn a_timeout_kills_the_whole_process_group() {
 #[tokio::test]
 async fn a_deploy_abandoned_by_its_caller_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
-    let pidfile: PathBuf = dir.path().join("child.pid");
-    let prog = script(
-        dir.path(),
-        "hang.sh",
-        &format!("sleep 300 &\necho $! > '{}'\nwait", pidfile.display()),
-    );
+    let (prog, pidfile) = hanging_script(dir.path());
     // The driver's own timeout is far away: only the caller stops waiting.
     let d = driver(vec![prog], Duration::from_secs(600), vec![]);
     let req = request("e");
@@ -204,11 +231,7 @@ async fn a_deploy_abandoned_by_its_caller_kills_the_whole_process_group() {
     };
     assert!(alive(pid));
     drop(deploy);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!alive(pid), "the grandchild `sleep` (pid {pid}) survived");
+    assert_killed(pid).await;
 }
 
 #[tokio::test]
@@ -219,21 +242,9 @@ async fn a_status_answer_without_its_version_is_an_error_not_never_deployed() {
         "status.sh",
         r#"printf '{"service":"%s","Version":"v1","healthy":true}' "$1""#,
     );
-    let d = CommandDriverImpl::new(
-        "helm",
-        &CommandDriver {
-            argv: vec!["true".into()],
-            status_argv: vec![prog, "{service}".into()],
-            timeout: Duration::from_secs(10),
-            permanent_exit_codes: vec![],
-        },
-    );
-    let endpoint = Endpoint {
-        environment: EnvName::new("acme"),
-        url: None,
-    };
+    let d = status_driver(vec![prog, "{service}".into()]);
     let e = d
-        .status(&endpoint, &ServiceName::new("api"))
+        .status(&acme(), &ServiceName::new("api"))
         .await
         .unwrap_err();
     assert_eq!(e.kind, FailureKind::Permanent);
@@ -248,19 +259,8 @@ async fn status_argv_prints_the_status_json() {
         "status.sh",
         r#"printf '{"service":"%s","version":"v-%s","healthy":true,"message":"fine"}' "$2" "$1""#,
     );
-    let d = CommandDriverImpl::new(
-        "helm",
-        &CommandDriver {
-            argv: vec!["true".into()],
-            status_argv: vec![prog, "{environment}".into(), "{service}".into()],
-            timeout: Duration::from_secs(10),
-            permanent_exit_codes: vec![],
-        },
-    );
-    let endpoint = Endpoint {
-        environment: EnvName::new("acme"),
-        url: None,
-    };
+    let d = status_driver(vec![prog, "{environment}".into(), "{service}".into()]);
+    let endpoint = acme();
     let s = d.status(&endpoint, &ServiceName::new("api")).await.unwrap();
     assert_eq!(
         s,
@@ -279,15 +279,7 @@ async fn status_argv_prints_the_status_json() {
     );
 
     let garbage = script(dir.path(), "garbage.sh", "echo not json");
-    let d = CommandDriverImpl::new(
-        "helm",
-        &CommandDriver {
-            argv: vec!["true".into()],
-            status_argv: vec![garbage],
-            timeout: Duration::from_secs(10),
-            permanent_exit_codes: vec![],
-        },
-    );
+    let d = status_driver(vec![garbage]);
     let e = d
         .status(&endpoint, &ServiceName::new("api"))
         .await

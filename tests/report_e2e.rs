@@ -406,14 +406,6 @@ async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
     let git = GitFixture::new(dir.path());
     let gh = standin().await;
     let (_fleet, envs) = fleet_of(2).await;
-    let sh = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&git.path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
     git.commit(
         &[
             ("convoy.yml", &fleet_spec(&envs, "", "")),
@@ -422,7 +414,7 @@ async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
         ],
         "first",
     );
-    sh(&["branch", "feature"]);
+    git.git(&["branch", "feature"]);
     // main moves on: an api change, rolled out.
     let api = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
     let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
@@ -437,7 +429,7 @@ async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
     .await;
     assert_eq!(done.state, "succeeded");
     // The branch, still without it, changes web only.
-    sh(&["checkout", "-q", "feature"]);
+    git.git(&["checkout", "-q", "feature"]);
     let head = git.commit(&[("services/web/index.html", "<h1>two</h1>")], "web");
     let run = open_and_preflight(&running, &gh, 3, &head).await;
     let summary = run["output"]["summary"].as_str().unwrap();

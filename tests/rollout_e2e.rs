@@ -341,25 +341,12 @@ async fn a_merge_after_a_force_push_lost_the_last_rolled_out_commit_rolls_out_al
     running.stop().await;
 
     // History rewritten: `first` is unreachable and pruned.
-    let sh = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&git.path)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    sh(&["checkout", "-q", "--orphan", "rewritten"]);
-    sh(&["commit", "-q", "-m", "rewritten"]);
-    sh(&["branch", "-q", "-M", "rewritten", "main"]);
-    sh(&["reflog", "expire", "--expire=now", "--all"]);
-    sh(&["gc", "-q", "--prune=now"]);
-    let second = convoy::domain::CommitSha::new(sh(&["rev-parse", "HEAD"]));
+    git.git(&["checkout", "-q", "--orphan", "rewritten"]);
+    git.git(&["commit", "-q", "-m", "rewritten"]);
+    git.git(&["branch", "-q", "-M", "rewritten", "main"]);
+    git.git(&["reflog", "expire", "--expire=now", "--all"]);
+    git.git(&["gc", "-q", "--prune=now"]);
+    let second = convoy::domain::CommitSha::new(git.git(&["rev-parse", "HEAD"]));
     assert!(
         std::process::Command::new("git")
             .args(["cat-file", "-e", first.as_str()])

@@ -60,25 +60,29 @@ async fn lock_step(
 ) -> Result<bool> {
     // A lock whose holder has ended and that no replica drives (it
     // crashed while an aborted rollout waited for its deploys in flight)
-    // is free: nothing would ever release it.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (repo, environment, service) DO UPDATE \
-         SET rollout_id = excluded.rollout_id, acquired_at = excluded.acquired_at \
-         WHERE step_locks.rollout_id <> excluded.rollout_id \
-           AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                       AND r.state IN {TERMINAL}) \
-           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
-                           AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
-                           AND l.expires_at > ?5)"
-    )))
-    .bind(repo)
-    .bind(environment.as_str())
-    .bind(service.as_str())
-    .bind(rollout.as_str())
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await?;
+    // is free: nothing would ever release it. Written once: every deploy
+    // takes a lock.
+    static LOCK_STEP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (repo, environment, service) DO UPDATE \
+             SET rollout_id = excluded.rollout_id, acquired_at = excluded.acquired_at \
+             WHERE step_locks.rollout_id <> excluded.rollout_id \
+               AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                           AND r.state IN {TERMINAL}) \
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
+                               AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
+                               AND l.expires_at > ?5)"
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(LOCK_STEP.as_str()))
+        .bind(repo)
+        .bind(environment.as_str())
+        .bind(service.as_str())
+        .bind(rollout.as_str())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
     let holder: Option<String> = sqlx::query_scalar(
         "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
     )

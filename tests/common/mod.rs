@@ -73,6 +73,12 @@ impl GitFixture {
         CommitSha::new(git(&self.path, &["rev-parse", "HEAD"]))
     }
 
+    /// Runs `git` in the repository (branches, history rewrites); its
+    /// output, trimmed.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.path, args)
+    }
+
     /// `github.git_url` for this fixture.
     pub fn url_template(&self) -> String {
         format!("file://{}/{{owner}}/{{repo}}", self.root.display())
