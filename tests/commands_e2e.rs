@@ -676,7 +676,9 @@ async fn an_approve_click_is_refused_when_the_author_cannot_be_read() {
     let last = replies.last().unwrap();
     assert!(
         last.contains("cannot tell who opened the pull request")
-            && last.contains("(a button on the `convoy/rollout` check run)"),
+            && last.contains(&format!(
+                "(a button on the `convoy/rollout` check run by @{AUTHOR})"
+            )),
         "{last}"
     );
     assert_eq!(w.state().await, "awaiting_approval");

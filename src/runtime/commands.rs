@@ -459,45 +459,34 @@ impl CommandHandler {
                 return Ok(());
             }
         };
-        let pr_author = if command.verb() == Verb::Approve && rollout.policy.forbid_self_approval {
-            match self.pr_author(installation, &e.repo, pull_request).await? {
-                Ok(author) => author,
-                Err(why) => {
-                    // Without the author, `forbid_self_approval` cannot be
-                    // checked: a lookup that fails never grants.
-                    let reason = format!(
-                        "cannot tell who opened the pull request ({why}), so the rule against \
-                         approving one's own cannot be checked; approve with a comment on the \
-                         pull request instead"
-                    );
-                    let outcome = Outcome::Refused(reason.clone());
-                    self.audit(&asker, Some(&id), &location, &outcome, identifier.clone())
-                        .await;
-                    if let Some(pr) = pull_request {
-                        let notice = commands::render_notice(
-                            &Notice::NotDone { reason },
-                            &self.prefix,
-                            &asker.line,
-                        );
-                        let body = format!(
-                            "{}\n\n_(a button on the `{ROLLOUT_CHECK}` check run)_\n",
-                            notice.trim_end()
-                        );
-                        self.reply(installation, &e.repo, pr, &body).await;
-                    }
-                    return Ok(());
+        // Without the author, `forbid_self_approval` cannot be checked: a
+        // lookup that fails never grants, and the click is answered like
+        // any refusal.
+        let (pr_author, unreadable) =
+            if command.verb() == Verb::Approve && rollout.policy.forbid_self_approval {
+                match self.pr_author(installation, &e.repo, pull_request).await? {
+                    Ok(author) => (author, None),
+                    Err(why) => (None, Some(why)),
                 }
-            }
-        } else {
-            None
-        };
+            } else {
+                (None, None)
+            };
         let target = Target {
             venue: Venue::MergedPullRequest,
             rollout: Some((record, rollout)),
             pr_author,
             head_sha: None,
         };
-        let handled = self.run(&asker, &command, &target).await?;
+        let handled = match unreadable {
+            Some(why) => Handled::Problem(Notice::NotDone {
+                reason: format!(
+                    "cannot tell who opened the pull request ({why}), so the rule against \
+                     approving one's own cannot be checked; approve with a comment on the \
+                     pull request instead"
+                ),
+            }),
+            None => self.run(&asker, &command, &target).await?,
+        };
         let (reply, _) = self
             .settle(&asker, &target, &location, Some(command.verb()), handled)
             .await;
