@@ -621,14 +621,15 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
             .find(|b| b.starts_with(&marker))
             .map(str::to_owned);
         // The comment and the check run are sent apart: wait for both to
-        // show the end.
+        // show the end. The run the approval completed (`action_required`)
+        // is not the end: the one after it may not be created yet.
         let run_done = state
             .check_runs
             .values()
             .rev()
             .filter_map(|v| v.last())
             .find(|r| r["name"] == "convoy/rollout" && r["head_sha"] == merge.as_str())
-            .is_none_or(|r| r["status"] == "completed");
+            .is_none_or(|r| r["status"] == "completed" && r["conclusion"] != "action_required");
         let done = run_done && body.as_deref().is_some_and(|b| b.contains(&want));
         if body.is_some() {
             posted = body;
