@@ -57,6 +57,11 @@ struct Counting {
     saves: AtomicU64,
     bytes: AtomicU64,
     step_rows: AtomicU64,
+    /// Rows a save writes beside the steps: timers set, timers fired,
+    /// attempts, locks taken, locks released.
+    side_rows: [AtomicU64; 5],
+    /// Reads on a step's path (the baseline a preflight compares with).
+    step_reads: AtomicU64,
 }
 
 #[async_trait]
@@ -160,6 +165,16 @@ impl Store for Counting {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.step_rows
             .fetch_add(write.steps.len() as u64, Ordering::Relaxed);
+        let side = [
+            write.timers.len(),
+            write.fired.len(),
+            write.attempts.len(),
+            write.lock.len(),
+            write.unlock.len(),
+        ];
+        for (counter, n) in self.side_rows.iter().zip(side) {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
         self.inner.save_rollout(id, write, now).await
     }
     async fn rollout(&self, id: &RolloutId) -> StoreResult<Option<RolloutRecord>> {
@@ -244,7 +259,16 @@ impl Store for Counting {
         environment: &EnvName,
         service: &ServiceName,
     ) -> StoreResult<Option<Baseline>> {
+        self.step_reads.fetch_add(1, Ordering::Relaxed);
         self.inner.baseline(repo, environment, service).await
+    }
+    async fn baselines_of(
+        &self,
+        repo: &RepoName,
+        keys: &[(EnvName, ServiceName)],
+    ) -> StoreResult<Vec<Option<Baseline>>> {
+        self.step_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.baselines_of(repo, keys).await
     }
     async fn set_baseline(
         &self,
@@ -684,6 +708,8 @@ fn main() {
             saves: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             step_rows: AtomicU64::new(0),
+            side_rows: Default::default(),
+            step_reads: AtomicU64::new(0),
         });
         let runtime = RolloutRuntime::new(store.clone(), drivers, None);
 
@@ -704,6 +730,8 @@ fn main() {
             store.saves.load(Ordering::Relaxed),
             store.bytes.load(Ordering::Relaxed),
             store.step_rows.load(Ordering::Relaxed),
+            store.side_rows.each_ref().map(|c| c.load(Ordering::Relaxed)),
+            store.step_reads.load(Ordering::Relaxed),
         );
         let big = convoy_yml(n, &addr, WAVES);
         let cpu_before = (cpu_time("self"), cpu_time(&fleet_pid));
@@ -713,6 +741,13 @@ fn main() {
         let saves = store.saves.load(Ordering::Relaxed) - before.1;
         let bytes = store.bytes.load(Ordering::Relaxed) - before.2;
         let step_rows = store.step_rows.load(Ordering::Relaxed) - before.3;
+        let side_rows: Vec<u64> = store
+            .side_rows
+            .iter()
+            .zip(before.4)
+            .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+            .collect();
+        let step_reads = store.step_reads.load(Ordering::Relaxed) - before.5;
 
         let rounds: Vec<u64> = o
             .wave_envs
@@ -743,6 +778,16 @@ fn main() {
             step_rows as f64 / o.steps as f64,
             bytes as f64 / (1024.0 * 1024.0),
             bytes as f64 / o.steps as f64,
+        );
+        let per_step = |n: u64| n as f64 / o.steps as f64;
+        println!(
+            "other rows saved per step: timers set {:.2}, timers fired {:.2}, attempts {:.2}, locks taken {:.2}, locks released {:.2}; baseline reads (queries) per step {:.2}",
+            per_step(side_rows[0]),
+            per_step(side_rows[1]),
+            per_step(side_rows[2]),
+            per_step(side_rows[3]),
+            per_step(side_rows[4]),
+            per_step(step_reads),
         );
         println!(
             "whole rollout document: {:.1} MiB (what every save wrote before per-step storage)",

@@ -406,6 +406,84 @@ async fn transient_failures_are_retried() {
     running.stop().await;
 }
 
+/// Runs one statement on the test's database, beside the running convoy.
+async fn sql_beside(dir: &std::path::Path, statement: &'static str) {
+    use sqlx::Connection as _;
+    let url = database_url(&dir.join("convoy.db"));
+    if on_postgres() {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(statement).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(statement).execute(&mut c).await.unwrap();
+    }
+}
+
+/// The preflights of a wave read the versions convoy last deployed (the
+/// drift check's baselines) in one query. When that read fails, no step
+/// deploys blind: each fails its preflight saying why, and once the
+/// database answers again a retry finishes the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_that_cannot_read_its_baselines_deploys_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_of(3).await;
+    let mut spec = String::from("version: 1\nservices:\n  api: {}\nenvironments:\n");
+    for (name, url) in &envs {
+        spec.push_str(&format!(
+            "  - name: {name}\n    driver: agent\n    url: {url}\n"
+        ));
+    }
+    spec.push_str(
+        "waves:\n  - name: all\n    percent: 100\npolicy:\n  retries: 0\n  poll_interval: 1s\n",
+    );
+    let sha = git.commit(&[("convoy.yml", &spec)], "first");
+    let running = start(config(dir.path(), &git, "")).await;
+    sql_beside(dir.path(), "ALTER TABLE baselines RENAME TO baselines_away").await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(5, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    let halted = wait_state(&running, &rollout.id, &["halted", "succeeded"], 60).await;
+    assert_eq!(halted.state, "halted");
+    assert!(fleet.deploys().is_empty(), "nothing deployed blind");
+    let view = api_rollout(&running, &rollout.id).await;
+    let failed: Vec<&serde_json::Value> = view["waves"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "failed")
+        .collect();
+    assert!(!failed.is_empty(), "{view}");
+    for step in &failed {
+        let error = step["error"].as_str().unwrap_or_default();
+        assert!(error.contains("convoy's database"), "{error}");
+    }
+
+    sql_beside(dir.path(), "ALTER TABLE baselines_away RENAME TO baselines").await;
+    running
+        .runtime
+        .command(
+            &rollout.id,
+            Command::Retry {
+                environments: vec![],
+                by: "alice".into(),
+            },
+        )
+        .await
+        .expect("retry accepted");
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "halted", "failed"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    for (name, _) in &envs {
+        assert_eq!(fleet.version_of(name, "api").as_deref(), Some(sha.as_str()));
+    }
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn a_host_outside_allowed_hosts_fails_validation_and_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -555,6 +555,20 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
         "{:?}",
         store.baseline(&repo, &e1, &api).await.unwrap()
     ));
+    // A preflight batch's read: in the order asked, none where none.
+    let asked = [
+        (e2.clone(), api.clone()),
+        (EnvName::new("e9"), api.clone()),
+        (e1.clone(), api.clone()),
+    ];
+    let versions: Vec<Option<String>> = store
+        .baselines_of(&repo, &asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.map(|b| b.version))
+        .collect();
+    out.push(format!("{versions:?}"));
     out.push(format!("{:?}", store.first_attempts(&repo).await.unwrap()));
     out.push(format!(
         "{:?}",
@@ -672,6 +686,15 @@ async fn both_stores_answer_alike() {
         a[3]
     );
     assert!(a[4].contains("aaaa"), "last good not counting r2: {}", a[4]);
+    assert_eq!(
+        a[6],
+        format!(
+            "[Some({:?}), None, Some({:?})]",
+            "a".repeat(40),
+            "c".repeat(40)
+        ),
+        "baselines of a preflight batch, in the order asked"
+    );
     for (n, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "answer {n} differs between SQLite and PostgreSQL");
     }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::domain::{BranchName, EnvName, RepoName, RolloutId};
+use crate::domain::{BranchName, EnvName, RepoName, RolloutId, ServiceName};
 use crate::drivers::Drivers;
 use crate::drivers::exec::{self, ExecContext};
 use crate::engine::{
@@ -22,8 +22,8 @@ use crate::engine::{
 };
 use crate::plan::model::{EnvTarget, StepKey};
 use crate::store::{
-    AttemptRecord, Created, Freeze, LEASE_BRANCH, LEASE_ROLLOUT, RolloutKind, RolloutRecord,
-    RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
+    AttemptRecord, Baseline, Created, Freeze, LEASE_BRANCH, LEASE_ROLLOUT, RolloutKind,
+    RolloutRecord, RolloutSummary, RolloutWrite, Store, StoreError, StoredStep, StoredTimer,
 };
 
 use super::leases::{HeldLease, Replica, branch_key};
@@ -1393,11 +1393,14 @@ impl RolloutRuntime {
         held: &HashSet<StepKey>,
     ) {
         let mut importance: Option<Importance> = None;
+        let mut preflights = Vec::new();
         for effect in effects {
             match effect {
-                Effect::RunPreflight { ref key, .. }
-                | Effect::Deploy { ref key, .. }
-                | Effect::PollStatus { ref key, .. } => {
+                Effect::RunPreflight { ref key, .. } => {
+                    let job = self.step_job(meta, rollout, std::slice::from_ref(key));
+                    preflights.push((job, effect));
+                }
+                Effect::Deploy { ref key, .. } | Effect::PollStatus { ref key, .. } => {
                     let mut job = self.step_job(meta, rollout, std::slice::from_ref(key));
                     job.locked = held.contains(key);
                     tokio::spawn(job.run_and_answer(effect, tx.clone()));
@@ -1469,6 +1472,11 @@ impl RolloutRuntime {
                 }
             }
         }
+        if !preflights.is_empty() {
+            let store = self.inner.store.clone();
+            let (repo, tx) = (meta.repo.clone(), tx.clone());
+            tokio::spawn(run_preflights(store, repo, preflights, tx));
+        }
         if let Some(i) = importance {
             self.report(&meta.id, i).await;
         }
@@ -1493,6 +1501,7 @@ impl RolloutRuntime {
             repo: meta.repo.clone(),
             targets,
             locked: false,
+            baseline: None,
             lease: lock(&self.inner.held).get(&meta.id).cloned(),
         }
     }
@@ -1798,6 +1807,54 @@ fn changed_steps(rollout: &Rollout, changed: &Changed) -> Vec<StoredStep> {
     }
 }
 
+/// Runs a batch of preflights: the baselines they compare the agents'
+/// versions with are read in one query for the whole batch (a wave starts
+/// hundreds at once), then each preflight runs in its own task. When the
+/// read fails, every preflight of the batch fails as transient, to be
+/// retried like any other.
+async fn run_preflights(
+    store: Arc<dyn Store>,
+    repo: RepoName,
+    mut preflights: Vec<(StepJob, Effect)>,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    let keys: Vec<(EnvName, ServiceName)> = preflights
+        .iter()
+        .filter_map(|(_, effect)| match effect {
+            Effect::RunPreflight { key, .. } => {
+                Some((key.environment.clone(), key.service.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    match store.baselines_of(&repo, &keys).await {
+        Ok(baselines) if baselines.len() == preflights.len() => {
+            for ((mut job, effect), baseline) in preflights.drain(..).zip(baselines) {
+                job.baseline = baseline;
+                tokio::spawn(job.run_and_answer(effect, tx.clone()));
+            }
+        }
+        read => {
+            let reason = match read {
+                Err(e) => format!("convoy's database: {e}"),
+                Ok(_) => "convoy's database: baselines read for the wrong steps".to_owned(),
+            };
+            for (_, effect) in preflights {
+                if let Effect::RunPreflight { key, attempt, .. } = effect {
+                    let _ = tx.send(Input::Event(Event::Preflight {
+                        key,
+                        attempt,
+                        result: PreflightResult::Failed {
+                            reason: reason.clone(),
+                            kind: FailureKind::Transient,
+                        },
+                    }));
+                }
+            }
+        }
+    }
+}
+
 /// One driver effect to carry out, with what it needs, owned so it can run
 /// in its own task. The driver calls themselves are
 /// [`crate::drivers::exec::perform`]'s; this adds what is the runtime's:
@@ -1811,6 +1868,9 @@ struct StepJob {
     targets: BTreeMap<EnvName, EnvTarget>,
     /// The step's lock was taken with the persist that started the deploy.
     locked: bool,
+    /// For a preflight: the last version convoy deployed to the step's
+    /// target, read for the whole batch ([`run_preflights`]).
+    baseline: Option<Baseline>,
     /// The rollout's lease: no driver call starts once it is not safe.
     lease: Option<Arc<HeldLease>>,
 }
@@ -1847,30 +1907,10 @@ impl StepJob {
             drivers: &self.drivers,
         };
         match &effect {
-            Effect::RunPreflight { key, attempt, .. } => {
-                let baseline = match self
-                    .store
-                    .baseline(&self.repo, &key.environment, &key.service)
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Some(Event::Preflight {
-                            key: key.clone(),
-                            attempt: *attempt,
-                            result: PreflightResult::Failed {
-                                reason: format!("convoy's database: {e}"),
-                                kind: FailureKind::Transient,
-                            },
-                        });
-                    }
-                };
-                let since = baseline.as_ref().map(|b| b.at);
-                if !self.lease_ok() {
-                    return None;
-                }
-                let event =
-                    exec::perform(&cx, &effect, baseline.map(|b| b.version), Utc::now()).await;
+            Effect::RunPreflight { .. } => {
+                let since = self.baseline.as_ref().map(|b| b.at);
+                let deployed = self.baseline.clone().map(|b| b.version);
+                let event = exec::perform(&cx, &effect, deployed, Utc::now()).await;
                 Some(crate::drift::with_drift_since(&*self.store, &self.repo, event?, since).await)
             }
             Effect::Deploy {

@@ -959,6 +959,28 @@ impl Store for PostgresStore {
         row.as_ref().map(rows::baseline).transpose()
     }
 
+    async fn baselines_of(
+        &self,
+        repo: &RepoName,
+        keys: &[(EnvName, ServiceName)],
+    ) -> Result<Vec<Option<Baseline>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (environments, services) = columns(keys);
+        let rows = sqlx::query(
+            "SELECT environment, service, version, source, at FROM baselines WHERE repo = $1 \
+             AND (environment, service) IN \
+               (SELECT e, s FROM UNNEST($2::TEXT[], $3::TEXT[]) AS t (e, s))",
+        )
+        .bind(repo.as_str())
+        .bind(environments)
+        .bind(services)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::baselines_in_order(keys, &rows)
+    }
+
     async fn set_baseline(
         &self,
         repo: &RepoName,

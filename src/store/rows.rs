@@ -227,6 +227,25 @@ pub(crate) fn baseline(row: &impl Columns) -> Result<Baseline> {
     })
 }
 
+/// Baselines read for `keys` (rows that name their environment and
+/// service), in the keys' order; `None` where a key has none.
+pub(crate) fn baselines_in_order<R: Columns>(
+    keys: &[(EnvName, ServiceName)],
+    rows: &[R],
+) -> Result<Vec<Option<Baseline>>> {
+    let mut found = BTreeMap::new();
+    for row in rows {
+        found.insert(
+            (row.text("environment")?, row.text("service")?),
+            baseline(row)?,
+        );
+    }
+    Ok(keys
+        .iter()
+        .map(|(e, s)| found.get(&(e.to_string(), s.to_string())).cloned())
+        .collect())
+}
+
 pub(crate) fn freeze(row: &impl Columns) -> Result<Freeze> {
     Ok(Freeze {
         scope: row.text("scope")?,

@@ -19,10 +19,11 @@ use super::rows::{
     self, DEPLOY, DRIFT_COLUMNS, IN_FLIGHT_STEP, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL,
 };
 use super::{
-    AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord, Durable,
-    FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten, LEASE_ROLLOUT, Lease,
-    NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store,
-    StoreError, StoredBaseline, StoredStep, StoredTimer, document, from_millis, to_millis,
+    AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
+    Durable, FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten,
+    LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
+    RolloutWrite, Store, StoreError, StoredBaseline, StoredStep, StoredTimer, document,
+    from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -48,50 +49,188 @@ async fn complete(
     parts.complete(steps)
 }
 
-/// Takes the lock of (environment, service) for `rollout` unless another
-/// rollout holds it; whether `rollout` holds it now.
-async fn lock_step(
+/// `(environment, service)` pairs as one JSON array of pairs, bound as a
+/// single parameter and read back with `json_each`: a save writes any
+/// number of rows in one statement (one round trip to SQLite's thread)
+/// whose text never changes, so it stays prepared.
+fn pairs_json<'a>(pairs: impl IntoIterator<Item = &'a (EnvName, ServiceName)>) -> String {
+    let pairs: Vec<(&str, &str)> = pairs
+        .into_iter()
+        .map(|(e, s)| (e.as_str(), s.as_str()))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Takes the locks of `keys` (environment, service) for `rollout` where no
+/// other rollout holds them; for each key, in order, whether `rollout`
+/// holds it now.
+async fn lock_steps(
     tx: &mut sqlx::SqliteConnection,
     repo: &str,
-    environment: &EnvName,
-    service: &ServiceName,
+    keys: &[(EnvName, ServiceName)],
     rollout: &RolloutId,
     now_ms: i64,
-) -> Result<bool> {
+) -> Result<Vec<bool>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     // A lock whose holder has ended and that no replica drives (it
     // crashed while an aborted rollout waited for its deploys in flight)
-    // is free: nothing would ever release it. Written once: every deploy
-    // takes a lock.
-    static LOCK_STEP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // is free: nothing would ever release it. A lock this rollout holds
+    // already is "updated" to itself, so that RETURNING names it too.
+    // Written once: every save that starts deploys takes locks.
+    static LOCK_STEPS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (repo, environment, service) DO UPDATE \
-             SET rollout_id = excluded.rollout_id, acquired_at = excluded.acquired_at \
-             WHERE step_locks.rollout_id <> excluded.rollout_id \
-               AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                           AND r.state IN {TERMINAL}) \
-               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
-                               AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
-                               AND l.expires_at > ?5)"
+             SELECT ?1, j.value ->> 0, j.value ->> 1, ?2, ?3 FROM json_each(?4) AS j \
+             WHERE true ORDER BY j.key \
+             ON CONFLICT (repo, environment, service) DO UPDATE \
+             SET rollout_id = excluded.rollout_id, \
+                 acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
+                                    THEN step_locks.acquired_at ELSE excluded.acquired_at END \
+             WHERE step_locks.rollout_id = excluded.rollout_id \
+                OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                            AND r.state IN {TERMINAL}) \
+                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
+                                    AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
+                                    AND l.expires_at > ?3)) \
+             RETURNING environment, service"
         )
     });
-    sqlx::query(sqlx::AssertSqlSafe(LOCK_STEP.as_str()))
+    let held: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(LOCK_STEPS.as_str()))
         .bind(repo)
-        .bind(environment.as_str())
-        .bind(service.as_str())
         .bind(rollout.as_str())
         .bind(now_ms)
-        .execute(&mut *tx)
+        .bind(pairs_json(keys))
+        .fetch_all(&mut *tx)
         .await?;
-    let holder: Option<String> = sqlx::query_scalar(
-        "SELECT rollout_id FROM step_locks WHERE repo = ? AND environment = ? AND service = ?",
+    let held: std::collections::BTreeSet<(String, String)> = held.into_iter().collect();
+    Ok(keys
+        .iter()
+        .map(|(e, s)| held.contains(&(e.to_string(), s.to_string())))
+        .collect())
+}
+
+/// Releases `rollout`'s locks of `keys`, in one statement.
+async fn unlock_steps(
+    tx: &mut sqlx::SqliteConnection,
+    repo: &str,
+    keys: &[(EnvName, ServiceName)],
+    rollout: &RolloutId,
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM step_locks WHERE repo = ?1 AND rollout_id = ?2 \
+         AND (environment, service) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?3))",
     )
     .bind(repo)
-    .bind(environment.as_str())
-    .bind(service.as_str())
-    .fetch_optional(&mut *tx)
+    .bind(rollout.as_str())
+    .bind(pairs_json(keys))
+    .execute(&mut *tx)
     .await?;
-    Ok(holder.as_deref() == Some(rollout.as_str()))
+    Ok(())
+}
+
+/// Deletes the timers that fired and sets the new ones (each replacing
+/// one of the same kind; the last of a kind given twice wins): one
+/// statement each, whatever their number.
+async fn write_timers(
+    tx: &mut sqlx::SqliteConnection,
+    id: &RolloutId,
+    fired: &[String],
+    timers: &[StoredTimer],
+) -> Result<()> {
+    if !fired.is_empty() {
+        sqlx::query(
+            "DELETE FROM rollout_timers WHERE rollout_id = ?1 \
+             AND timer IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(id.as_str())
+        .bind(serde_json::to_string(fired).unwrap_or_else(|_| "[]".to_owned()))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !timers.is_empty() {
+        let rows: Vec<(&str, i64)> = timers
+            .iter()
+            .map(|t| (t.timer.as_str(), to_millis(t.at)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO rollout_timers (rollout_id, timer, at) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1 FROM json_each(?2) AS j \
+             WHERE true ORDER BY j.key \
+             ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
+        )
+        .bind(id.as_str())
+        .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned()))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records attempts in the deploy history and moves the baseline of each
+/// that succeeded (the last of a target given twice wins): two
+/// statements, whatever their number.
+async fn write_attempts(
+    tx: &mut sqlx::SqliteConnection,
+    repo: &str,
+    id: &RolloutId,
+    attempts: &[AttemptRecord],
+    now_ms: i64,
+) -> Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    // Each attempt as [environment, service, version, attempt, succeeded,
+    // error]: the columns the statements below read by position.
+    let rows: Vec<serde_json::Value> = attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!([
+                a.environment.as_str(),
+                a.service.as_str(),
+                a.version.as_str(),
+                a.attempt,
+                a.succeeded,
+                a.error.as_deref(),
+            ])
+        })
+        .collect();
+    let rows = serde_json::Value::Array(rows).to_string();
+    sqlx::query(
+        "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
+         attempt, succeeded, error, at) \
+         SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, ?2, j.value ->> 3, \
+                j.value ->> 4, j.value ->> 5, ?3 \
+         FROM json_each(?4) AS j ORDER BY j.key",
+    )
+    .bind(repo)
+    .bind(id.as_str())
+    .bind(now_ms)
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    if attempts.iter().any(|a| a.succeeded) {
+        sqlx::query(
+            "INSERT INTO baselines (repo, environment, service, version, source, \
+             rollout_id, at) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, 'deployed', ?2, ?3 \
+             FROM json_each(?4) AS j WHERE j.value ->> 4 ORDER BY j.key \
+             ON CONFLICT (repo, environment, service) DO UPDATE SET \
+             version = excluded.version, source = excluded.source, \
+             rollout_id = excluded.rollout_id, at = excluded.at",
+        )
+        .bind(repo)
+        .bind(id.as_str())
+        .bind(now_ms)
+        .bind(&rows)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The pull request's number on a rollout that has none: the push and the
@@ -955,74 +1094,10 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         write_steps(&mut tx, id, &write.steps).await?;
-        for timer in &write.fired {
-            sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = ? AND timer = ?")
-                .bind(id.as_str())
-                .bind(timer)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for t in &write.timers {
-            sqlx::query(
-                "INSERT INTO rollout_timers (rollout_id, timer, at) VALUES (?, ?, ?) \
-                 ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
-            )
-            .bind(id.as_str())
-            .bind(&t.timer)
-            .bind(to_millis(t.at))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for a in &write.attempts {
-            sqlx::query(
-                "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
-                 attempt, succeeded, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&repo)
-            .bind(a.environment.as_str())
-            .bind(a.service.as_str())
-            .bind(a.version.as_str())
-            .bind(id.as_str())
-            .bind(i64::from(a.attempt))
-            .bind(a.succeeded)
-            .bind(a.error.as_deref())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            if a.succeeded {
-                sqlx::query(
-                    "INSERT INTO baselines (repo, environment, service, version, source, \
-                     rollout_id, at) VALUES (?, ?, ?, ?, 'deployed', ?, ?) \
-                     ON CONFLICT (repo, environment, service) DO UPDATE SET \
-                     version = excluded.version, source = excluded.source, \
-                     rollout_id = excluded.rollout_id, at = excluded.at",
-                )
-                .bind(&repo)
-                .bind(a.environment.as_str())
-                .bind(a.service.as_str())
-                .bind(a.version.as_str())
-                .bind(id.as_str())
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for (environment, service) in &write.unlock {
-            sqlx::query(
-                "DELETE FROM step_locks WHERE repo = ? AND environment = ? AND service = ? \
-                 AND rollout_id = ?",
-            )
-            .bind(&repo)
-            .bind(environment.as_str())
-            .bind(service.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut locked = Vec::with_capacity(write.lock.len());
-        for (environment, service) in &write.lock {
-            locked.push(lock_step(&mut tx, &repo, environment, service, id, now_ms).await?);
-        }
+        write_timers(&mut tx, id, &write.fired, &write.timers).await?;
+        write_attempts(&mut tx, &repo, id, &write.attempts, now_ms).await?;
+        unlock_steps(&mut tx, &repo, &write.unlock, id).await?;
+        let locked = lock_steps(&mut tx, &repo, &write.lock, id, now_ms).await?;
         tx.commit().await?;
         Ok(locked)
     }
@@ -1225,6 +1300,25 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::baseline).transpose()
     }
 
+    async fn baselines_of(
+        &self,
+        repo: &RepoName,
+        keys: &[(EnvName, ServiceName)],
+    ) -> Result<Vec<Option<Baseline>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT environment, service, version, source, at FROM baselines WHERE repo = ?1 \
+             AND (environment, service) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2))",
+        )
+        .bind(repo.as_str())
+        .bind(pairs_json(keys))
+        .fetch_all(&self.pool)
+        .await?;
+        rows::baselines_in_order(keys, &rows)
+    }
+
     async fn set_baseline(
         &self,
         repo: &RepoName,
@@ -1262,17 +1356,10 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let locked = lock_step(
-            &mut tx,
-            repo.as_str(),
-            environment,
-            service,
-            rollout,
-            to_millis(now),
-        )
-        .await?;
+        let key = [(environment.clone(), service.clone())];
+        let locked = lock_steps(&mut tx, repo.as_str(), &key, rollout, to_millis(now)).await?;
         tx.commit().await?;
-        Ok(locked)
+        Ok(locked.first().copied().unwrap_or(false))
     }
 
     async fn set_freeze(&self, f: &Freeze) -> Result<()> {
