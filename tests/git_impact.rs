@@ -178,6 +178,42 @@ fn reordering_a_service_s_paths_changes_nothing() {
     assert_eq!(affected_between(dir.path(), &first, &second), ["cron"]);
 }
 
+/// A submodule bump is one changed entry, the submodule's folder; the
+/// service whose globs reach into it is affected.
+#[test]
+fn a_submodule_bump_affects_the_service_that_holds_it() {
+    let (dir, first) = repo();
+    let gitlink = |sha: &str| {
+        git(
+            dir.path(),
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sha},services/api/vendor"),
+            ],
+        );
+        git(dir.path(), &["commit", "-q", "-m", "submodule"]);
+        CommitSha::new(git(dir.path(), &["rev-parse", "HEAD"]))
+    };
+    let added = gitlink(&"1".repeat(40));
+    let bumped = gitlink(&"2".repeat(40));
+    let repo = GitRepo::open(dir.path()).unwrap();
+    assert_eq!(
+        repo.changed_paths(&added, &bumped).unwrap(),
+        ["services/api/vendor/"]
+    );
+    assert_eq!(
+        repo.changed_paths(&first, &added).unwrap(),
+        ["services/api/vendor/"],
+        "added: one entry, not also its absent old side"
+    );
+    assert_eq!(
+        affected_between(dir.path(), &added, &bumped),
+        ["api", "cron"]
+    );
+}
+
 #[test]
 fn a_file_name_that_is_not_utf8_still_counts_for_its_folder() {
     use std::os::unix::ffi::OsStrExt;

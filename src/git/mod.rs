@@ -289,7 +289,9 @@ impl GitRepo {
     }
 
     /// Paths changed from `from` to `to`, sorted, without repeats; a rename
-    /// counts as both its old and its new path.
+    /// counts as both its old and its new path. A submodule whose commit
+    /// changed is its folder with a trailing `/` (`vendor/lib/`): what
+    /// changed inside it is another repository's, so all of it may have.
     pub fn changed_paths(&self, from: &CommitSha, to: &CommitSha) -> Result<Vec<String>, GitError> {
         let old = self.commit(from)?.tree()?;
         let new = self.commit(to)?.tree()?;
@@ -307,10 +309,17 @@ impl GitRepo {
         let mut paths = std::collections::BTreeSet::new();
         for delta in diff.deltas() {
             for file in [delta.old_file(), delta.new_file()] {
+                if !file.exists() {
+                    continue; // the side of an added or deleted path that is not there
+                }
                 // Lossy, not skipped: a name that is not UTF-8 still lies
                 // under its folder, which is what `paths` globs match.
                 if let Some(p) = file.path() {
-                    paths.insert(p.to_string_lossy().into_owned());
+                    let mut path = p.to_string_lossy().into_owned();
+                    if file.mode() == git2::FileMode::Commit {
+                        path.push('/');
+                    }
+                    paths.insert(path);
                 }
             }
         }

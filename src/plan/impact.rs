@@ -15,7 +15,8 @@ pub enum Change<'a> {
     /// Nothing was rolled out on this branch before: every service.
     FirstRollout,
     Diff {
-        /// Paths changed between the two commits (a rename as both paths).
+        /// Paths changed between the two commits (a rename as both paths;
+        /// a submodule as its folder with a trailing `/`).
         paths: &'a [String],
         /// `convoy.yml` at the previous commit; `None` when it was missing
         /// or invalid there (then a change to it affects every service, as
@@ -61,11 +62,28 @@ pub fn affected_services(spec: &ConvoySpec, change: Change<'_>) -> Vec<ServiceNa
         .filter(|s| {
             s.paths.is_empty() || (spec_changed && definition_changed(s, previous)) || {
                 let set = compile_globs(&s.paths);
-                other.iter().any(|p| set.is_match(p))
+                other.iter().any(|p| match p.strip_suffix('/') {
+                    Some(folder) => submodule_matches(&s.paths, &set, folder),
+                    None => set.is_match(p),
+                })
             }
         })
         .map(|s| s.name.clone())
         .collect()
+}
+
+/// Whether a service's globs may cover what changed in the submodule at
+/// `folder`. Its files are another repository's, so any of them may have
+/// changed: the folder counts when a glob names it, reaches inside it
+/// (`vendor/lib/**`, `vendor/*/**`), or is written below it
+/// (`vendor/lib/src/*.rs`). A glob that only names files by their
+/// extension anywhere (`**/*.rs`) cannot be judged without the
+/// submodule's own diff and does not count.
+fn submodule_matches(globs: &[String], set: &GlobSet, folder: &str) -> bool {
+    let inside = format!("{folder}/");
+    set.is_match(folder)
+        || set.is_match(format!("{inside}x"))
+        || globs.iter().any(|g| g.starts_with(&inside))
 }
 
 fn definition_changed(service: &ServiceSpec, previous: Option<&ConvoySpec>) -> bool {
@@ -130,6 +148,27 @@ environments:
         // `*` does not cross a slash.
         assert_eq!(diff(&s, &["docs/README.md"], Some(&s)), ["cron"]);
         assert_eq!(diff(&s, &[], Some(&s)), ["cron"]);
+    }
+
+    #[test]
+    fn a_submodule_counts_for_the_globs_that_reach_into_it() {
+        let s = spec(
+            "version: 1\nservices:\n  api:\n    paths: [\"services/api/**\"]\n  \
+             lib:\n    paths: [\"vendor/lib/src/*.rs\"]\n  pinned:\n    paths: [\"vendor/pin\"]\n  \
+             any:\n    paths: [\"vendor/*/**\"]\n  \
+             web:\n    paths: [\"services/web/**\", \"**/*.js\"]\n\
+             environments:\n  - { name: a, driver: agent }\n",
+        );
+        assert_eq!(diff(&s, &["services/api/"], Some(&s)), ["api"]);
+        assert_eq!(diff(&s, &["vendor/lib/"], Some(&s)), ["lib", "any"]);
+        assert_eq!(diff(&s, &["vendor/pin/"], Some(&s)), ["pinned", "any"]);
+        // A folder that only shares a prefix with a glob's is not inside it.
+        assert_eq!(
+            diff(&s, &["services/apiary/"], Some(&s)),
+            Vec::<String>::new()
+        );
+        // A plain file of that name is not a folder.
+        assert_eq!(diff(&s, &["services/api"], Some(&s)), Vec::<String>::new());
     }
 
     #[test]
