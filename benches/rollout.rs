@@ -428,6 +428,9 @@ impl Store for Counting {
     ) -> StoreResult<Vec<convoy::store::StoredBaseline>> {
         self.inner.baselines(repo).await
     }
+    async fn ended_rollouts_holding_locks(&self) -> StoreResult<Vec<RolloutId>> {
+        self.inner.ended_rollouts_holding_locks().await
+    }
     async fn in_flight_environments(&self) -> StoreResult<Vec<(RepoName, EnvName)>> {
         self.inner.in_flight_environments().await
     }

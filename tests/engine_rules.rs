@@ -1906,6 +1906,35 @@ fn recovery_reverifies_in_flight_steps_before_redeploying() {
     assert_eq!(redeployed, [("b".to_string(), 1)]);
 }
 
+#[test]
+fn after_a_crash_an_aborted_rollout_waits_for_its_deploys_in_flight_and_starts_none() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"])]));
+    sim.answer_deploys = false;
+    sim.start();
+    sim.run();
+    assert_eq!(sim.step("a", "api").state, StepState::Deploying);
+    sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
+    assert_eq!(sim.state(), RolloutState::Aborted);
+    // "Crash" while the abort waits for the deploys in flight.
+    let stored = serde_json::to_string(&sim.r).unwrap();
+    let mut sim2 = Sim::new(simple_plan(vec![wave("w", &["a", "b"])]));
+    sim2.r = serde_json::from_str(&stored).unwrap();
+    // The deploy to `a` had reached the agent; the one to `b` had not.
+    sim2.running.insert(key("a", "api"), SHA.into());
+    sim2.send(Event::Recover);
+    sim2.run();
+    assert_eq!(sim2.state(), RolloutState::Aborted);
+    assert_eq!(sim2.step("a", "api").state, StepState::Succeeded);
+    // `b` is waited for until its verify deadline, then failed; never
+    // deployed again after the abort.
+    let b = sim2.step("b", "api");
+    assert_eq!((b.state, b.attempts), (StepState::Failed, 1), "{b:?}");
+    assert!(
+        !sim2.effects().any(|e| matches!(e, Effect::Deploy { .. })),
+        "an aborted rollout starts no deploy"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Noop, serialization, the JSON view
 

@@ -571,6 +571,114 @@ fn a_crash_mid_rollout_is_resumed_without_double_deploys() {
     drop(fleet_rt);
 }
 
+/// An abort waits for the deploys it had in flight. When convoy stops
+/// during that wait, the next process drives the aborted rollout until
+/// those deploys end: their outcome is recorded (no step stays
+/// `deploying` for ever), nothing is deployed again, and their locks are
+/// released.
+#[test]
+fn a_crash_while_an_abort_waits_for_its_deploys_is_finished_by_the_next_process() {
+    let fleet_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let (fleet, envs) = fleet_rt.block_on(fleet_of(2));
+    for (name, _) in &envs {
+        // Accepted at once, at the new version only after a while: the
+        // abort and the crash land while the deploys are being verified.
+        fleet.update_knobs(name, |k| k.deploy_duration = Duration::from_millis(2500));
+    }
+    let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
+    let in_flight_of = |view: &serde_json::Value| -> Vec<String> {
+        view["waves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w["steps"].as_array().unwrap())
+            .filter(|s| {
+                ["preflight", "deploying", "verifying"].contains(&s["state"].as_str().unwrap())
+            })
+            .map(|s| format!("{}/{}", s["environment"], s["service"]))
+            .collect()
+    };
+
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = first.block_on(async {
+        let running = start(config(dir.path(), &git, "")).await;
+        deliver(&running, "pull_request", "pr-1", &merged_pr(1, &sha)).await;
+        let rollout = rollout_of(&running, &sha).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while fleet.deploys().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no deploy started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running
+            .runtime
+            .command(&rollout.id, Command::Abort { by: "alice".into() })
+            .await
+            .unwrap();
+        let view = api_rollout(&running, &rollout.id).await;
+        assert_eq!(view["state"], "aborted");
+        assert!(!in_flight_of(&view).is_empty(), "deploys in flight: {view}");
+        rollout.id
+    });
+    first.shutdown_background(); // the crash, during the abort's wait
+    let deploys_before = fleet.deploys().len();
+
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let running = start(config(dir.path(), &git, "")).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let view = loop {
+            let view = api_rollout(&running, &id).await;
+            if in_flight_of(&view).is_empty() {
+                break view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still in flight: {:?}",
+                in_flight_of(&view)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(view["state"], "aborted");
+        let succeeded = view["waves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w["steps"].as_array().unwrap())
+            .filter(|s| s["state"] == "succeeded")
+            .count();
+        assert_eq!(
+            succeeded, deploys_before,
+            "each deploy in flight ended at its version"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !running.store.held_step_locks().await.unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "locks still held");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        running.stop().await;
+    });
+    assert_eq!(
+        fleet.deploys().len(),
+        deploys_before,
+        "nothing deployed again"
+    );
+    drop(fleet_rt);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emergency_freeze_holds_new_rollouts_until_lifted() {
     let dir = tempfile::tempdir().unwrap();

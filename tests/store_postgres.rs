@@ -852,15 +852,33 @@ async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
             .unwrap()
             .unwrap();
         assert!(!lock("r-next").await.unwrap(), "{name}: driven");
+        // An ended rollout holding a lock is one to drive until its deploys
+        // end: found at a start whoever holds it, and as an orphan once
+        // nobody does.
+        let ids = |v: Vec<RolloutId>| v.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        let ended = ids(store.ended_rollouts_holding_locks().await.unwrap());
+        assert_eq!(ended, ["r-aborted"], "{name}");
+        let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
+        assert_eq!(orphans, ["r-running"], "{name}: r-aborted is driven");
         // Its replica is gone (the lease ran out): the lock is free.
         store
             .release_lease("rollout", "r-aborted", "replica-1", lease.generation)
             .await
             .unwrap();
+        let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
+        assert_eq!(orphans, ["r-aborted", "r-running"], "{name}: undriven");
         assert!(lock("r-next").await.unwrap(), "{name}: ended and undriven");
         assert!(
             lock("r-next").await.unwrap(),
             "{name}: taken again by its holder"
+        );
+        assert!(
+            store
+                .ended_rollouts_holding_locks()
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: r-aborted holds no lock now"
         );
         // A running holder keeps its lock, driven or not.
         let other = ServiceName::new("web");

@@ -834,9 +834,12 @@ fn on_status(
         succeed_step(r, w, i, ctx, out);
         return;
     }
-    if s.recovering {
+    if s.recovering && !r.state.is_terminal() {
         // Re-verified after a restart and not at the target: deploy again
         // (drivers treat a repeated deploy as a no-op, so this is safe).
+        // Not after an abort, which starts nothing new: the deploy that
+        // was in flight is waited for until the verify deadline, as
+        // before the restart.
         begin_deploy(r, w, i, ctx, out);
         return;
     }

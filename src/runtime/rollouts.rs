@@ -235,6 +235,14 @@ impl RolloutRuntime {
                 resumed += 1;
             }
         }
+        // Ended rollouts still waiting for their deploys in flight when the
+        // last process stopped (an abort): they are driven until those end,
+        // so the deploys' outcome is recorded and their locks released.
+        for id in self.inner.store.ended_rollouts_holding_locks().await? {
+            if self.take_over(&id).await {
+                resumed += 1;
+            }
+        }
         let mut branches: Vec<(RepoName, BranchName)> = unfinished
             .iter()
             .filter(|r| r.state == RolloutState::Queued.as_str())
@@ -349,10 +357,7 @@ impl RolloutRuntime {
             return false;
         };
         match self.inner.store.rollout(id).await {
-            Ok(Some(record))
-                if record.state != RolloutState::Queued.as_str()
-                    && !is_terminal_state(&record.state) =>
-            {
+            Ok(Some(record)) if needs_driving(&record) => {
                 tracing::info!(rollout = %id, generation = held.generation, "taking over the rollout");
                 self.resume(&record, held).await.is_some()
             }
@@ -1603,6 +1608,18 @@ fn is_terminal_state(state: &str) -> bool {
     ]
     .iter()
     .any(|s| s.as_str() == state)
+}
+
+/// Whether a stored rollout needs a task: started and unfinished, or ended
+/// with steps still in flight (an abort waits for its deploys to end).
+fn needs_driving(record: &RolloutRecord) -> bool {
+    if record.state == RolloutState::Queued.as_str() {
+        return false;
+    }
+    if !is_terminal_state(&record.state) {
+        return true;
+    }
+    decode(record).is_ok_and(|r| r.steps().any(|s| s.is_in_flight()))
 }
 
 /// The engine command that makes a rollout hold `freeze`, or lifts the

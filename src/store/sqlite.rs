@@ -1524,11 +1524,23 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT r.id FROM rollouts r LEFT JOIN leases l \
                ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
-             WHERE r.state NOT IN {TERMINAL} AND r.state <> 'queued' \
+             WHERE ((r.state NOT IN {TERMINAL} AND r.state <> 'queued') \
+                    OR (r.state IN {TERMINAL} AND r.id IN (SELECT rollout_id FROM step_locks))) \
                AND (l.owner IS NULL OR l.expires_at <= ?) \
              ORDER BY r.created_at, r.id"
         )))
         .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RolloutId::new).collect())
+    }
+
+    async fn ended_rollouts_holding_locks(&self) -> Result<Vec<RolloutId>> {
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} \
+               AND r.id IN (SELECT rollout_id FROM step_locks) \
+             ORDER BY r.created_at, r.id"
+        )))
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(RolloutId::new).collect())
