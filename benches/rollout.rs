@@ -431,6 +431,9 @@ impl Store for Counting {
     async fn ended_rollouts_holding_locks(&self) -> StoreResult<Vec<RolloutId>> {
         self.inner.ended_rollouts_holding_locks().await
     }
+    async fn audit_at(&self, repo: &RepoName, location: &str) -> StoreResult<Vec<AuditEntry>> {
+        self.inner.audit_at(repo, location).await
+    }
     async fn in_flight_environments(&self) -> StoreResult<Vec<(RepoName, EnvName)>> {
         self.inner.in_flight_environments().await
     }

@@ -930,6 +930,35 @@ async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
         2,
         "plan, then the rerun"
     );
+    // The same comment again under another delivery id (GitHub's
+    // redelivery, or the worker's retry after a failure part-way): its
+    // lines are in the audit log at that comment, so nothing runs or
+    // answers twice, with no rollout involved.
+    let mut again = pr_comment(
+        issue,
+        freeze,
+        WRITER,
+        AUTHOR,
+        "/convoy retry\n/convoy freeze 1h",
+    );
+    again["action"] = "created".into();
+    if let Some(fields) = again["issue"].as_object_mut() {
+        fields.remove("pull_request");
+    }
+    again["issue"]["labels"] = serde_json::json!([{ "name": "convoy-drift" }]);
+    assert_eq!(
+        deliver(&running, "issue_comment", "freeze-again", &again).await,
+        202
+    );
+    let marker = say(issue, false, WRITER, "/convoy help", "created").await;
+    wait_reaction(&standin, marker, "rocket").await;
+    let replies = bot_replies(&standin, issue);
+    assert_eq!(
+        replies.len(),
+        3,
+        "only the marker's answer is new: {replies:#?}"
+    );
+    assert!(replies[2].contains("convoy commands"), "{}", replies[2]);
     let audit = running.store.list_rollouts(None, 10).await.unwrap();
     assert!(audit.is_empty(), "no rollout was created");
     standin.assert_no_violations();

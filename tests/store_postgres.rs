@@ -616,6 +616,17 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
             .unwrap();
     }
     out.push(format!("{:?}", store.audit_for_rollout(&r1).await.unwrap()));
+    let at = store.audit_at(&repo, "pr#7").await.unwrap();
+    assert_eq!(at.len(), 2, "both lines written at pr#7");
+    assert!(
+        store
+            .audit_at(&RepoName::new("acme/other"), "pr#7")
+            .await
+            .unwrap()
+            .is_empty(),
+        "another repository's pr#7"
+    );
+    out.push(format!("{at:?}"));
     out.push(format!(
         "{:?}",
         store.list_rollouts(Some(&repo), 10).await.unwrap()

@@ -243,18 +243,13 @@ impl CommandHandler {
         let target = self.comment_target(installation, e, place).await?;
         let location = commands::comment_location(e.on_pull_request, e.issue_number, e.comment_id);
         // A redelivery, or a retry after a failure part-way: lines already
-        // written to the audit log were acted on and are not run again.
-        let earlier: Vec<AuditEntry> = match target.rollout_id() {
-            Some(id) => self
-                .store()
-                .audit_for_rollout(id)
-                .await
-                .map_err(transient)?
-                .into_iter()
-                .filter(|a| a.location.as_deref() == Some(location.as_str()))
-                .collect(),
-            None => Vec::new(),
-        };
+        // written to the audit log at this comment were acted on (and
+        // answered) and are not run again, rollout or not.
+        let earlier: Vec<AuditEntry> = self
+            .store()
+            .audit_at(&e.repo, &location)
+            .await
+            .map_err(transient)?;
         let fresh: Vec<_> = lines
             .iter()
             .filter(|l| !earlier.iter().any(|a| a.action == l.text))

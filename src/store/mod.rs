@@ -352,6 +352,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>>;
 
+    /// The audit entries written at `location` (a comment) of `repo`,
+    /// oldest first: the lines of that comment already acted on, whether
+    /// or not a rollout was involved.
+    async fn audit_at(&self, repo: &RepoName, location: &str) -> Result<Vec<AuditEntry>>;
+
     // --- rollouts --------------------------------------------------------
 
     /// Creates the rollout, or finds the deploy rollout of the same

@@ -977,6 +977,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn audit_at(&self, repo: &RepoName, location: &str) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+             FROM audit_log WHERE location = ?1 AND repo = ?2 ORDER BY id",
+        )
+        .bind(location)
+        .bind(repo.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::audit_entry).collect()
+    }
+
     async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
             "SELECT at, actor, repo, rollout_id, location, action, result, detail \
