@@ -74,16 +74,36 @@ pub fn affected_services(spec: &ConvoySpec, change: Change<'_>) -> Vec<ServiceNa
 
 /// Whether a service's globs may cover what changed in the submodule at
 /// `folder`. Its files are another repository's, so any of them may have
-/// changed: the folder counts when a glob names it, reaches inside it
-/// (`vendor/lib/**`, `vendor/*/**`), or is written below it
-/// (`vendor/lib/src/*.rs`). A glob that only names files by their
-/// extension anywhere (`**/*.rs`) cannot be judged without the
-/// submodule's own diff and does not count.
+/// changed: the folder counts when a glob names it or could match a path
+/// below it.
 fn submodule_matches(globs: &[String], set: &GlobSet, folder: &str) -> bool {
-    let inside = format!("{folder}/");
-    set.is_match(folder)
-        || set.is_match(format!("{inside}x"))
-        || globs.iter().any(|g| g.starts_with(&inside))
+    set.is_match(folder) || globs.iter().any(|g| reaches_into(g, folder))
+}
+
+/// Whether `glob` could match some path below `folder`: its leading
+/// components match the folder's one by one (`vendor/*/src/**` reaches
+/// into `vendor/lib`), and something is left for below; a `**` on the way
+/// may match anything below (`**/*.rs` reaches into every folder). A
+/// component that does not compile on its own (a brace spanning a `/`)
+/// counts as matching: a bump wrongly skipped is worse than one deployed.
+fn reaches_into(glob: &str, folder: &str) -> bool {
+    let mut parts = glob.split('/');
+    for name in folder.split('/') {
+        match parts.next() {
+            None => return false,
+            Some("**") => return true,
+            Some(part) => {
+                let matches = GlobBuilder::new(part)
+                    .literal_separator(true)
+                    .build()
+                    .map_or(true, |g| g.compile_matcher().is_match(name));
+                if !matches {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_some()
 }
 
 fn definition_changed(service: &ServiceSpec, previous: Option<&ConvoySpec>) -> bool {
@@ -156,19 +176,28 @@ environments:
             "version: 1\nservices:\n  api:\n    paths: [\"services/api/**\"]\n  \
              lib:\n    paths: [\"vendor/lib/src/*.rs\"]\n  pinned:\n    paths: [\"vendor/pin\"]\n  \
              any:\n    paths: [\"vendor/*/**\"]\n  \
-             web:\n    paths: [\"services/web/**\", \"**/*.js\"]\n\
+             src:\n    paths: [\"services/*/src/**\"]\n  \
+             web:\n    paths: [\"services/web/**\"]\n\
              environments:\n  - { name: a, driver: agent }\n",
         );
-        assert_eq!(diff(&s, &["services/api/"], Some(&s)), ["api"]);
+        assert_eq!(diff(&s, &["services/api/"], Some(&s)), ["api", "src"]);
         assert_eq!(diff(&s, &["vendor/lib/"], Some(&s)), ["lib", "any"]);
         assert_eq!(diff(&s, &["vendor/pin/"], Some(&s)), ["pinned", "any"]);
         // A folder that only shares a prefix with a glob's is not inside it.
-        assert_eq!(
-            diff(&s, &["services/apiary/"], Some(&s)),
-            Vec::<String>::new()
-        );
+        assert_eq!(diff(&s, &["services/apiary/"], Some(&s)), ["src"]);
+        assert_eq!(diff(&s, &["vendor/"], Some(&s)), ["lib", "pinned", "any"]);
         // A plain file of that name is not a folder.
         assert_eq!(diff(&s, &["services/api"], Some(&s)), Vec::<String>::new());
+        // A glob for files anywhere may match inside any submodule.
+        let docs = spec(
+            "version: 1\nservices:\n  docs:\n    paths: [\"**/*.md\"]\n\
+             environments:\n  - { name: a, driver: agent }\n",
+        );
+        assert_eq!(diff(&docs, &["vendor/lib/"], Some(&docs)), ["docs"]);
+        assert_eq!(
+            diff(&docs, &["vendor/lib"], Some(&docs)),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
