@@ -428,8 +428,8 @@ impl Store for Counting {
     ) -> StoreResult<Vec<convoy::store::StoredBaseline>> {
         self.inner.baselines(repo).await
     }
-    async fn ended_rollouts_holding_locks(&self) -> StoreResult<Vec<RolloutId>> {
-        self.inner.ended_rollouts_holding_locks().await
+    async fn draining_rollouts(&self) -> StoreResult<Vec<RolloutId>> {
+        self.inner.draining_rollouts().await
     }
     async fn audit_at(&self, repo: &RepoName, location: &str) -> StoreResult<Vec<AuditEntry>> {
         self.inner.audit_at(repo, location).await

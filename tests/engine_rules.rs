@@ -1917,6 +1917,7 @@ fn after_a_crash_an_aborted_rollout_waits_for_its_deploys_in_flight_and_starts_n
     assert_eq!(sim.state(), RolloutState::Aborted);
     // "Crash" while the abort waits for the deploys in flight.
     let stored = serde_json::to_string(&sim.r).unwrap();
+    let b_accepted_by = sim.step("b", "api").deploy_deadline.unwrap();
     let mut sim2 = Sim::new(simple_plan(vec![wave("w", &["a", "b"])]));
     sim2.r = serde_json::from_str(&stored).unwrap();
     // The deploy to `a` had reached the agent; the one to `b` had not.
@@ -1929,6 +1930,9 @@ fn after_a_crash_an_aborted_rollout_waits_for_its_deploys_in_flight_and_starts_n
     // deployed again after the abort.
     let b = sim2.step("b", "api");
     assert_eq!((b.state, b.attempts), (StepState::Failed, 1), "{b:?}");
+    // It kept the time it had to be accepted, then the time to verify.
+    let verify = chrono::Duration::from_std(sim2.r.policy.verify_timeout).unwrap();
+    assert!(b.finished_at.unwrap() >= b_accepted_by + verify, "{b:?}");
     assert!(
         !sim2.effects().any(|e| matches!(e, Effect::Deploy { .. })),
         "an aborted rollout starts no deploy"

@@ -823,7 +823,7 @@ async fn a_branch_s_unfinished_deploys_are_listed_alike_by_both_stores() {
 /// aborted rollout waited for its deploys in flight) is free to take;
 /// while the ended rollout is driven, or while the holder runs, it is not.
 #[tokio::test]
-async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
+async fn a_lock_of_an_ended_rollout_is_free_once_it_stops_draining_in_both_stores() {
     let (_dir, sqlite, postgres) = both_stores().await;
     for (name, store) in [("SQLite", &sqlite as &dyn Store), ("PostgreSQL", &postgres)] {
         let now = Utc.timestamp_millis_opt(1_700_000_100_000).unwrap();
@@ -838,6 +838,7 @@ async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
             r.commit = CommitSha::new(format!("{id:0>40}"));
             store.create_rollout(&r).await.unwrap();
         }
+        let aborted = RolloutId::new("r-aborted");
         let running = RolloutId::new("r-running");
         let next = RolloutId::new("r-next");
         let lock = |holder: &'static str| {
@@ -849,9 +850,27 @@ async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
                     .await
             }
         };
+        let drain = |draining: bool| RolloutWrite {
+            state: "aborted".into(),
+            document: "{}".into(),
+            draining,
+            ..RolloutWrite::default()
+        };
         assert!(lock("r-aborted").await.unwrap(), "{name}");
-        // Still driven (its deploys in flight): the lock holds.
-        let lease = store
+        store
+            .save_rollout(&aborted, &drain(true), now)
+            .await
+            .unwrap();
+        let ids = |v: Vec<RolloutId>| v.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        // Draining (its deploys in flight): the lock holds, driven or not,
+        // and the rollout is one to drive: at a start whoever holds it, and
+        // as an orphan while nobody does.
+        assert!(!lock("r-next").await.unwrap(), "{name}: draining, undriven");
+        let draining = ids(store.draining_rollouts().await.unwrap());
+        assert_eq!(draining, ["r-aborted"], "{name}");
+        let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
+        assert_eq!(orphans, ["r-aborted", "r-running"], "{name}: undriven");
+        store
             .claim_lease(
                 "rollout",
                 "r-aborted",
@@ -862,34 +881,22 @@ async fn a_lock_of_an_ended_rollout_nobody_drives_is_free_in_both_stores() {
             .await
             .unwrap()
             .unwrap();
-        assert!(!lock("r-next").await.unwrap(), "{name}: driven");
-        // An ended rollout holding a lock is one to drive until its deploys
-        // end: found at a start whoever holds it, and as an orphan once
-        // nobody does.
-        let ids = |v: Vec<RolloutId>| v.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
-        let ended = ids(store.ended_rollouts_holding_locks().await.unwrap());
-        assert_eq!(ended, ["r-aborted"], "{name}");
+        assert!(!lock("r-next").await.unwrap(), "{name}: draining, driven");
         let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
         assert_eq!(orphans, ["r-running"], "{name}: r-aborted is driven");
-        // Its replica is gone (the lease ran out): the lock is free.
+        // Its deploys ended: a lock it still holds was left behind, free.
         store
-            .release_lease("rollout", "r-aborted", "replica-1", lease.generation)
+            .save_rollout(&aborted, &drain(false), now)
             .await
             .unwrap();
-        let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
-        assert_eq!(orphans, ["r-aborted", "r-running"], "{name}: undriven");
-        assert!(lock("r-next").await.unwrap(), "{name}: ended and undriven");
+        assert!(
+            store.draining_rollouts().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert!(lock("r-next").await.unwrap(), "{name}: ended, not draining");
         assert!(
             lock("r-next").await.unwrap(),
             "{name}: taken again by its holder"
-        );
-        assert!(
-            store
-                .ended_rollouts_holding_locks()
-                .await
-                .unwrap()
-                .is_empty(),
-            "{name}: r-aborted holds no lock now"
         );
         // A running holder keeps its lock, driven or not.
         let other = ServiceName::new("web");

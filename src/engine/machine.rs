@@ -838,8 +838,8 @@ fn on_status(
         // Re-verified after a restart and not at the target: deploy again
         // (drivers treat a repeated deploy as a no-op, so this is safe).
         // Not after an abort, which starts nothing new: the deploy that
-        // was in flight is waited for until the verify deadline, as
-        // before the restart.
+        // was in flight is waited for until its deadlines (the time it had
+        // to be accepted, then to verify) have passed.
         begin_deploy(r, w, i, ctx, out);
         return;
     }
@@ -1233,7 +1233,11 @@ fn recover(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
                     if s.state == StepState::Deploying {
                         s.recovering = true;
                         s.state = StepState::Verifying;
-                        s.verify_deadline = Some(add(ctx.now, verify_timeout));
+                        // The deploy may still be on its way: it keeps the
+                        // time it had to be accepted, then the time to
+                        // verify (what an aborted rollout waits for).
+                        let accepted_by = s.deploy_deadline.map_or(ctx.now, |d| d.max(ctx.now));
+                        s.verify_deadline = Some(add(accepted_by, verify_timeout));
                     }
                     out.push(Effect::PollStatus {
                         key: s.key(),

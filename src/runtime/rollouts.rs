@@ -95,6 +95,10 @@ struct Meta {
     repo: RepoName,
     branch: BranchName,
     kind: RolloutKind,
+    /// Set by the rollout's task once the rollout has ended (an abort): a
+    /// deploy still waiting for its (environment, service) lock then gives
+    /// up instead of deploying after the abort.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Meta {
@@ -104,6 +108,7 @@ impl Meta {
             repo: record.repo.clone(),
             branch: record.branch.clone(),
             kind: record.kind.clone(),
+            ended: Arc::default(),
         }
     }
 }
@@ -221,8 +226,17 @@ impl RolloutRuntime {
     /// [`Event::Recover`] with their stored timers re-armed; for each branch
     /// without a running rollout the oldest queued one starts.
     pub async fn recover(&self) -> Result<usize, RuntimeError> {
-        let unfinished = self.inner.store.unfinished_rollouts().await?;
         let mut resumed = 0;
+        // Ended rollouts still waiting for their deploys in flight when the
+        // last process stopped (an abort): they are driven until those end,
+        // so the deploys' outcome is recorded and their locks released.
+        // First, while nothing else of this process deploys.
+        for id in self.inner.store.draining_rollouts().await? {
+            if self.take_over(&id).await {
+                resumed += 1;
+            }
+        }
+        let unfinished = self.inner.store.unfinished_rollouts().await?;
         for record in &unfinished {
             if record.state == RolloutState::Queued.as_str() || self.is_live(&record.id) {
                 continue;
@@ -232,14 +246,6 @@ impl RolloutRuntime {
                 continue;
             };
             if self.resume(record, held).await.is_some() {
-                resumed += 1;
-            }
-        }
-        // Ended rollouts still waiting for their deploys in flight when the
-        // last process stopped (an abort): they are driven until those end,
-        // so the deploys' outcome is recorded and their locks released.
-        for id in self.inner.store.ended_rollouts_holding_locks().await? {
-            if self.take_over(&id).await {
                 resumed += 1;
             }
         }
@@ -1250,6 +1256,9 @@ impl RolloutRuntime {
             if batch.inputs == batch.refused {
                 continue;
             }
+            if rollout.state.is_terminal() {
+                meta.ended.store(true, std::sync::atomic::Ordering::Release);
+            }
             let changed = batch.changed.take().unwrap_or(Changed::Steps(Vec::new()));
             let mut write = rollout_write(&mut rollout, &changed, &batch.effects);
             // Fired timers, released locks (steps no longer deploying or
@@ -1506,6 +1515,7 @@ impl RolloutRuntime {
             repo: meta.repo.clone(),
             targets,
             locked: false,
+            ended: meta.ended.clone(),
             baseline: None,
             lease: lock(&self.inner.held).get(&meta.id).cloned(),
         }
@@ -1766,6 +1776,7 @@ pub fn rollout_write(rollout: &mut Rollout, changed: &Changed, effects: &[Effect
                 _ => None,
             })
             .collect(),
+        draining: rollout.state.is_terminal() && rollout.steps().any(|s| s.is_in_flight()),
         ..RolloutWrite::default()
     }
 }
@@ -1885,6 +1896,8 @@ struct StepJob {
     targets: BTreeMap<EnvName, EnvTarget>,
     /// The step's lock was taken with the persist that started the deploy.
     locked: bool,
+    /// The rollout has ended ([`Meta::ended`]).
+    ended: Arc<std::sync::atomic::AtomicBool>,
     /// For a preflight: the last version convoy deployed to the step's
     /// target, read for the whole batch ([`run_preflights`]).
     baseline: Option<Baseline>,
@@ -1938,11 +1951,32 @@ impl StepJob {
             } => {
                 // The wait for the lock counts against the deadline too.
                 let budget = (*deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                if !self.locked && tokio::time::timeout(budget, self.lock(key)).await.is_err() {
-                    return Some(Event::StepTimedOut {
-                        key: key.clone(),
-                        attempt: *attempt,
-                    });
+                if !self.locked {
+                    match tokio::time::timeout(budget, self.lock(key)).await {
+                        Err(_) => {
+                            return Some(Event::StepTimedOut {
+                                key: key.clone(),
+                                attempt: *attempt,
+                            });
+                        }
+                        Ok(false) if !self.lease_ok() => {
+                            // Not this replica's to deploy any more.
+                            return None;
+                        }
+                        Ok(false) => {
+                            // Nothing was sent: an abort starts no deploy.
+                            return Some(Event::DeployFailed {
+                                key: key.clone(),
+                                attempt: *attempt,
+                                kind: FailureKind::Permanent,
+                                error: "not deployed: the rollout ended while this deploy \
+                                        waited for another rollout's deploy to the same \
+                                        environment and service"
+                                    .to_owned(),
+                            });
+                        }
+                        Ok(true) => {}
+                    }
                 }
                 if !self.lease_ok() {
                     // The wait outlasted the lease: not this replica's to deploy.
@@ -1956,9 +1990,13 @@ impl StepJob {
 
     /// Waits until this rollout holds the lock of the step's (environment,
     /// service): two deploys of one target never overlap, whichever
-    /// rollouts they belong to.
-    async fn lock(&self, key: &StepKey) {
+    /// rollouts they belong to. `false` when the rollout ended (an abort)
+    /// or its lease was lost meanwhile: then the deploy must not start.
+    async fn lock(&self, key: &StepKey) -> bool {
         loop {
+            if self.ended.load(std::sync::atomic::Ordering::Acquire) || !self.lease_ok() {
+                return false;
+            }
             match self
                 .store
                 .try_lock_step(
@@ -1970,7 +2008,11 @@ impl StepJob {
                 )
                 .await
             {
-                Ok(true) => return,
+                Ok(true) => {
+                    // Ended while the lock was taken: not deployed, so the
+                    // lock goes back with the step's failure.
+                    return !self.ended.load(std::sync::atomic::Ordering::Acquire);
+                }
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "taking the step lock failed; retrying");
@@ -1991,6 +2033,108 @@ mod tests {
             .await
             .unwrap()
             .and_then(|(owner, _)| owner)
+    }
+
+    /// A deploy that waits for its (environment, service) lock, held by
+    /// another rollout, is never sent once its own rollout has ended (an
+    /// abort): it fails as permanent, with nothing deployed.
+    #[tokio::test]
+    async fn a_deploy_waiting_for_its_lock_is_not_sent_once_the_rollout_ended() {
+        use crate::drivers::{
+            AgentStatus, Driver, DriverError, Endpoint, PreflightOutcome, StepRequest,
+        };
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        #[derive(Default)]
+        struct CountingDriver(AtomicUsize);
+        #[async_trait]
+        impl Driver for CountingDriver {
+            async fn deploy(&self, _: &StepRequest) -> Result<(), DriverError> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            async fn status(
+                &self,
+                _: &Endpoint,
+                _: &ServiceName,
+            ) -> Result<AgentStatus, DriverError> {
+                Err(DriverError::transient("not asked in this test"))
+            }
+            async fn preflight(
+                &self,
+                _: &Endpoint,
+                _: &ServiceName,
+                _: &crate::domain::CommitSha,
+            ) -> Result<PreflightOutcome, DriverError> {
+                Err(DriverError::transient("not asked in this test"))
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("convoy.db"))
+                .await
+                .unwrap(),
+        );
+        let (repo, env, service) = (
+            RepoName::new("acme/app"),
+            EnvName::new("e1"),
+            ServiceName::new("api"),
+        );
+        let other = RolloutId::new("r-other");
+        assert!(
+            store
+                .try_lock_step(&repo, &env, &service, &other, Utc::now())
+                .await
+                .unwrap()
+        );
+        let driver = Arc::new(CountingDriver::default());
+        let mut drivers = Drivers::default();
+        drivers.insert("fake", driver.clone());
+        let ended = Arc::new(AtomicBool::new(false));
+        let job = StepJob {
+            store,
+            drivers,
+            rollout: RolloutId::new("r-mine"),
+            repo,
+            targets: BTreeMap::from([(
+                env.clone(),
+                EnvTarget {
+                    driver: "fake".into(),
+                    url: None,
+                    labels: BTreeMap::new(),
+                    depends_on: Vec::new(),
+                },
+            )]),
+            locked: false,
+            ended: ended.clone(),
+            baseline: None,
+            lease: None,
+        };
+        let key = StepKey {
+            environment: env,
+            service,
+        };
+        let run = tokio::spawn(job.run(Effect::Deploy {
+            key: key.clone(),
+            attempt: 1,
+            version: crate::domain::CommitSha::new("a".repeat(40)),
+            deadline: Utc::now() + chrono::Duration::seconds(60),
+        }));
+        tokio::time::sleep(LOCK_RETRY * 2).await;
+        ended.store(true, Ordering::Release);
+        let event = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the wait ends with the rollout")
+            .unwrap();
+        assert!(
+            matches!(
+                &event,
+                Some(Event::DeployFailed { key: k, kind: FailureKind::Permanent, .. }) if *k == key
+            ),
+            "{event:?}"
+        );
+        assert_eq!(driver.0.load(Ordering::SeqCst), 0, "nothing deployed");
     }
 
     /// A restart keeps the replica's name: a lease claimed in it before,

@@ -560,14 +560,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Rollouts nobody drives that need driving, without a lease that is
     /// held at `now`: unfinished ones that started (not queued), and ended
-    /// ones that still hold step locks (an abort's deploys in flight, whose
-    /// replica died while it waited for them). Oldest first.
+    /// ones still draining (an abort's deploys in flight, whose replica
+    /// died while it waited for them). Oldest first.
     async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>>;
 
-    /// Ended rollouts that still hold step locks, whoever holds their
-    /// lease: a process that stopped while an aborted rollout waited for
-    /// its deploys in flight finds them at its next start. Oldest first.
-    async fn ended_rollouts_holding_locks(&self) -> Result<Vec<RolloutId>>;
+    /// Ended rollouts still draining (`RolloutWrite::draining`), whoever
+    /// holds their lease: a process that stopped while an aborted rollout
+    /// waited for its deploys in flight finds them at its next start.
+    /// Oldest first.
+    async fn draining_rollouts(&self) -> Result<Vec<RolloutId>>;
 
     /// Branches (repository, branch) with a queued deploy rollout and no
     /// started one: their next rollout should start (its replica may have

@@ -72,9 +72,10 @@ async fn lock_steps(
     }
     let unique: BTreeSet<&(EnvName, ServiceName)> = keys.iter().collect();
     let (environments, services) = columns(unique);
-    // A lock whose holder has ended and that no replica drives (it
-    // crashed while an aborted rollout waited for its deploys in flight)
-    // is free: nothing would ever release it.
+    // A lock whose holder has ended and is not draining (no deploy of it
+    // still in flight) is free: it was left behind, and nothing would ever
+    // release it. A draining holder keeps its locks until its deploys end,
+    // also while nobody drives it (until a process takes it over).
     let held: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
          SELECT $1, e, s, $2, $3 FROM UNNEST($4::TEXT[], $5::TEXT[]) WITH ORDINALITY AS t (e, s, n) \
@@ -83,11 +84,8 @@ async fn lock_steps(
            acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
                               THEN step_locks.acquired_at ELSE excluded.acquired_at END \
          WHERE step_locks.rollout_id = excluded.rollout_id \
-            OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                        AND r.state IN {TERMINAL}) \
-                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
-                                AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
-                                AND l.expires_at > $3)) \
+            OR EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                       AND r.state IN {TERMINAL} AND NOT r.draining) \
          RETURNING environment, service"
     )))
     .bind(repo)
@@ -742,13 +740,17 @@ impl Store for PostgresStore {
                 )));
             }
         }
-        sqlx::query("UPDATE rollouts SET state = $1, document = $2, updated_at = $3 WHERE id = $4")
-            .bind(&write.state)
-            .bind(&write.document)
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rollouts SET state = $1, document = $2, updated_at = $3, draining = $4 \
+             WHERE id = $5",
+        )
+        .bind(&write.state)
+        .bind(&write.document)
+        .bind(now_ms)
+        .bind(write.draining)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
         write_steps(&mut tx, id, &write.steps).await?;
         if !write.fired.is_empty() {
             sqlx::query("DELETE FROM rollout_timers WHERE rollout_id = $1 AND timer = ANY($2)")
@@ -1201,7 +1203,7 @@ impl Store for PostgresStore {
             "SELECT r.id FROM rollouts r LEFT JOIN leases l \
                ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
              WHERE ((r.state NOT IN {TERMINAL} AND r.state <> 'queued') \
-                    OR (r.state IN {TERMINAL} AND r.id IN (SELECT rollout_id FROM step_locks))) \
+                    OR (r.state IN {TERMINAL} AND r.draining)) \
                AND (l.owner IS NULL OR l.expires_at <= $1) \
              ORDER BY r.created_at, r.id"
         )))
@@ -1211,10 +1213,9 @@ impl Store for PostgresStore {
         Ok(ids.into_iter().map(RolloutId::new).collect())
     }
 
-    async fn ended_rollouts_holding_locks(&self) -> Result<Vec<RolloutId>> {
+    async fn draining_rollouts(&self) -> Result<Vec<RolloutId>> {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} \
-               AND r.id IN (SELECT rollout_id FROM step_locks) \
+            "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} AND r.draining \
              ORDER BY r.created_at, r.id COLLATE \"C\""
         )))
         .fetch_all(&self.pool)

@@ -123,6 +123,10 @@ pub struct RolloutWrite {
     /// rollout may hold one). Taking them here rather than one transaction
     /// each is what keeps writes per step near zero.
     pub lock: Vec<(EnvName, ServiceName)>,
+    /// The rollout has ended with deploys still in flight (an abort): it
+    /// keeps its step locks, and is driven again after a restart, until
+    /// they end.
+    pub draining: bool,
     /// When set, the write happens only under this lease (several
     /// replicas): a replica that lost the rollout writes nothing.
     pub fence: Option<super::Fence>,

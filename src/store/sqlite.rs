@@ -74,10 +74,12 @@ async fn lock_steps(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    // A lock whose holder has ended and that no replica drives (it
-    // crashed while an aborted rollout waited for its deploys in flight)
-    // is free: nothing would ever release it. A lock this rollout holds
-    // already is "updated" to itself, so that RETURNING names it too.
+    // A lock whose holder has ended and is not draining (no deploy of it
+    // still in flight) is free: it was left behind, and nothing would ever
+    // release it. A draining holder keeps its locks until its deploys end,
+    // also while nobody drives it (until a process takes it over). A lock
+    // this rollout holds already is "updated" to itself, so that
+    // RETURNING names it too.
     // Written once: every save that starts deploys takes locks.
     static LOCK_STEPS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
@@ -89,11 +91,8 @@ async fn lock_steps(
                  acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
                                     THEN step_locks.acquired_at ELSE excluded.acquired_at END \
              WHERE step_locks.rollout_id = excluded.rollout_id \
-                OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                            AND r.state IN {TERMINAL}) \
-                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
-                                    AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
-                                    AND l.expires_at > ?3)) \
+                OR EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                           AND r.state IN {TERMINAL} AND NOT r.draining) \
              RETURNING environment, service"
         )
     });
@@ -1098,11 +1097,14 @@ impl Store for SqliteStore {
                 )));
             }
         }
-        sqlx::query("UPDATE rollouts SET state = ?, document = ?, updated_at = ? WHERE id = ?")
-            .bind(&write.state)
-            .bind(&write.document)
-            .bind(now_ms)
-            .bind(id.as_str())
+        sqlx::query(
+            "UPDATE rollouts SET state = ?, document = ?, updated_at = ?, draining = ? WHERE id = ?",
+        )
+        .bind(&write.state)
+        .bind(&write.document)
+        .bind(now_ms)
+        .bind(write.draining)
+        .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
         write_steps(&mut tx, id, &write.steps).await?;
@@ -1537,7 +1539,7 @@ impl Store for SqliteStore {
             "SELECT r.id FROM rollouts r LEFT JOIN leases l \
                ON l.kind = '{LEASE_ROLLOUT}' AND l.key = r.id \
              WHERE ((r.state NOT IN {TERMINAL} AND r.state <> 'queued') \
-                    OR (r.state IN {TERMINAL} AND r.id IN (SELECT rollout_id FROM step_locks))) \
+                    OR (r.state IN {TERMINAL} AND r.draining)) \
                AND (l.owner IS NULL OR l.expires_at <= ?) \
              ORDER BY r.created_at, r.id"
         )))
@@ -1547,10 +1549,9 @@ impl Store for SqliteStore {
         Ok(ids.into_iter().map(RolloutId::new).collect())
     }
 
-    async fn ended_rollouts_holding_locks(&self) -> Result<Vec<RolloutId>> {
+    async fn draining_rollouts(&self) -> Result<Vec<RolloutId>> {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} \
-               AND r.id IN (SELECT rollout_id FROM step_locks) \
+            "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} AND r.draining \
              ORDER BY r.created_at, r.id"
         )))
         .fetch_all(&self.pool)
