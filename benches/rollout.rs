@@ -428,6 +428,9 @@ impl Store for Counting {
     ) -> StoreResult<Vec<convoy::store::StoredBaseline>> {
         self.inner.baselines(repo).await
     }
+    async fn stop_draining(&self, id: &RolloutId) -> StoreResult<()> {
+        self.inner.stop_draining(id).await
+    }
     async fn draining_rollouts(&self) -> StoreResult<Vec<RolloutId>> {
         self.inner.draining_rollouts().await
     }

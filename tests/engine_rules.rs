@@ -1907,6 +1907,41 @@ fn recovery_reverifies_in_flight_steps_before_redeploying() {
 }
 
 #[test]
+fn a_deploy_not_sent_before_an_abort_counts_no_attempt() {
+    let mut sim = Sim::new(simple_plan(vec![wave("w", &["a"])]));
+    sim.answer_deploys = false;
+    sim.start();
+    sim.run();
+    assert_eq!(sim.step("a", "api").state, StepState::Deploying);
+    sim.cmd(Command::Abort { by: "alice".into() }).unwrap();
+    // The runtime never sent it: it was still waiting for its lock.
+    let ctx = sim.ctx();
+    let tr = engine::apply(
+        &mut sim.r,
+        Event::DeployNotSent {
+            key: key("a", "api"),
+            attempt: 1,
+        },
+        &ctx,
+    );
+    assert!(
+        !tr.effects
+            .iter()
+            .any(|e| matches!(e, Effect::RecordAttempt { .. } | Effect::Deploy { .. })),
+        "{:?}",
+        tr.effects
+    );
+    assert_eq!(tr.changed, Changed::Steps(vec![key("a", "api")]));
+    let a = sim.step("a", "api");
+    assert_eq!((a.state, a.attempts), (StepState::Pending, 0), "{a:?}");
+    assert!(
+        !sim.r.steps().any(|s| s.is_in_flight()),
+        "nothing left to wait for"
+    );
+    assert_eq!(sim.state(), RolloutState::Aborted);
+}
+
+#[test]
 fn after_a_crash_an_aborted_rollout_waits_for_its_deploys_in_flight_and_starts_none() {
     let mut sim = Sim::new(simple_plan(vec![wave("w", &["a", "b"])]));
     sim.answer_deploys = false;

@@ -870,7 +870,7 @@ async fn a_lock_of_an_ended_rollout_is_free_once_it_stops_draining_in_both_store
         assert_eq!(draining, ["r-aborted"], "{name}");
         let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
         assert_eq!(orphans, ["r-aborted", "r-running"], "{name}: undriven");
-        store
+        let lease = store
             .claim_lease(
                 "rollout",
                 "r-aborted",
@@ -884,7 +884,9 @@ async fn a_lock_of_an_ended_rollout_is_free_once_it_stops_draining_in_both_store
         assert!(!lock("r-next").await.unwrap(), "{name}: draining, driven");
         let orphans = ids(store.orphaned_rollouts(now).await.unwrap());
         assert_eq!(orphans, ["r-running"], "{name}: r-aborted is driven");
-        // Its deploys ended: a lock it still holds was left behind, free.
+        // Its deploys ended: a lock it still holds was left behind, free
+        // once no replica drives it (one of a version that does not mark
+        // rollouts draining may still be waiting for its deploys).
         store
             .save_rollout(&aborted, &drain(false), now)
             .await
@@ -893,6 +895,11 @@ async fn a_lock_of_an_ended_rollout_is_free_once_it_stops_draining_in_both_store
             store.draining_rollouts().await.unwrap().is_empty(),
             "{name}"
         );
+        assert!(!lock("r-next").await.unwrap(), "{name}: still driven");
+        store
+            .release_lease("rollout", "r-aborted", "replica-1", lease.generation)
+            .await
+            .unwrap();
         assert!(lock("r-next").await.unwrap(), "{name}: ended, not draining");
         assert!(
             lock("r-next").await.unwrap(),

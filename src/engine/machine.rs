@@ -151,6 +151,7 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
         | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
+        | Event::DeployNotSent { key, .. }
         | Event::StepTimedOut { key, .. }
         | Event::Status { key, .. }
         | Event::StatusUnavailable { key, .. } => out.touched.push(key.clone()),
@@ -197,6 +198,21 @@ pub fn apply(r: &mut Rollout, event: Event, ctx: &Ctx) -> Transition {
         } => {
             if let Some((w, i)) = current_step(r, &key, attempt, &[StepState::Deploying]) {
                 attempt_failed(r, w, i, kind, format!("deploy: {error}"), ctx, &mut out);
+            }
+        }
+        Event::DeployNotSent { key, attempt } => {
+            if let Some((w, i)) = current_step(r, &key, attempt, &[StepState::Deploying]) {
+                if r.state.is_terminal() {
+                    // As a step still in its preflight at the abort: it
+                    // deployed nothing, so no attempt is counted or kept.
+                    let s = &mut r.waves[w].steps[i];
+                    undo_preflight(s, "not started: the rollout was aborted");
+                    s.deploy_deadline = None;
+                    out.mark(Importance::Matters);
+                } else {
+                    let error = "deploy: not sent".to_owned();
+                    attempt_failed(r, w, i, FailureKind::Transient, error, ctx, &mut out);
+                }
             }
         }
         Event::StepTimedOut { key, attempt } => {

@@ -591,6 +591,12 @@ pub enum Event {
         kind: FailureKind,
         error: String,
     },
+    /// The deploy was never sent: the rollout ended (an abort) while it
+    /// waited for its (environment, service) lock. Nothing was attempted.
+    DeployNotSent {
+        key: StepKey,
+        attempt: u32,
+    },
     /// The runtime gave up waiting on a driver call (preflight or deploy).
     StepTimedOut {
         key: StepKey,

@@ -365,9 +365,19 @@ impl RolloutRuntime {
         match self.inner.store.rollout(id).await {
             Ok(Some(record)) if needs_driving(&record) => {
                 tracing::info!(rollout = %id, generation = held.generation, "taking over the rollout");
-                self.resume(&record, held).await.is_some()
+                let ended = is_terminal_state(&record.state);
+                let resumed = self.resume(&record, held).await.is_some();
+                if !resumed && ended {
+                    self.stop_draining(id).await;
+                }
+                resumed
             }
-            Ok(_) => {
+            Ok(record) => {
+                if record.is_some_and(|r| is_terminal_state(&r.state)) {
+                    // Listed as draining, with nothing in flight to drive
+                    // (or not readable): the mark must not hold its locks.
+                    self.stop_draining(id).await;
+                }
                 self.give_up(id, &held).await;
                 false
             }
@@ -375,6 +385,17 @@ impl RolloutRuntime {
                 tracing::warn!(rollout = %id, error = %e, "reading the rollout to take over failed");
                 self.give_up(id, &held).await;
                 false
+            }
+        }
+    }
+
+    async fn stop_draining(&self, id: &RolloutId) {
+        match self.inner.store.stop_draining(id).await {
+            Ok(()) => {
+                tracing::warn!(rollout = %id, "an ended rollout had nothing in flight to drive; its draining mark is cleared")
+            }
+            Err(e) => {
+                tracing::warn!(rollout = %id, error = %e, "clearing a draining mark failed; tried again at the next scan")
             }
         }
     }
@@ -1667,6 +1688,7 @@ fn event_key(event: &Event) -> Option<&StepKey> {
         | Event::DependencyHealth { key, .. }
         | Event::DeployAccepted { key, .. }
         | Event::DeployFailed { key, .. }
+        | Event::DeployNotSent { key, .. }
         | Event::StepTimedOut { key, .. }
         | Event::Status { key, .. }
         | Event::StatusUnavailable { key, .. } => Some(key),
@@ -1883,6 +1905,15 @@ async fn run_preflights(
     }
 }
 
+/// How a deploy's wait for its (environment, service) lock ended.
+enum LockWait {
+    Locked,
+    /// The rollout ended (an abort) meanwhile.
+    Ended,
+    /// This replica no longer holds the rollout's lease.
+    LeaseLost,
+}
+
 /// One driver effect to carry out, with what it needs, owned so it can run
 /// in its own task. The driver calls themselves are
 /// [`crate::drivers::exec::perform`]'s; this adds what is the runtime's:
@@ -1951,6 +1982,12 @@ impl StepJob {
             } => {
                 // The wait for the lock counts against the deadline too.
                 let budget = (*deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                let not_sent = || {
+                    Some(Event::DeployNotSent {
+                        key: key.clone(),
+                        attempt: *attempt,
+                    })
+                };
                 if !self.locked {
                     match tokio::time::timeout(budget, self.lock(key)).await {
                         Err(_) => {
@@ -1959,24 +1996,15 @@ impl StepJob {
                                 attempt: *attempt,
                             });
                         }
-                        Ok(false) if !self.lease_ok() => {
-                            // Not this replica's to deploy any more.
-                            return None;
-                        }
-                        Ok(false) => {
-                            // Nothing was sent: an abort starts no deploy.
-                            return Some(Event::DeployFailed {
-                                key: key.clone(),
-                                attempt: *attempt,
-                                kind: FailureKind::Permanent,
-                                error: "not deployed: the rollout ended while this deploy \
-                                        waited for another rollout's deploy to the same \
-                                        environment and service"
-                                    .to_owned(),
-                            });
-                        }
-                        Ok(true) => {}
+                        // Not this replica's to deploy any more.
+                        Ok(LockWait::LeaseLost) => return None,
+                        // Nothing was sent: an abort starts no deploy.
+                        Ok(LockWait::Ended) => return not_sent(),
+                        Ok(LockWait::Locked) => {}
                     }
+                }
+                if self.ended.load(std::sync::atomic::Ordering::Acquire) {
+                    return not_sent();
                 }
                 if !self.lease_ok() {
                     // The wait outlasted the lease: not this replica's to deploy.
@@ -1990,12 +2018,15 @@ impl StepJob {
 
     /// Waits until this rollout holds the lock of the step's (environment,
     /// service): two deploys of one target never overlap, whichever
-    /// rollouts they belong to. `false` when the rollout ended (an abort)
+    /// rollouts they belong to; or not, when the rollout ended (an abort)
     /// or its lease was lost meanwhile: then the deploy must not start.
-    async fn lock(&self, key: &StepKey) -> bool {
+    async fn lock(&self, key: &StepKey) -> LockWait {
         loop {
-            if self.ended.load(std::sync::atomic::Ordering::Acquire) || !self.lease_ok() {
-                return false;
+            if self.ended.load(std::sync::atomic::Ordering::Acquire) {
+                return LockWait::Ended;
+            }
+            if !self.lease_ok() {
+                return LockWait::LeaseLost;
             }
             match self
                 .store
@@ -2008,11 +2039,9 @@ impl StepJob {
                 )
                 .await
             {
-                Ok(true) => {
-                    // Ended while the lock was taken: not deployed, so the
-                    // lock goes back with the step's failure.
-                    return !self.ended.load(std::sync::atomic::Ordering::Acquire);
-                }
+                // Ended while the lock was taken: checked by the caller,
+                // and the lock goes back with the step.
+                Ok(true) => return LockWait::Locked,
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "taking the step lock failed; retrying");
@@ -2037,7 +2066,7 @@ mod tests {
 
     /// A deploy that waits for its (environment, service) lock, held by
     /// another rollout, is never sent once its own rollout has ended (an
-    /// abort): it fails as permanent, with nothing deployed.
+    /// abort): the engine hears that it was not sent.
     #[tokio::test]
     async fn a_deploy_waiting_for_its_lock_is_not_sent_once_the_rollout_ended() {
         use crate::drivers::{
@@ -2128,10 +2157,7 @@ mod tests {
             .expect("the wait ends with the rollout")
             .unwrap();
         assert!(
-            matches!(
-                &event,
-                Some(Event::DeployFailed { key: k, kind: FailureKind::Permanent, .. }) if *k == key
-            ),
+            matches!(&event, Some(Event::DeployNotSent { key: k, attempt: 1 }) if *k == key),
             "{event:?}"
         );
         assert_eq!(driver.0.load(Ordering::SeqCst), 0, "nothing deployed");

@@ -570,6 +570,11 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn draining_rollouts(&self) -> Result<Vec<RolloutId>>;
 
+    /// Clears a rollout's draining mark without a save: for one listed as
+    /// draining that has nothing left in flight to drive, or whose stored
+    /// state cannot be read, so that its locks are not held for ever.
+    async fn stop_draining(&self, id: &RolloutId) -> Result<()>;
+
     /// Branches (repository, branch) with a queued deploy rollout and no
     /// started one: their next rollout should start (its replica may have
     /// died between finishing one rollout and starting the next).

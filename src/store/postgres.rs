@@ -72,10 +72,12 @@ async fn lock_steps(
     }
     let unique: BTreeSet<&(EnvName, ServiceName)> = keys.iter().collect();
     let (environments, services) = columns(unique);
-    // A lock whose holder has ended and is not draining (no deploy of it
-    // still in flight) is free: it was left behind, and nothing would ever
-    // release it. A draining holder keeps its locks until its deploys end,
-    // also while nobody drives it (until a process takes it over).
+    // A lock whose holder has ended, is not draining (no deploy of it
+    // still in flight) and is driven by no replica is free: it was left
+    // behind, and nothing would ever release it. A draining holder keeps
+    // its locks until its deploys end, also while nobody drives it (until
+    // a process takes it over); the lease covers a replica of a version
+    // that does not mark rollouts draining.
     let held: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
          SELECT $1, e, s, $2, $3 FROM UNNEST($4::TEXT[], $5::TEXT[]) WITH ORDINALITY AS t (e, s, n) \
@@ -84,8 +86,11 @@ async fn lock_steps(
            acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
                               THEN step_locks.acquired_at ELSE excluded.acquired_at END \
          WHERE step_locks.rollout_id = excluded.rollout_id \
-            OR EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                       AND r.state IN {TERMINAL} AND NOT r.draining) \
+            OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                        AND r.state IN {TERMINAL} AND NOT r.draining) \
+                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
+                                AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
+                                AND l.expires_at > $3)) \
          RETURNING environment, service"
     )))
     .bind(repo)
@@ -1211,6 +1216,14 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(RolloutId::new).collect())
+    }
+
+    async fn stop_draining(&self, id: &RolloutId) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET draining = FALSE WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn draining_rollouts(&self) -> Result<Vec<RolloutId>> {

@@ -74,12 +74,13 @@ async fn lock_steps(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    // A lock whose holder has ended and is not draining (no deploy of it
-    // still in flight) is free: it was left behind, and nothing would ever
-    // release it. A draining holder keeps its locks until its deploys end,
-    // also while nobody drives it (until a process takes it over). A lock
-    // this rollout holds already is "updated" to itself, so that
-    // RETURNING names it too.
+    // A lock whose holder has ended, is not draining (no deploy of it
+    // still in flight) and is driven by no replica is free: it was left
+    // behind, and nothing would ever release it. A draining holder keeps
+    // its locks until its deploys end, also while nobody drives it (until
+    // a process takes it over); the lease covers a replica of a version
+    // that does not mark rollouts draining. A lock this rollout holds
+    // already is "updated" to itself, so that RETURNING names it too.
     // Written once: every save that starts deploys takes locks.
     static LOCK_STEPS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
@@ -91,8 +92,11 @@ async fn lock_steps(
                  acquired_at = CASE WHEN step_locks.rollout_id = excluded.rollout_id \
                                     THEN step_locks.acquired_at ELSE excluded.acquired_at END \
              WHERE step_locks.rollout_id = excluded.rollout_id \
-                OR EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
-                           AND r.state IN {TERMINAL} AND NOT r.draining) \
+                OR (EXISTS (SELECT 1 FROM rollouts r WHERE r.id = step_locks.rollout_id \
+                            AND r.state IN {TERMINAL} AND NOT r.draining) \
+                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = '{LEASE_ROLLOUT}' \
+                                    AND l.key = step_locks.rollout_id AND l.owner IS NOT NULL \
+                                    AND l.expires_at > ?3)) \
              RETURNING environment, service"
         )
     });
@@ -1549,6 +1553,14 @@ impl Store for SqliteStore {
         Ok(ids.into_iter().map(RolloutId::new).collect())
     }
 
+    async fn stop_draining(&self, id: &RolloutId) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET draining = 0 WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn draining_rollouts(&self) -> Result<Vec<RolloutId>> {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT r.id FROM rollouts r WHERE r.state IN {TERMINAL} AND r.draining \
@@ -2217,6 +2229,87 @@ mod tests {
         );
         before.run(&pool).await.unwrap();
         (dir, path, pool)
+    }
+
+    /// Migration 0013 marks as draining the ended rollouts that still hold
+    /// locks and have steps in flight, stored as rows or inside a document
+    /// stored whole; not one with nothing in flight, nor one without locks.
+    #[tokio::test]
+    async fn rollouts_draining_before_migration_13_are_found_after_it() {
+        let (_dir, path, pool) = migrated_before(13).await;
+        let step =
+            |state: &str| format!(r#"{{"environment":"e","service":"api","state":"{state}"}}"#);
+        for (n, (id, document, steps, locked)) in [
+            (
+                "r-rows",
+                "{}",
+                vec![step("succeeded"), step("verifying")],
+                true,
+            ),
+            ("r-done", "{}", vec![step("succeeded")], true),
+            ("r-unlocked", "{}", vec![step("deploying")], false),
+            (
+                "r-whole",
+                &*format!(r#"{{"waves":[{{"steps":[{}]}}]}}"#, step("deploying")),
+                vec![],
+                true,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sqlx::query(
+                "INSERT INTO rollouts (id, repo, branch, commit_sha, kind, state, created_at, \
+                 updated_at, document) VALUES (?, 'acme/app', 'main', ?, 'deploy', 'aborted', ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(format!("{n:0>40}"))
+            .bind(n as i64)
+            .bind(n as i64)
+            .bind(document)
+            .execute(&pool)
+            .await
+            .unwrap();
+            for (idx, step) in steps.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO rollout_steps (rollout_id, wave, idx, step) VALUES (?, 0, ?, ?)",
+                )
+                .bind(id)
+                .bind(idx as i64)
+                .bind(step)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            if locked {
+                sqlx::query(
+                    "INSERT INTO step_locks (repo, environment, service, rollout_id, acquired_at) \
+                     VALUES ('acme/app', ?, 'api', ?, 1)",
+                )
+                .bind(id)
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let draining: Vec<String> = store
+            .draining_rollouts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(draining, ["r-rows", "r-whole"]);
+        store
+            .stop_draining(&RolloutId::new("r-rows"))
+            .await
+            .unwrap();
+        let draining = store.draining_rollouts().await.unwrap();
+        assert_eq!(draining, [RolloutId::new("r-whole")]);
     }
 
     /// Migrations 0008 and 0009 move the bodies of a database written
