@@ -425,6 +425,14 @@ async fn sql_beside(dir: &std::path::Path, statement: &'static str) {
 /// database answers again a retry finishes the rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preflight_that_cannot_read_its_baselines_deploys_nothing() {
+    if on_postgres() {
+        // The fault is a renamed table. PostgreSQL's save records attempts
+        // and baselines in one statement, so there it would break every
+        // save too, not only the read this is about (SQLite writes
+        // baselines only for a success). The runtime's handling of the
+        // failed read is the same on both stores.
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let git = GitFixture::new(dir.path());
     let (fleet, envs) = fleet_of(3).await;
