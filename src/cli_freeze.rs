@@ -198,6 +198,7 @@ async fn audit(store: &dyn store::Store, by: &str, action: &str, now: DateTime<U
         action: action.to_owned(),
         result: "accepted".into(),
         detail: None,
+        line: None,
     };
     if let Err(e) = store.append_audit(&entry).await {
         eprintln!("convoy: the freeze is recorded, but not in the audit log: {e}");

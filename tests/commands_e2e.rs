@@ -214,9 +214,8 @@ async fn a_writer_retries_a_halted_rollout_once_even_when_the_comment_comes_twic
     w.fleet.set_knobs(FAILING, AgentKnobs::default());
     let deploys_before = w.fleet.deploys().len();
 
-    let comment = w
-        .say(WRITER, "Fixed the agent.\n\n/convoy retry\n\nThanks!")
-        .await;
+    let said = "Fixed the agent.\n\n/convoy retry\n\nThanks!";
+    let comment = w.say(WRITER, said).await;
     w.reaction(comment, "eyes").await;
     w.reaction(comment, "rocket").await;
     let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
@@ -230,7 +229,7 @@ async fn a_writer_retries_a_halted_rollout_once_even_when_the_comment_comes_twic
     // The same delivery again is deduplicated at the door; the same comment
     // under another delivery id is found in the audit log and not re-run
     // (a second retry would now fail: "nothing to retry").
-    let body = pr_comment(PR, comment, WRITER, AUTHOR, "/convoy retry");
+    let body = pr_comment(PR, comment, WRITER, AUTHOR, said);
     assert_eq!(
         deliver(&w.running, "issue_comment", "comment-0", &body).await,
         200
@@ -959,6 +958,37 @@ async fn plan_on_an_open_pull_request_and_commands_on_the_drift_issue() {
         "only the marker's answer is new: {replies:#?}"
     );
     assert!(replies[2].contains("convoy commands"), "{}", replies[2]);
+
+    // A command written twice is two lines: when the first run of the
+    // comment did line 1 and then failed, its retry runs line 2 only.
+    let body = "/convoy plan\n/convoy plan";
+    let twice = standin.add_user_comment(REPO, OPEN, READER, body);
+    running
+        .store
+        .append_audit(&convoy::store::AuditEntry {
+            at: chrono::Utc::now(),
+            actor: READER.into(),
+            repo: Some(convoy::domain::RepoName::new(REPO)),
+            rollout_id: None,
+            location: Some(format!("pr#{OPEN} comment {twice}")),
+            action: "/convoy plan".into(),
+            result: "accepted".into(),
+            detail: None,
+            line: Some(1),
+        })
+        .await
+        .unwrap();
+    let payload = pr_comment(OPEN, twice, READER, AUTHOR, body);
+    assert_eq!(
+        deliver(&running, "issue_comment", "twice-retried", &payload).await,
+        202
+    );
+    wait_reaction(&standin, twice, "rocket").await;
+    assert_eq!(
+        preflight.asked.lock().unwrap().len(),
+        3,
+        "line 2 ran; line 1 had run before"
+    );
     let audit = running.store.list_rollouts(None, 10).await.unwrap();
     assert!(audit.is_empty(), "no rollout was created");
     standin.assert_no_violations();

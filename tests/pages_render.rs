@@ -133,6 +133,7 @@ fn hostile_text_from_outside_is_escaped_everywhere() {
         action: format!("/convoy retry {HOSTILE}"),
         result: format!("refused: {HOSTILE}"),
         detail: Some(format!("comment text: {HOSTILE}")),
+        line: None,
     }];
     let message =
         CommitMessage::parse(&format!("Merge {HOSTILE} into main\n\nBody line {HOSTILE}"));

@@ -611,6 +611,7 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
                 action: format!("/convoy retry {n}"),
                 result: "accepted".into(),
                 detail: None,
+                line: (n == 1).then_some(3),
             })
             .await
             .unwrap();
@@ -618,6 +619,11 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
     out.push(format!("{:?}", store.audit_for_rollout(&r1).await.unwrap()));
     let at = store.audit_at(&repo, "pr#7").await.unwrap();
     assert_eq!(at.len(), 2, "both lines written at pr#7");
+    assert_eq!(
+        (at[0].line, at[1].line),
+        (None, Some(3)),
+        "line numbers kept"
+    );
     assert!(
         store
             .audit_at(&RepoName::new("acme/other"), "pr#7")

@@ -565,6 +565,7 @@ async fn demo(opts: &DemoOptions) -> Result<bool, String> {
                         action: format!("/convoy approve {GATED_WAVE}"),
                         result: "accepted".into(),
                         detail: Some("approved through convoy's runtime by the demo".into()),
+                        line: None,
                     };
                     if let Err(e) = running.store.append_audit(&entry).await {
                         tracing::warn!(error = %e, "demo: the approval is not in the audit log");

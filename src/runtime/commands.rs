@@ -146,6 +146,8 @@ struct Asker<'a> {
     user: &'a str,
     /// The line as written, or the command a button stands for.
     line: String,
+    /// Its line number in the comment (1-based), for a comment.
+    line_no: Option<u32>,
     /// The pull request it came from, when known.
     pull_request: Option<u64>,
 }
@@ -250,9 +252,18 @@ impl CommandHandler {
             .audit_at(&e.repo, &location)
             .await
             .map_err(transient)?;
+        // A line is known by its number and text: a command written twice
+        // is two lines. Entries from before line numbers were kept match
+        // by text alone.
         let fresh: Vec<_> = lines
             .iter()
-            .filter(|l| !earlier.iter().any(|a| a.action == l.text))
+            .filter(|l| {
+                !earlier.iter().any(|a| {
+                    a.action == l.text
+                        && a.line
+                            .is_none_or(|n| usize::try_from(n).is_ok_and(|n| n == l.line))
+                })
+            })
             .collect();
         if fresh.is_empty() {
             tracing::info!(
@@ -272,6 +283,7 @@ impl CommandHandler {
                 repo: &e.repo,
                 user: &e.author,
                 line: line.text.clone(),
+                line_no: u32::try_from(line.line).ok(),
                 pull_request: e.on_pull_request.then_some(e.issue_number),
             };
             let handled = match &line.result {
@@ -443,6 +455,7 @@ impl CommandHandler {
             repo: &e.repo,
             user: &e.sender,
             line,
+            line_no: None,
             pull_request,
         };
         let command = match command {
@@ -541,6 +554,7 @@ impl CommandHandler {
             repo: &e.repo,
             user: &e.sender,
             line: format!("{} plan", self.prefix),
+            line_no: None,
             pull_request: None,
         };
         let outcome = match &self.hooks.preflight {
@@ -989,6 +1003,7 @@ impl CommandHandler {
             action: asker.line.clone(),
             result: outcome.audit_result(),
             detail,
+            line: asker.line_no,
         };
         tracing::info!(
             actor = %entry.actor,

@@ -239,6 +239,10 @@ pub struct AuditEntry {
     /// `accepted`, `refused: …`, `failed: …`.
     pub result: String,
     pub detail: Option<String>,
+    /// The line of the comment it was written on (1-based), for a command
+    /// from a comment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
 }
 
 #[async_trait]

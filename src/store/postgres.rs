@@ -583,8 +583,8 @@ impl Store for PostgresStore {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail, \
+             line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(to_millis(entry.at))
         .bind(&entry.actor)
@@ -594,6 +594,7 @@ impl Store for PostgresStore {
         .bind(&entry.action)
         .bind(&entry.result)
         .bind(entry.detail.as_deref())
+        .bind(entry.line.map(i64::from))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -601,7 +602,7 @@ impl Store for PostgresStore {
 
     async fn audit_at(&self, repo: &RepoName, location: &str) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail, line \
              FROM audit_log WHERE location = $1 AND repo = $2 ORDER BY id",
         )
         .bind(location)
@@ -613,7 +614,7 @@ impl Store for PostgresStore {
 
     async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail, line \
              FROM audit_log WHERE rollout_id = $1 ORDER BY id",
         )
         .bind(rollout.as_str())

@@ -209,6 +209,7 @@ pub(crate) fn audit_entry(row: &impl Columns) -> Result<AuditEntry> {
         action: row.text("action")?,
         result: row.text("result")?,
         detail: row.opt_text("detail")?,
+        line: row.opt_int("line")?.and_then(|n| u32::try_from(n).ok()),
     })
 }
 

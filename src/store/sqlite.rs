@@ -964,8 +964,8 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (at, actor, repo, rollout_id, location, action, result, detail, \
+             line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(to_millis(entry.at))
         .bind(&entry.actor)
@@ -975,6 +975,7 @@ impl Store for SqliteStore {
         .bind(&entry.action)
         .bind(&entry.result)
         .bind(entry.detail.as_deref())
+        .bind(entry.line.map(i64::from))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -982,7 +983,7 @@ impl Store for SqliteStore {
 
     async fn audit_at(&self, repo: &RepoName, location: &str) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail, line \
              FROM audit_log WHERE location = ?1 AND repo = ?2 ORDER BY id",
         )
         .bind(location)
@@ -994,7 +995,7 @@ impl Store for SqliteStore {
 
     async fn audit_for_rollout(&self, rollout: &RolloutId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, repo, rollout_id, location, action, result, detail \
+            "SELECT at, actor, repo, rollout_id, location, action, result, detail, line \
              FROM audit_log WHERE rollout_id = ? ORDER BY id",
         )
         .bind(rollout.as_str())
