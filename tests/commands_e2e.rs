@@ -443,13 +443,7 @@ async fn a_writer_runs_each_command_on_a_halted_rollout() {
     let done = wait_state(&w.running, &w.rollout, &["succeeded", "failed"], 60).await;
     assert_eq!(done.state, "succeeded");
     let view = api_rollout(&w.running, &w.rollout).await;
-    let skipped = view["waves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|w| w["steps"].as_array().unwrap())
-        .filter(|s| s["state"] == "skipped")
-        .count();
+    let skipped = steps_in(&view, &["skipped"]).len();
     assert!(skipped > 0);
 
     let audit = w.audit(&w.rollout).await;

@@ -201,13 +201,7 @@ async fn a_failure_over_budget_halts_and_a_retry_finishes() {
     let halted = wait_state(&running, &rollout.id, &["halted", "succeeded"], 60).await;
     assert_eq!(halted.state, "halted");
     let view = api_rollout(&running, &rollout.id).await;
-    let failed: Vec<&serde_json::Value> = view["waves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|w| w["steps"].as_array().unwrap())
-        .filter(|s| s["state"] == "failed")
-        .collect();
+    let failed = steps_in(&view, &["failed"]);
     assert!(!failed.is_empty());
     assert!(
         failed.iter().all(|s| s["environment"] == "cust-005"),
@@ -220,15 +214,7 @@ async fn a_failure_over_budget_halts_and_a_retry_finishes() {
 
     // Retrying with nothing fixed is accepted; fix the agent first.
     fleet.set_knobs("cust-005", AgentKnobs::default());
-    running
-        .runtime
-        .command(
-            &rollout.id,
-            Command::Retry {
-                environments: vec![],
-                by: "alice".into(),
-            },
-        )
+    retry_all(&running, &rollout.id)
         .await
         .expect("retry accepted");
     let done = wait_state(
@@ -244,17 +230,7 @@ async fn a_failure_over_budget_halts_and_a_retry_finishes() {
         Some(sha.as_str())
     );
     // Nothing left to retry now: a clear error.
-    let err = running
-        .runtime
-        .command(
-            &rollout.id,
-            Command::Retry {
-                environments: vec![],
-                by: "alice".into(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = retry_all(&running, &rollout.id).await.unwrap_err();
     assert!(
         err.to_string().contains("nothing to retry") || err.to_string().contains("ended"),
         "{err}"
@@ -295,18 +271,7 @@ async fn a_failed_rollout_is_not_retried_once_a_later_one_came() {
     assert_eq!(ended.state, "succeeded");
     let deploys = fleet.deploys().len();
 
-    let err = running
-        .runtime
-        .command(
-            &one.id,
-            Command::Retry {
-                environments: vec![],
-                by: "alice".into(),
-            },
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = retry_all(&running, &one.id).await.unwrap_err().to_string();
     assert!(
         err.contains("cannot run again") && err.contains(two.id.as_str()),
         "{err}"
@@ -461,12 +426,7 @@ async fn a_preflight_that_cannot_read_its_baselines_deploys_nothing() {
     assert_eq!(halted.state, "halted");
     assert!(fleet.deploys().is_empty(), "nothing deployed blind");
     let view = api_rollout(&running, &rollout.id).await;
-    let failed: Vec<&serde_json::Value> = view["waves"][0]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "failed")
-        .collect();
+    let failed = steps_in(&view, &["failed"]);
     assert!(!failed.is_empty(), "{view}");
     for step in &failed {
         let error = step["error"].as_str().unwrap_or_default();
@@ -474,15 +434,7 @@ async fn a_preflight_that_cannot_read_its_baselines_deploys_nothing() {
     }
 
     sql_beside(dir.path(), "ALTER TABLE baselines_away RENAME TO baselines").await;
-    running
-        .runtime
-        .command(
-            &rollout.id,
-            Command::Retry {
-                environments: vec![],
-                by: "alice".into(),
-            },
-        )
+    retry_all(&running, &rollout.id)
         .await
         .expect("retry accepted");
     let done = wait_state(
@@ -608,14 +560,8 @@ fn a_crash_while_an_abort_waits_for_its_deploys_is_finished_by_the_next_process(
     }
     let sha = git.commit(&[("convoy.yml", &fleet_spec(&envs, "", ""))], "first");
     let in_flight_of = |view: &serde_json::Value| -> Vec<String> {
-        view["waves"]
-            .as_array()
-            .unwrap()
+        steps_in(view, IN_FLIGHT)
             .iter()
-            .flat_map(|w| w["steps"].as_array().unwrap())
-            .filter(|s| {
-                ["preflight", "deploying", "verifying"].contains(&s["state"].as_str().unwrap())
-            })
             .map(|s| format!("{}/{}", s["environment"], s["service"]))
             .collect()
     };
@@ -668,13 +614,7 @@ fn a_crash_while_an_abort_waits_for_its_deploys_is_finished_by_the_next_process(
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(view["state"], "aborted");
-        let succeeded = view["waves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|w| w["steps"].as_array().unwrap())
-            .filter(|s| s["state"] == "succeeded")
-            .count();
+        let succeeded = steps_in(&view, &["succeeded"]).len();
         assert_eq!(
             succeeded, deploys_before,
             "each deploy in flight ended at its version"
@@ -946,13 +886,7 @@ async fn after_an_abort_the_next_rollout_waits_for_the_deploys_in_flight() {
     );
     // The aborted rollout's step in flight ended and is recorded as such.
     let view = api_rollout(&running, &one.id).await;
-    let in_flight: Vec<&serde_json::Value> = view["waves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|w| w["steps"].as_array().unwrap())
-        .filter(|s| ["preflight", "deploying", "verifying"].contains(&s["state"].as_str().unwrap()))
-        .collect();
+    let in_flight = steps_in(&view, IN_FLIGHT);
     assert!(in_flight.is_empty(), "{in_flight:#?}");
     running.stop().await;
 }

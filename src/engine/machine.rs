@@ -1227,7 +1227,7 @@ fn on_bake_health(
 }
 
 fn recover(r: &mut Rollout, ctx: &Ctx, out: &mut Out) {
-    if r.state.is_terminal() && r.steps().all(|s| !s.is_in_flight()) {
+    if r.state.is_terminal() && !r.draining() {
         return;
     }
     let verify_timeout = r.policy.verify_timeout;

@@ -472,6 +472,12 @@ impl Rollout {
         self.waves.iter().flat_map(|w| w.steps.iter())
     }
 
+    /// Ended (an abort) with steps still in flight: it needs a task until
+    /// they end, and keeps their locks until then.
+    pub fn draining(&self) -> bool {
+        self.state.is_terminal() && self.steps().any(|s| s.is_in_flight())
+    }
+
     /// Every environment that has a step in this rollout, in plan order.
     pub fn environments(&self) -> Vec<&EnvName> {
         let mut seen = std::collections::BTreeSet::new();

@@ -1650,7 +1650,7 @@ fn needs_driving(record: &RolloutRecord) -> bool {
     if !is_terminal_state(&record.state) {
         return true;
     }
-    decode(record).is_ok_and(|r| r.steps().any(|s| s.is_in_flight()))
+    decode(record).is_ok_and(|r| r.draining())
 }
 
 /// The engine command that makes a rollout hold `freeze`, or lifts the
@@ -1798,7 +1798,7 @@ pub fn rollout_write(rollout: &mut Rollout, changed: &Changed, effects: &[Effect
                 _ => None,
             })
             .collect(),
-        draining: rollout.state.is_terminal() && rollout.steps().any(|s| s.is_in_flight()),
+        draining: rollout.draining(),
         ..RolloutWrite::default()
     }
 }

@@ -53,12 +53,19 @@ async fn complete(
 /// single parameter and read back with `json_each`: a save writes any
 /// number of rows in one statement (one round trip to SQLite's thread)
 /// whose text never changes, so it stays prepared.
-fn pairs_json<'a>(pairs: impl IntoIterator<Item = &'a (EnvName, ServiceName)>) -> String {
+fn pairs_json<'a>(pairs: impl IntoIterator<Item = &'a (EnvName, ServiceName)>) -> Result<String> {
     let pairs: Vec<(&str, &str)> = pairs
         .into_iter()
         .map(|(e, s)| (e.as_str(), s.as_str()))
         .collect();
-    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+    json_rows(&pairs)
+}
+
+/// Rows as one JSON array for `json_each`. Names and numbers always
+/// serialize; should one not, the write fails rather than writing nothing.
+fn json_rows(rows: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(rows)
+        .map_err(|e| StoreError::Unsupported(format!("rows for json_each: {e}")))
 }
 
 /// Takes the locks of `keys` (environment, service) for `rollout` where no
@@ -104,7 +111,7 @@ async fn lock_steps(
         .bind(repo)
         .bind(rollout.as_str())
         .bind(now_ms)
-        .bind(pairs_json(keys))
+        .bind(pairs_json(keys)?)
         .fetch_all(&mut *tx)
         .await?;
     let held: std::collections::BTreeSet<(String, String)> = held.into_iter().collect();
@@ -130,7 +137,7 @@ async fn unlock_steps(
     )
     .bind(repo)
     .bind(rollout.as_str())
-    .bind(pairs_json(keys))
+    .bind(pairs_json(keys)?)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -151,7 +158,7 @@ async fn write_timers(
              AND timer IN (SELECT value FROM json_each(?2))",
         )
         .bind(id.as_str())
-        .bind(serde_json::to_string(fired).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(json_rows(&fired)?)
         .execute(&mut *tx)
         .await?;
     }
@@ -167,7 +174,7 @@ async fn write_timers(
              ON CONFLICT (rollout_id, timer) DO UPDATE SET at = excluded.at",
         )
         .bind(id.as_str())
-        .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(json_rows(&rows)?)
         .execute(&mut *tx)
         .await?;
     }
@@ -202,7 +209,7 @@ async fn write_attempts(
             ])
         })
         .collect();
-    let rows = serde_json::Value::Array(rows).to_string();
+    let rows = json_rows(&rows)?;
     sqlx::query(
         "INSERT INTO deploy_history (repo, environment, service, version, rollout_id, \
          attempt, succeeded, error, at) \
@@ -1332,7 +1339,7 @@ impl Store for SqliteStore {
              AND (environment, service) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2))",
         )
         .bind(repo.as_str())
-        .bind(pairs_json(keys))
+        .bind(pairs_json(keys)?)
         .fetch_all(&self.pool)
         .await?;
         rows::baselines_in_order(keys, &rows)

@@ -479,3 +479,35 @@ pub fn check_run_click(
     e["installation"] = serde_json::json!({ "id": INSTALLATION });
     e
 }
+
+/// The step states in which a driver call is outstanding.
+pub const IN_FLIGHT: &[&str] = &["preflight", "deploying", "verifying"];
+
+/// The steps of a rollout's API view (SPEC 8), every wave's, whose state
+/// is one of `states`.
+pub fn steps_in<'a>(view: &'a Value, states: &[&str]) -> Vec<&'a Value> {
+    view["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["steps"].as_array().into_iter().flatten())
+        .filter(|s| s["state"].as_str().is_some_and(|st| states.contains(&st)))
+        .collect()
+}
+
+/// `/convoy retry` of every failed step of rollout `id`, by alice.
+pub async fn retry_all(
+    running: &Running,
+    id: &convoy::domain::RolloutId,
+) -> Result<(), convoy::runtime::rollouts::RuntimeError> {
+    running
+        .runtime
+        .command(
+            id,
+            convoy::engine::Command::Retry {
+                environments: vec![],
+                by: "alice".into(),
+            },
+        )
+        .await
+}
