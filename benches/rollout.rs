@@ -14,7 +14,10 @@
 //! The ideal is what a perfect orchestrator would take given the agents'
 //! real speed on this machine: the latency of one step, measured by rolling
 //! out a single environment, times the number of rounds each wave needs at
-//! `max_parallel` environments at once, summed over waves.
+//! `max_parallel` environments at once, summed over waves. After the big
+//! rollout the bench sends the same HTTP requests from a bare client with
+//! nothing else (`http_floor`): the floor no orchestrator on these cores
+//! can go under, to set beside the ideal.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -670,6 +673,78 @@ async fn roll_out(
     }
 }
 
+/// The HTTP requests of a rollout's steps with nothing else: for each
+/// environment, both services at once, each `GET status`, `GET preflight`,
+/// `POST deploy` and `GET status` in turn (what a step sends to an agent
+/// that answers at once), `MAX_PARALLEL` environments at a time, a new one
+/// starting as soon as one ends, wave after wave; from a bare reqwest
+/// client, with no engine, store or runtime. No orchestrator that speaks
+/// SPEC 4.1 to these agents on these cores can be faster, so this is the
+/// floor under the big rollout's time, to set beside the ideal.
+async fn http_floor(addr: &str, wave_envs: &[usize], version: &str) -> Duration {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let mut first = 0;
+    for &count in wave_envs {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in first..first + count {
+            let permit = permits.clone().acquire_owned().await.expect("open");
+            let client = client.clone();
+            let url = format!("http://{addr}/env/{}", env_name(i));
+            let version = version.to_owned();
+            tasks.spawn(async move {
+                let step = |service: &'static str| {
+                    let (client, url, version) = (&client, &url, &version);
+                    async move {
+                        let ok = |r: reqwest::Result<reqwest::Response>| {
+                            assert!(r.expect("agent answers").status().is_success());
+                        };
+                        ok(client
+                            .get(format!("{url}/status?service={service}"))
+                            .send()
+                            .await);
+                        let preflight = client
+                            .get(format!(
+                                "{url}/preflight?service={service}&version={version}"
+                            ))
+                            .send()
+                            .await
+                            .expect("agent answers");
+                        assert!(preflight.status().is_success() || preflight.status() == 404);
+                        let body = serde_json::json!({
+                            "rollout": "floor", "environment": env_of(url), "service": service,
+                            "version": version, "attempt": 1,
+                        });
+                        ok(client
+                            .post(format!("{url}/deploy"))
+                            .json(&body)
+                            .send()
+                            .await);
+                        ok(client
+                            .get(format!("{url}/status?service={service}"))
+                            .send()
+                            .await);
+                    }
+                };
+                tokio::join!(step("api"), step("web"));
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        first += count;
+    }
+    started.elapsed()
+}
+
+fn env_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(p) = args.iter().position(|a| a == "--fleet") {
@@ -809,12 +884,32 @@ fn main() {
                 d.saturating_sub(b)
             );
         }
+        // Convoy's peak is read before the floor's client adds its own; the
+        // floor runs with a new version, so that every deploy changes
+        // something.
+        let peak_kib = vm_hwm_kib();
+        let cpu_before = (cpu_time("self"), cpu_time(&fleet_pid));
+        let floor = http_floor(&addr, &o.wave_envs, &"f".repeat(40)).await;
+        let cpu_after = (cpu_time("self"), cpu_time(&fleet_pid));
+        println!(
+            "HTTP alone (the same {} requests from a bare client, {MAX_PARALLEL} environments at a time, no engine or store): {floor:?}, {:.1} % over the ideal; the big rollout took {:.2}× that",
+            o.steps * 4,
+            (floor.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0,
+            o.elapsed.as_secs_f64() / floor.as_secs_f64(),
+        );
+        if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu_before, cpu_after) {
+            println!(
+                "CPU of HTTP alone: the client {:?}, the fleet (agents) {:?}",
+                c.saturating_sub(a),
+                d.saturating_sub(b)
+            );
+        }
         if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
             println!("load average after: {}", load.trim());
         }
         println!(
             "peak RSS (VmHWM) of convoy (the fleet runs in another process): {:.1} MiB",
-            vm_hwm_kib().unwrap_or(0) as f64 / 1024.0
+            peak_kib.unwrap_or(0) as f64 / 1024.0
         );
     });
     let _ = fleet.kill();
