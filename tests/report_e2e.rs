@@ -439,6 +439,55 @@ async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
     gh.assert_no_violations();
 }
 
+/// The base branch moved on since its last successful rollout, with a
+/// change the pull request's branch does not have. A merge now is planned
+/// from that rollout's commit, so it rolls the base's change out too: the
+/// preview plans it and says where it comes from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(2).await;
+    let first = git.commit(
+        &[
+            ("convoy.yml", &fleet_spec(&envs, "", "")),
+            ("services/api/main.rs", "fn main() {}"),
+            ("services/web/index.html", "<h1>one</h1>"),
+        ],
+        "first",
+    );
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let rollout = rollout_of(&running, &first).await;
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    git.git(&["branch", "feature"]);
+    // main moves on with a web change that is not rolled out (its rollout
+    // never ran, as when one failed).
+    let web = git.commit(&[("services/web/index.html", "<h1>two</h1>")], "web");
+    git.git(&["checkout", "-q", "feature"]);
+    let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
+    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
+    let expected = format!(
+        "`main` has changes not rolled out yet: its last successful rollout was `{}`, and up to `{}` it also changes `web`, which this pull request does not touch.",
+        &first.as_str()[..7],
+        &web.as_str()[..7]
+    );
+    assert!(summary.contains(&expected), "{summary}");
+    assert_eq!(status_of(&run), "completed/success");
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
 /// SPEC 7.5: a 1,000-environment rollout that runs for about a minute or
 /// less costs at most 40 GitHub requests in all (default intervals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -583,7 +583,31 @@ mod preflight {
             probes,
             freeze,
             emergency_freeze: None,
+            from_base: None,
         }
+    }
+
+    #[test]
+    fn changes_the_base_branch_carries_into_the_merge_are_named() {
+        use convoy::report::preflight::FromBase;
+        let mut outcome = planned(plan(&[("rest", 3, false)], &["api", "web"]), vec![], None);
+        if let PreflightOutcome::Planned { from_base, .. } = &mut outcome {
+            *from_base = Some(Box::new(FromBase {
+                since: CommitSha::new("1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+                base_head: CommitSha::new("2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+                services: vec![ServiceName::new("web")],
+            }));
+        }
+        let run = render_preflight(&facts(outcome), &opts());
+        // Worth knowing, not a reason to hold the merge.
+        assert_eq!(conclusion_of(&run), "completed/success");
+        let summary = &run.output.as_ref().unwrap().summary;
+        assert!(
+            summary.contains(
+                "`main` has changes not rolled out yet: its last successful rollout was `1111111`, and up to `2222222` it also changes `web`, which this pull request does not touch. A merge now rolls it out too, unless a rollout of `main` succeeds first."
+            ),
+            "{summary}"
+        );
     }
 
     fn stored_freeze(scope: &str, until: Option<&str>, reason: Option<&str>) -> Freeze {

@@ -54,8 +54,18 @@ pub fn plan_range(
 /// The plan for what git said about a commit: the affected services of its
 /// change and the steps, waves and risk they make.
 pub fn plan_change(change: ChangeSet, history: &History) -> Result<Plan, SpecLoadError> {
+    plan_change_with(change, history, &[])
+}
+
+/// As [`plan_change`], with the services in `also` affected too, whatever
+/// the change touched (in the order of `convoy.yml`).
+pub fn plan_change_with(
+    change: ChangeSet,
+    history: &History,
+    also: &[crate::domain::ServiceName],
+) -> Result<Plan, SpecLoadError> {
     let spec = change.spec?;
-    let affected = impact::affected_services(
+    let touched = impact::affected_services(
         &spec,
         match &change.changed_paths {
             None => Change::FirstRollout,
@@ -65,6 +75,13 @@ pub fn plan_change(change: ChangeSet, history: &History) -> Result<Plan, SpecLoa
             },
         },
     );
+    let affected: Vec<_> = spec
+        .services
+        .iter()
+        .map(|s| &s.name)
+        .filter(|name| touched.contains(name) || also.contains(name))
+        .cloned()
+        .collect();
     Ok(build_plan(
         &spec,
         change.commit,

@@ -22,17 +22,20 @@ use crate::config::Config;
 use crate::domain::{BranchName, CommitSha, EnvName, InstallationId, RepoName, ServiceName};
 use crate::drivers::{Drivers, Endpoint};
 use crate::engine::freeze::{ActiveFreeze, active_freeze};
-use crate::git::{RepoCache, SpecLoadError};
+use crate::git::{ChangeSet, RepoCache, SpecLoadError};
 use crate::github::GitHubApi;
 use crate::github::types::{
     Annotation, CheckRunConclusion, CheckRunOutput, CheckRunStatus, NewCheckRun,
 };
-use crate::plan::cli::plan_change;
+use crate::plan::cli::plan_change_with;
 use crate::plan::model::Plan;
 use crate::plan::render::{format_percent, plan_markdown};
-use crate::runtime::merges::{Against, TokenSource, branch_configured, history_of, read_change};
+use crate::plan::{Change, affected_services};
+use crate::runtime::merges::{
+    Against, TokenSource, branch_configured, branch_head, history_of, read_change,
+};
 use crate::runtime::worker::HandlerError;
-use crate::spec::SpecError;
+use crate::spec::{ConvoySpec, SpecError};
 use crate::store::{Freeze, Store};
 use crate::webhook::events::PullRequestEvent;
 
@@ -82,7 +85,23 @@ pub enum PreflightOutcome {
         /// The emergency freeze (`/convoy freeze`, or `convoy freeze
         /// --all`) in force at the check, if any: see [`Freeze::in_force`].
         emergency_freeze: Option<Freeze>,
+        /// Services the base branch changed since its last commit rolled
+        /// out, which the pull request does not touch: in the plan, since
+        /// a merge now is planned from that commit too.
+        from_base: Option<Box<FromBase>>,
     },
+}
+
+/// What the base branch carries into a merge besides the pull request's
+/// own change: its changes since the last commit rolled out from it (a
+/// rollout of them failed, or has not finished), as of `base_head`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FromBase {
+    /// The last commit rolled out from the base branch.
+    pub since: CommitSha,
+    pub base_head: CommitSha,
+    /// In the plan only because of the base branch's changes.
+    pub services: Vec<ServiceName>,
 }
 
 /// Everything the preflight shows.
@@ -219,6 +238,7 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
             probes,
             freeze,
             emergency_freeze,
+            from_base,
         } => {
             ctx.plan = plan_markdown(plan);
             let steps = plan.step_count();
@@ -315,6 +335,19 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
                             .collect(),
                         more: drift.len().saturating_sub(TEXT_ITEMS),
                     });
+                }
+                if let Some(b) = from_base {
+                    ctx.warnings.push(format!(
+                        "{base} has changes not rolled out yet: its last successful rollout was {}, and up to {} it also changes {}, which this pull request does not touch. A merge now rolls {} out too, unless a rollout of {base} succeeds first.",
+                        code(short_sha(b.since.as_str())),
+                        code(short_sha(b.base_head.as_str())),
+                        b.services
+                            .iter()
+                            .map(|s| code(s.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if b.services.len() == 1 { "it" } else { "them" },
+                    ));
                 }
                 if let Some(f) = freeze {
                     ctx.warnings.push(format!(
@@ -493,7 +526,7 @@ impl Preflight {
             installation,
             &pr.repo,
             pr.head_sha.clone(),
-            previous.map(|p| (p, Against::MergeBase)),
+            previous.clone().map(|p| (p, Against::MergeBase)),
         )
         .await?;
         let now = Utc::now();
@@ -527,8 +560,19 @@ impl Preflight {
                 }
             }
         }
+        let from_base = match (&change.spec, &previous) {
+            // Only when the head's own change was read against the last
+            // commit rolled out (not planned from scratch because that
+            // commit is gone).
+            (Ok(spec), Some(since)) if change.changed_paths.is_some() => {
+                self.base_changes(installation, pr, spec, &change, since)
+                    .await
+            }
+            _ => None,
+        };
+        let also = from_base.as_ref().map_or(&[][..], |b| &b.services[..]);
         let history = history_of(self.store.as_ref(), &pr.repo).await?;
-        let plan = match plan_change(change, &history) {
+        let plan = match plan_change_with(change, &history, also) {
             Ok(p) => p,
             Err(SpecLoadError::Invalid { errors, .. }) => {
                 return Ok(Some(facts(PreflightOutcome::Invalid { errors })));
@@ -547,7 +591,94 @@ impl Preflight {
             probes,
             freeze,
             emergency_freeze: Freeze::in_force(&freezes, now),
+            from_base,
         })))
+    }
+
+    /// The services the base branch changed from `since` (its last commit
+    /// rolled out) to its head now that the head's `change` does not
+    /// touch: a merge now rolls them out too, as its rollout is planned
+    /// from `since` (SPEC 6.1). The base's head is read from the
+    /// repository, not from the event: GitHub's `base.sha` is where the
+    /// base was when the pull request was opened. `None` when there are
+    /// none, or when the base cannot be read: the check still shows the
+    /// pull request's own change, and the log says why the rest is
+    /// missing.
+    async fn base_changes(
+        &self,
+        installation: InstallationId,
+        pr: &PullRequestEvent,
+        spec: &ConvoySpec,
+        change: &ChangeSet,
+        since: &CommitSha,
+    ) -> Option<Box<FromBase>> {
+        let read = async {
+            let base_head = branch_head(
+                &self.config,
+                &self.cache,
+                self.tokens.as_ref(),
+                installation,
+                &pr.repo,
+                &pr.base_ref,
+            )
+            .await?;
+            if &base_head == since {
+                return Ok(None);
+            }
+            let base = read_change(
+                &self.config,
+                &self.cache,
+                self.tokens.as_ref(),
+                installation,
+                &pr.repo,
+                base_head.clone(),
+                Some((since.clone(), Against::Previous)),
+            )
+            .await?;
+            Ok::<_, HandlerError>(Some((base_head, base)))
+        };
+        let (base_head, base) = match read.await {
+            Ok(Some(read)) => read,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(
+                    repo = %pr.repo, base = %pr.base_ref, error = ?e,
+                    "cannot read what the base branch changed since its last rollout; \
+                     the preflight shows the pull request's own change only"
+                );
+                return None;
+            }
+        };
+        // `None`: the last commit rolled out is gone from the repository;
+        // the head's own read would have planned from scratch then.
+        let paths = base.changed_paths?;
+        let own = match &change.changed_paths {
+            Some(paths) => affected_services(
+                spec,
+                Change::Diff {
+                    paths,
+                    previous: change.previous_spec.as_ref(),
+                },
+            ),
+            None => return None,
+        };
+        let services: Vec<ServiceName> = affected_services(
+            spec,
+            Change::Diff {
+                paths: &paths,
+                previous: base.previous_spec.as_ref(),
+            },
+        )
+        .into_iter()
+        .filter(|s| !own.contains(s))
+        .collect();
+        (!services.is_empty()).then(|| {
+            Box::new(FromBase {
+                since: since.clone(),
+                base_head,
+                services,
+            })
+        })
     }
 
     /// Every step's environment asked for its status, at most

@@ -292,17 +292,12 @@ pub async fn read_change(
         Some((p, against)) => (Some(p), against),
         None => (None, Against::Previous),
     };
-    let token = tokens
-        .installation_token(installation)
-        .await
-        .map_err(HandlerError::Transient)?;
-    let Some((owner, name)) = repo.split() else {
-        return Err(HandlerError::Permanent(format!(
-            "repository name `{repo}` is not owner/name"
-        )));
-    };
-    let url = git::repo_url(&config.github.git_url, owner, name);
-    let (owner, name) = (owner.to_owned(), name.to_owned());
+    let Remote {
+        owner,
+        name,
+        url,
+        token,
+    } = Remote::of(config, tokens, installation, repo).await?;
     let cache = cache.clone();
     let config = config.clone();
     git::run_blocking(move || {
@@ -340,12 +335,77 @@ pub async fn read_change(
         ChangeSet::read(&repo, commit, previous, &ctx)
     })
     .await
-    .map_err(|e| match e {
+    .map_err(git_failure)
+}
+
+/// The head of `branch` as the repository has it now: the cache fetches
+/// the branches first.
+pub async fn branch_head(
+    config: &Config,
+    cache: &RepoCache,
+    tokens: &dyn TokenSource,
+    installation: InstallationId,
+    repo: &RepoName,
+    branch: &BranchName,
+) -> Result<CommitSha, HandlerError> {
+    let Remote {
+        owner,
+        name,
+        url,
+        token,
+    } = Remote::of(config, tokens, installation, repo).await?;
+    let cache = cache.clone();
+    let tracking = format!("refs/remotes/origin/{branch}");
+    git::run_blocking(move || {
+        // Nothing wanted: the sync fetches every branch.
+        cache
+            .sync(&owner, &name, &url, token.as_ref(), &[])?
+            .resolve(&tracking)
+    })
+    .await
+    .map_err(git_failure)
+}
+
+fn git_failure(e: GitError) -> HandlerError {
+    match e {
         GitError::Auth { .. } | GitError::UnknownRevision(_) => {
             HandlerError::Permanent(e.to_string())
         }
         _ => HandlerError::Transient(e.to_string()),
-    })
+    }
+}
+
+/// Where a repository is fetched from, and with what.
+struct Remote {
+    owner: String,
+    name: String,
+    url: String,
+    token: Option<Secret>,
+}
+
+impl Remote {
+    async fn of(
+        config: &Config,
+        tokens: &dyn TokenSource,
+        installation: InstallationId,
+        repo: &RepoName,
+    ) -> Result<Remote, HandlerError> {
+        let token = tokens
+            .installation_token(installation)
+            .await
+            .map_err(HandlerError::Transient)?;
+        let Some((owner, name)) = repo.split() else {
+            return Err(HandlerError::Permanent(format!(
+                "repository name `{repo}` is not owner/name"
+            )));
+        };
+        Ok(Remote {
+            url: git::repo_url(&config.github.git_url, owner, name),
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            token,
+        })
+    }
 }
 
 /// What a commit's change is read against.
