@@ -484,6 +484,78 @@ async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
     );
     assert!(summary.contains(&expected), "{summary}");
     assert_eq!(status_of(&run), "completed/success");
+
+    // The base moves again; the same head, already in convoy's clone, is
+    // checked again: the base's head is fetched anew, not taken from the
+    // clone.
+    git.git(&["checkout", "-q", "main"]);
+    let web2 = git.commit(
+        &[("services/web/index.html", "<h1>three</h1>")],
+        "web again",
+    );
+    let reopened = pr_event("reopened", 3, &head);
+    deliver(&running, "pull_request", "pr-3-reopen", &reopened).await;
+    let up_to = format!("and up to `{}` it also changes `web`", &web2.as_str()[..7]);
+    eventually(30, "a preflight against the base's new head", || {
+        let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
+        runs.iter()
+            .filter_map(|r| r.last()?["output"]["summary"].as_str().map(str::to_owned))
+            .find(|s| s.contains(&up_to))
+    })
+    .await;
+
+    // The branch catches up with its base: the web changes are in it now,
+    // but they are still the base's, not the pull request's.
+    git.git(&["checkout", "-q", "feature"]);
+    git.git(&["merge", "-q", "--no-edit", "main"]);
+    let merged = convoy::domain::CommitSha::new(git.git(&["rev-parse", "HEAD"]));
+    let run = open_and_preflight(&running, &gh, 4, &merged).await;
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
+    assert!(summary.contains(&up_to), "{summary}");
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
+/// The base changed only `convoy.yml` since its last rollout, moving
+/// `web` to other paths: judged with the base's file, `web` changed and a
+/// merge rolls it out; the head's older file would not say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_judges_the_base_s_changes_by_the_base_s_convoy_yml() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(2).await;
+    let spec = fleet_spec(&envs, "", "");
+    let first = git.commit(
+        &[
+            ("convoy.yml", &spec),
+            ("services/api/main.rs", "fn main() {}"),
+            ("services/web/index.html", "<h1>one</h1>"),
+        ],
+        "first",
+    );
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let rollout = rollout_of(&running, &first).await;
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    git.git(&["branch", "feature"]);
+    let moved = spec.replace("services/web/**", "web/**");
+    assert_ne!(moved, spec, "the spec names web's paths");
+    git.commit(&[("convoy.yml", &moved)], "web moves");
+    git.git(&["checkout", "-q", "feature"]);
+    let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
+    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
+    assert!(summary.contains("it also changes `web`"), "{summary}");
     running.stop().await;
     gh.assert_no_violations();
 }

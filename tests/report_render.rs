@@ -592,7 +592,7 @@ mod preflight {
         use convoy::report::preflight::FromBase;
         let mut outcome = planned(plan(&[("rest", 3, false)], &["api", "web"]), vec![], None);
         if let PreflightOutcome::Planned { from_base, .. } = &mut outcome {
-            *from_base = Some(Box::new(FromBase {
+            *from_base = Some(Box::new(FromBase::Carried {
                 since: CommitSha::new("1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
                 base_head: CommitSha::new("2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
                 services: vec![ServiceName::new("web")],
@@ -605,6 +605,22 @@ mod preflight {
         assert!(
             summary.contains(
                 "`main` has changes not rolled out yet: its last successful rollout was `1111111`, and up to `2222222` it also changes `web`, which this pull request does not touch. A merge now rolls it out too, unless a rollout of `main` succeeds first."
+            ),
+            "{summary}"
+        );
+        // When the base cannot be read, the check says the plan may be short.
+        let mut outcome = planned(plan(&[("rest", 3, false)], &["api"]), vec![], None);
+        if let PreflightOutcome::Planned { from_base, .. } = &mut outcome {
+            *from_base = Some(Box::new(FromBase::Unread {
+                since: CommitSha::new("1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            }));
+        }
+        let run = render_preflight(&facts(outcome), &opts());
+        assert_eq!(conclusion_of(&run), "completed/success");
+        let summary = &run.output.as_ref().unwrap().summary;
+        assert!(
+            summary.contains(
+                "convoy could not read what `main` changed since its last successful rollout (`1111111`): the plan shows this pull request's own change only"
             ),
             "{summary}"
         );

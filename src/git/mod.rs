@@ -212,6 +212,17 @@ impl GitRepo {
         Ok(CommitSha::new(commit.id().to_string()))
     }
 
+    /// The commit a reference names, by its full name (no revision
+    /// syntax: a branch's name is taken as it is).
+    pub fn reference_commit(&self, name: &str) -> Result<CommitSha, GitError> {
+        let commit = self
+            .repo
+            .find_reference(name)
+            .and_then(|r| r.peel_to_commit())
+            .map_err(|_| GitError::UnknownRevision(name.to_string()))?;
+        Ok(CommitSha::new(commit.id().to_string()))
+    }
+
     /// The first parent of a commit; `None` for a root commit.
     pub fn parent(&self, sha: &CommitSha) -> Result<Option<CommitSha>, GitError> {
         let commit = self.commit(sha)?;
@@ -355,7 +366,7 @@ impl GitRepo {
         if wanted.iter().any(|c| !self.has_commit(c)) {
             // A server that does not serve commits by id still advertises
             // pull request heads (GitHub and GitHub Enterprise do).
-            let pulls = vec!["+refs/pull/*/head:refs/remotes/origin/pull/*".to_string()];
+            let pulls = vec!["+refs/pull/*/head:refs/convoy/pull/*".to_string()];
             let _ = self.fetch_once(&mut remote, url, token, &pulls);
         }
         Ok(())

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::domain::{BranchName, CommitSha, EnvName, InstallationId, RepoName, ServiceName};
 use crate::drivers::{Drivers, Endpoint};
 use crate::engine::freeze::{ActiveFreeze, active_freeze};
-use crate::git::{ChangeSet, RepoCache, SpecLoadError};
+use crate::git::{RepoCache, SpecLoadError};
 use crate::github::GitHubApi;
 use crate::github::types::{
     Annotation, CheckRunConclusion, CheckRunOutput, CheckRunStatus, NewCheckRun,
@@ -93,15 +93,21 @@ pub enum PreflightOutcome {
 }
 
 /// What the base branch carries into a merge besides the pull request's
-/// own change: its changes since the last commit rolled out from it (a
-/// rollout of them failed, or has not finished), as of `base_head`.
+/// own change: its changes since the last commit rolled out from it (their
+/// rollout failed, was stopped, or has not finished).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FromBase {
-    /// The last commit rolled out from the base branch.
-    pub since: CommitSha,
-    pub base_head: CommitSha,
-    /// In the plan only because of the base branch's changes.
-    pub services: Vec<ServiceName>,
+pub enum FromBase {
+    /// As of `base_head`, the base changes these services, which the pull
+    /// request does not; they are in the plan.
+    Carried {
+        /// The last commit rolled out from the base branch.
+        since: CommitSha,
+        base_head: CommitSha,
+        services: Vec<ServiceName>,
+    },
+    /// The base could not be read (fetch, or its `convoy.yml`): the plan
+    /// shows the pull request's own change only, and says so.
+    Unread { since: CommitSha },
 }
 
 /// Everything the preflight shows.
@@ -336,18 +342,27 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
                         more: drift.len().saturating_sub(TEXT_ITEMS),
                     });
                 }
-                if let Some(b) = from_base {
-                    ctx.warnings.push(format!(
+                match from_base.as_deref() {
+                    Some(FromBase::Carried {
+                        since,
+                        base_head,
+                        services,
+                    }) => ctx.warnings.push(format!(
                         "{base} has changes not rolled out yet: its last successful rollout was {}, and up to {} it also changes {}, which this pull request does not touch. A merge now rolls {} out too, unless a rollout of {base} succeeds first.",
-                        code(short_sha(b.since.as_str())),
-                        code(short_sha(b.base_head.as_str())),
-                        b.services
+                        code(short_sha(since.as_str())),
+                        code(short_sha(base_head.as_str())),
+                        services
                             .iter()
                             .map(|s| code(s.as_str()))
                             .collect::<Vec<_>>()
                             .join(", "),
-                        if b.services.len() == 1 { "it" } else { "them" },
-                    ));
+                        if services.len() == 1 { "it" } else { "them" },
+                    )),
+                    Some(FromBase::Unread { since }) => ctx.warnings.push(format!(
+                        "convoy could not read what {base} changed since its last successful rollout ({}): the plan shows this pull request's own change only, and a merge now may roll out more.",
+                        code(short_sha(since.as_str())),
+                    )),
+                    None => {}
                 }
                 if let Some(f) = freeze {
                     ctx.warnings.push(format!(
@@ -519,6 +534,23 @@ impl Preflight {
             .last_succeeded_commit(&pr.repo, &pr.base_ref)
             .await
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        // The base's head first: its fetch brings every branch, so for a
+        // pull request from a branch of the same repository the head's
+        // read that follows finds its commit and fetches nothing more.
+        let base_head = match &previous {
+            Some(_) => Some(
+                branch_head(
+                    &self.config,
+                    &self.cache,
+                    self.tokens.as_ref(),
+                    installation,
+                    &pr.repo,
+                    &pr.base_ref,
+                )
+                .await,
+            ),
+            None => None,
+        };
         let change = read_change(
             &self.config,
             &self.cache,
@@ -560,17 +592,20 @@ impl Preflight {
                 }
             }
         }
-        let from_base = match (&change.spec, &previous) {
+        let from_base = match (&change.spec, previous, base_head) {
             // Only when the head's own change was read against the last
             // commit rolled out (not planned from scratch because that
             // commit is gone).
-            (Ok(spec), Some(since)) if change.changed_paths.is_some() => {
-                self.base_changes(installation, pr, spec, &change, since)
+            (Ok(spec), Some(since), Some(base_head)) if change.changed_paths.is_some() => {
+                self.base_changes(installation, pr, spec, since, base_head)
                     .await
             }
             _ => None,
         };
-        let also = from_base.as_ref().map_or(&[][..], |b| &b.services[..]);
+        let also = match from_base.as_deref() {
+            Some(FromBase::Carried { services, .. }) => &services[..],
+            _ => &[][..],
+        };
         let history = history_of(self.store.as_ref(), &pr.repo).await?;
         let plan = match plan_change_with(change, &history, also) {
             Ok(p) => p,
@@ -595,86 +630,90 @@ impl Preflight {
         })))
     }
 
-    /// The services the base branch changed from `since` (its last commit
-    /// rolled out) to its head now that the head's `change` does not
-    /// touch: a merge now rolls them out too, as its rollout is planned
-    /// from `since` (SPEC 6.1). The base's head is read from the
-    /// repository, not from the event: GitHub's `base.sha` is where the
-    /// base was when the pull request was opened. `None` when there are
-    /// none, or when the base cannot be read: the check still shows the
-    /// pull request's own change, and the log says why the rest is
-    /// missing.
+    /// What the base branch changed from `since` (its last commit rolled
+    /// out) to `base_head` (read from the repository, not from the event:
+    /// GitHub's `base.sha` can be where the base was when the pull request
+    /// was opened): a merge now rolls it out too, as its rollout is
+    /// planned from `since` (SPEC 6.1). Judged with the base's own
+    /// `convoy.yml`, as the merge keeps the base's definitions of what the
+    /// pull request does not change; only services the head still defines
+    /// can be planned. `None` when the base has nothing the pull request
+    /// does not already change.
     async fn base_changes(
         &self,
         installation: InstallationId,
         pr: &PullRequestEvent,
         spec: &ConvoySpec,
-        change: &ChangeSet,
-        since: &CommitSha,
+        since: CommitSha,
+        base_head: Result<CommitSha, HandlerError>,
     ) -> Option<Box<FromBase>> {
-        let read = async {
-            let base_head = branch_head(
+        let read = |commit: CommitSha, against: (CommitSha, Against)| {
+            read_change(
                 &self.config,
                 &self.cache,
                 self.tokens.as_ref(),
                 installation,
                 &pr.repo,
-                &pr.base_ref,
+                commit,
+                Some(against),
             )
-            .await?;
-            if &base_head == since {
+        };
+        let reads = async {
+            let base_head = base_head?;
+            if base_head == since {
                 return Ok(None);
             }
-            let base = read_change(
-                &self.config,
-                &self.cache,
-                self.tokens.as_ref(),
-                installation,
-                &pr.repo,
-                base_head.clone(),
-                Some((since.clone(), Against::Previous)),
-            )
-            .await?;
-            Ok::<_, HandlerError>(Some((base_head, base)))
+            let base = read(base_head.clone(), (since.clone(), Against::Previous)).await?;
+            // The pull request's own change, from where it meets the base's
+            // head: an up-to-date branch holds the base's changes too, and
+            // they are still the base's.
+            let own = read(pr.head_sha.clone(), (base_head.clone(), Against::MergeBase)).await?;
+            Ok::<_, HandlerError>(Some((base_head, base, own)))
         };
-        let (base_head, base) = match read.await {
+        let unread = |why: String| {
+            tracing::warn!(
+                repo = %pr.repo, base = %pr.base_ref, error = %why,
+                "cannot read what the base branch changed since its last rollout; \
+                 the preflight shows the pull request's own change only"
+            );
+            Some(Box::new(FromBase::Unread {
+                since: since.clone(),
+            }))
+        };
+        let (base_head, base, own) = match reads.await {
             Ok(Some(read)) => read,
             Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(
-                    repo = %pr.repo, base = %pr.base_ref, error = ?e,
-                    "cannot read what the base branch changed since its last rollout; \
-                     the preflight shows the pull request's own change only"
-                );
-                return None;
-            }
+            Err(e) => return unread(e.to_string()),
         };
-        // `None`: the last commit rolled out is gone from the repository;
-        // the head's own read would have planned from scratch then.
-        let paths = base.changed_paths?;
-        let own = match &change.changed_paths {
-            Some(paths) => affected_services(
-                spec,
-                Change::Diff {
-                    paths,
-                    previous: change.previous_spec.as_ref(),
-                },
-            ),
-            None => return None,
+        let (Some(base_paths), Some(own_paths)) = (&base.changed_paths, &own.changed_paths) else {
+            // A commit is gone from the repository: the head's own read
+            // planned what it could.
+            return None;
         };
-        let services: Vec<ServiceName> = affected_services(
+        let base_spec = match &base.spec {
+            Ok(spec) => spec,
+            Err(e) => return unread(format!("convoy.yml at the base's head: {e}")),
+        };
+        let own = affected_services(
             spec,
             Change::Diff {
-                paths: &paths,
+                paths: own_paths,
+                previous: own.previous_spec.as_ref(),
+            },
+        );
+        let services: Vec<ServiceName> = affected_services(
+            base_spec,
+            Change::Diff {
+                paths: base_paths,
                 previous: base.previous_spec.as_ref(),
             },
         )
         .into_iter()
-        .filter(|s| !own.contains(s))
+        .filter(|s| !own.contains(s) && spec.services.iter().any(|d| &d.name == s))
         .collect();
         (!services.is_empty()).then(|| {
-            Box::new(FromBase {
-                since: since.clone(),
+            Box::new(FromBase::Carried {
+                since,
                 base_head,
                 services,
             })

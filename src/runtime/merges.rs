@@ -360,7 +360,7 @@ pub async fn branch_head(
         // Nothing wanted: the sync fetches every branch.
         cache
             .sync(&owner, &name, &url, token.as_ref(), &[])?
-            .resolve(&tracking)
+            .reference_commit(&tracking)
     })
     .await
     .map_err(git_failure)
