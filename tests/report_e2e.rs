@@ -517,6 +517,49 @@ async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
     gh.assert_no_violations();
 }
 
+/// The base branch cannot be read (gone from the repository, as after a
+/// rename): the preflight is still posted, with the pull request's own
+/// change, and says that a merge may roll out more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_says_so_when_it_cannot_read_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(2).await;
+    let first = git.commit(
+        &[
+            ("convoy.yml", &fleet_spec(&envs, "", "")),
+            ("services/api/main.rs", "fn main() {}"),
+            ("services/web/index.html", "<h1>one</h1>"),
+        ],
+        "first",
+    );
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+    let rollout = rollout_of(&running, &first).await;
+    let done = wait_state(
+        &running,
+        &rollout.id,
+        &["succeeded", "failed", "halted"],
+        60,
+    )
+    .await;
+    assert_eq!(done.state, "succeeded");
+    git.git(&["branch", "-m", "main", "trunk"]);
+    git.git(&["checkout", "-q", "-b", "feature"]);
+    let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
+    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("rolls out `api` to"), "{summary}");
+    let expected = format!(
+        "convoy could not read what `main` changed since its last successful rollout (`{}`)",
+        &first.as_str()[..7]
+    );
+    assert!(summary.contains(&expected), "{summary}");
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
 /// The base changed only `convoy.yml` since its last rollout, moving
 /// `web` to other paths: judged with the base's file, `web` changed and a
 /// merge rolls it out; the head's older file would not say so.

@@ -596,6 +596,7 @@ mod preflight {
                 since: CommitSha::new("1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
                 base_head: CommitSha::new("2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
                 services: vec![ServiceName::new("web")],
+                not_in_plan: vec![ServiceName::new("worker")],
             }));
         }
         let run = render_preflight(&facts(outcome), &opts());
@@ -604,12 +605,13 @@ mod preflight {
         let summary = &run.output.as_ref().unwrap().summary;
         assert!(
             summary.contains(
-                "`main` has changes not rolled out yet: its last successful rollout was `1111111`, and up to `2222222` it also changes `web`, which this pull request does not touch. A merge now rolls it out too, unless a rollout of `main` succeeds first."
+                "`main` has changes not rolled out yet: its last successful rollout was `1111111`, and up to `2222222` it also changes `web`, which this pull request does not touch. A merge now rolls it out too, unless a rollout of `main` succeeds first. And it adds `worker`, which this branch's `convoy.yml` does not define: a merge rolls it out too, but this plan cannot show it."
             ),
             "{summary}"
         );
-        // When the base cannot be read, the check says the plan may be short.
-        let mut outcome = planned(plan(&[("rest", 3, false)], &["api"]), vec![], None);
+        // When the base cannot be read, the check says the plan may be
+        // short, also when the pull request's own change rolls nothing out.
+        let mut outcome = planned(plan(&[("rest", 3, false)], &[]), vec![], None);
         if let PreflightOutcome::Planned { from_base, .. } = &mut outcome {
             *from_base = Some(Box::new(FromBase::Unread {
                 since: CommitSha::new("1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
@@ -624,6 +626,8 @@ mod preflight {
             ),
             "{summary}"
         );
+        assert!(summary.contains("rolls nothing out"), "{summary}");
+        assert!(!summary.contains("as neutral"), "{summary}");
     }
 
     fn stored_freeze(scope: &str, until: Option<&str>, reason: Option<&str>) -> Freeze {

@@ -135,6 +135,33 @@ impl RepoCache {
         token: Option<&Secret>,
         wanted: &[CommitSha],
     ) -> Result<GitRepo, GitError> {
+        self.sync_with(owner, repo, url, token, wanted, false)
+    }
+
+    /// Like [`RepoCache::sync`], but fetches the branches even when every
+    /// wanted commit is here already: for a branch's head as it is now.
+    /// Wanted commits the remote does not have are left missing, not an
+    /// error; the caller asks for them again where it needs them.
+    pub fn refresh(
+        &self,
+        owner: &str,
+        repo: &str,
+        url: &str,
+        token: Option<&Secret>,
+        wanted: &[CommitSha],
+    ) -> Result<GitRepo, GitError> {
+        self.sync_with(owner, repo, url, token, wanted, true)
+    }
+
+    fn sync_with(
+        &self,
+        owner: &str,
+        repo: &str,
+        url: &str,
+        token: Option<&Secret>,
+        wanted: &[CommitSha],
+        refresh: bool,
+    ) -> Result<GitRepo, GitError> {
         let path = self.path_for(owner, repo);
         // Two workers fetching into one clone would fight over its ref
         // locks: one at a time per repository (within this process).
@@ -150,10 +177,10 @@ impl RepoCache {
             }
         };
         let git = GitRepo { repo: repository };
-        if wanted.is_empty() || !wanted.iter().all(|c| git.has_commit(c)) {
+        if refresh || wanted.is_empty() || !wanted.iter().all(|c| git.has_commit(c)) {
             git.fetch(url, token, wanted)?;
         }
-        if let Some(missing) = wanted.iter().find(|c| !git.has_commit(c)) {
+        if !refresh && let Some(missing) = wanted.iter().find(|c| !git.has_commit(c)) {
             return Err(GitError::UnknownRevision(missing.to_string()));
         }
         Ok(git)
@@ -405,6 +432,9 @@ impl GitRepo {
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks);
         opts.download_tags(AutotagOption::None);
+        // A branch deleted on the remote goes here too, rather than
+        // resolving for ever to its last commit (the commits stay).
+        opts.prune(git2::FetchPrune::On);
         let refs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
         remote.fetch(&refs, Some(&mut opts), None).map_err(|e| {
             let detail = e.message().to_string();

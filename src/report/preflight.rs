@@ -104,6 +104,10 @@ pub enum FromBase {
         since: CommitSha,
         base_head: CommitSha,
         services: Vec<ServiceName>,
+        /// Services the base's `convoy.yml` added that the head's does not
+        /// define: a merge rolls them out too, but a plan from the head's
+        /// file cannot hold them.
+        not_in_plan: Vec<ServiceName>,
     },
     /// The base could not be read (fetch, or its `convoy.yml`): the plan
     /// shows the pull request's own change only, and says so.
@@ -248,12 +252,64 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
         } => {
             ctx.plan = plan_markdown(plan);
             let steps = plan.step_count();
+            // What the base carries is worth knowing whatever the plan.
+            match from_base.as_deref() {
+                Some(FromBase::Carried {
+                    since,
+                    base_head,
+                    services,
+                    not_in_plan,
+                }) => {
+                    let names = |list: &[ServiceName]| {
+                        list.iter()
+                            .map(|s| code(s.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let them = |list: &[ServiceName]| if list.len() == 1 { "it" } else { "them" };
+                    let mut w = format!(
+                        "{base} has changes not rolled out yet: its last successful rollout was {}, and up to {}",
+                        code(short_sha(since.as_str())),
+                        code(short_sha(base_head.as_str())),
+                    );
+                    if !services.is_empty() {
+                        w.push_str(&format!(
+                            " it also changes {}, which this pull request does not touch. A merge now rolls {} out too, unless a rollout of {base} succeeds first.",
+                            names(services),
+                            them(services),
+                        ));
+                    }
+                    if !not_in_plan.is_empty() {
+                        w.push_str(&format!(
+                            "{} it adds {}, which this branch's `convoy.yml` does not define: a merge rolls {} out too, but this plan cannot show {}.",
+                            if services.is_empty() { "" } else { " And" },
+                            names(not_in_plan),
+                            them(not_in_plan),
+                            them(not_in_plan),
+                        ));
+                    }
+                    ctx.warnings.push(w);
+                }
+                Some(FromBase::Unread { since }) => ctx.warnings.push(format!(
+                    "convoy could not read what {base} changed since its last successful rollout ({}): the plan shows this pull request's own change only, and a merge now may roll out more.",
+                    code(short_sha(since.as_str())),
+                )),
+                None => {}
+            }
             if steps == 0 {
-                ctx.emoji = "➖";
+                ctx.emoji = if ctx.warnings.is_empty() {
+                    "➖"
+                } else {
+                    "⚠️"
+                };
                 ctx.headline =
                     format!("Merging into {base} rolls nothing out: the change affects no service");
-                ctx.next_steps
-                    .push("Nothing to do: the merge concludes `convoy/rollout` as neutral.".into());
+                ctx.next_steps.push(if ctx.warnings.is_empty() {
+                    "Nothing to do: the merge concludes `convoy/rollout` as neutral.".into()
+                } else {
+                    "Nothing of this pull request's own: read the warning above before merging."
+                        .into()
+                });
                 (
                     CheckRunConclusion::Success,
                     "Nothing to roll out".to_owned(),
@@ -341,28 +397,6 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
                             .collect(),
                         more: drift.len().saturating_sub(TEXT_ITEMS),
                     });
-                }
-                match from_base.as_deref() {
-                    Some(FromBase::Carried {
-                        since,
-                        base_head,
-                        services,
-                    }) => ctx.warnings.push(format!(
-                        "{base} has changes not rolled out yet: its last successful rollout was {}, and up to {} it also changes {}, which this pull request does not touch. A merge now rolls {} out too, unless a rollout of {base} succeeds first.",
-                        code(short_sha(since.as_str())),
-                        code(short_sha(base_head.as_str())),
-                        services
-                            .iter()
-                            .map(|s| code(s.as_str()))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if services.len() == 1 { "it" } else { "them" },
-                    )),
-                    Some(FromBase::Unread { since }) => ctx.warnings.push(format!(
-                        "convoy could not read what {base} changed since its last successful rollout ({}): the plan shows this pull request's own change only, and a merge now may roll out more.",
-                        code(short_sha(since.as_str())),
-                    )),
-                    None => {}
                 }
                 if let Some(f) = freeze {
                     ctx.warnings.push(format!(
@@ -538,7 +572,7 @@ impl Preflight {
         // pull request from a branch of the same repository the head's
         // read that follows finds its commit and fetches nothing more.
         let base_head = match &previous {
-            Some(_) => Some(
+            Some(since) => Some(
                 branch_head(
                     &self.config,
                     &self.cache,
@@ -546,6 +580,7 @@ impl Preflight {
                     installation,
                     &pr.repo,
                     &pr.base_ref,
+                    vec![pr.head_sha.clone(), since.clone()],
                 )
                 .await,
             ),
@@ -701,7 +736,7 @@ impl Preflight {
                 previous: own.previous_spec.as_ref(),
             },
         );
-        let services: Vec<ServiceName> = affected_services(
+        let (services, not_in_plan): (Vec<ServiceName>, Vec<ServiceName>) = affected_services(
             base_spec,
             Change::Diff {
                 paths: base_paths,
@@ -709,13 +744,14 @@ impl Preflight {
             },
         )
         .into_iter()
-        .filter(|s| !own.contains(s) && spec.services.iter().any(|d| &d.name == s))
-        .collect();
-        (!services.is_empty()).then(|| {
+        .filter(|s| !own.contains(s))
+        .partition(|s| spec.services.iter().any(|d| &d.name == s));
+        (!services.is_empty() || !not_in_plan.is_empty()).then(|| {
             Box::new(FromBase::Carried {
                 since,
                 base_head,
                 services,
+                not_in_plan,
             })
         })
     }

@@ -339,7 +339,9 @@ pub async fn read_change(
 }
 
 /// The head of `branch` as the repository has it now: the cache fetches
-/// the branches first.
+/// the branches first, and in the same fetch the commits in `also` it
+/// lacks (a fork's pull request head), so that reading them next fetches
+/// nothing more.
 pub async fn branch_head(
     config: &Config,
     cache: &RepoCache,
@@ -347,6 +349,7 @@ pub async fn branch_head(
     installation: InstallationId,
     repo: &RepoName,
     branch: &BranchName,
+    also: Vec<CommitSha>,
 ) -> Result<CommitSha, HandlerError> {
     let Remote {
         owner,
@@ -357,9 +360,8 @@ pub async fn branch_head(
     let cache = cache.clone();
     let tracking = format!("refs/remotes/origin/{branch}");
     git::run_blocking(move || {
-        // Nothing wanted: the sync fetches every branch.
         cache
-            .sync(&owner, &name, &url, token.as_ref(), &[])?
+            .refresh(&owner, &name, &url, token.as_ref(), &also)?
             .reference_commit(&tracking)
     })
     .await
