@@ -28,6 +28,9 @@ pub struct Metrics {
     pub inbox_failed: Gauge,
     /// Seconds from receipt to the end of processing.
     pub processing_seconds: Histogram,
+    /// Installations GitHub has suspended: their reports cannot reach
+    /// GitHub until they are unsuspended.
+    pub installations_suspended: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,12 +66,19 @@ impl Metrics {
             "Seconds from a delivery's receipt to the end of its processing",
             processing_seconds.clone(),
         );
+        let installations_suspended = Gauge::default();
+        registry.register(
+            "installations_suspended",
+            "Installations of the App that GitHub has suspended: convoy's reports to their repositories are refused until they are unsuspended",
+            installations_suspended.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             deliveries,
             inbox_pending,
             inbox_failed,
             processing_seconds,
+            installations_suspended,
         }
     }
 

@@ -468,6 +468,34 @@ async fn installations_and_their_repositories_are_recorded() {
         None
     );
 
+    // Suspended and back: the operator sees it in the metrics.
+    let suspended = || async {
+        let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("convoy_installations_suspended "))
+            .map(str::to_owned)
+    };
+    assert_eq!(suspended().await.as_deref(), Some("0"));
+    for (n, action, count) in [(4, "suspend", "1"), (5, "unsuspend", "0")] {
+        let mut event = created.clone();
+        event["action"] = serde_json::json!(action);
+        Post::signed(
+            "installation",
+            &format!("i-{n}"),
+            serde_json::to_vec(&event).unwrap(),
+        )
+        .send(&running)
+        .await;
+        drained(&running).await;
+        assert_eq!(suspended().await.as_deref(), Some(count), "after {action}");
+    }
+
     let mut deleted = example("installation", Some("deleted"));
     deleted["installation"]["id"] = serde_json::json!(id.0);
     Post::signed("installation", "i-3", serde_json::to_vec(&deleted).unwrap())

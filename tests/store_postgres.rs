@@ -672,6 +672,20 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
         "{:?}",
         store.installation_for_repo(&repo).await.unwrap()
     ));
+    store
+        .upsert_installation(InstallationId(3), "globex", t(1))
+        .await
+        .unwrap();
+    for (id, suspended) in [(9, true), (3, true), (3, false), (3, true), (9, false)] {
+        store
+            .set_installation_suspended(InstallationId(id), suspended, t(2))
+            .await
+            .unwrap();
+        out.push(format!(
+            "{:?}",
+            store.suspended_installations().await.unwrap()
+        ));
+    }
     out
 }
 
@@ -711,6 +725,18 @@ async fn both_stores_answer_alike() {
             "c".repeat(40)
         ),
         "baselines of a preflight batch, in the order asked"
+    );
+    let n = a.len();
+    assert_eq!(
+        a[n - 5..],
+        [
+            r#"[(InstallationId(9), "acme")]"#,
+            r#"[(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
+            r#"[(InstallationId(9), "acme")]"#,
+            r#"[(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
+            r#"[(InstallationId(3), "globex")]"#,
+        ],
+        "suspended installations, by id, as suspend and unsuspend come"
     );
     for (n, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "answer {n} differs between SQLite and PostgreSQL");

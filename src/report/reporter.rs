@@ -14,7 +14,7 @@
 //! generation per rollout comes from the transport's ledger; whether it was
 //! left at `action_required` is asked of GitHub once, when it matters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,6 +111,9 @@ struct Inner {
     /// This replica's id, when several may run: a rollout another replica
     /// drives is reported by that replica, not from here.
     replica: std::sync::OnceLock<String>,
+    /// Rollouts whose installation was last seen suspended, each warned
+    /// about once until it is not.
+    suspended: Mutex<HashSet<RolloutId>>,
 }
 
 /// The reporter. Cheap to clone; implements [`ReportSink`].
@@ -122,6 +125,19 @@ pub struct Reporter {
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reporter").finish_non_exhaustive()
+    }
+}
+
+/// Whether to warn that rollout `id`'s installation is suspended, given
+/// whether it is now: once per rollout, and again after it was
+/// unsuspended and suspended anew. `warned` holds the rollouts warned
+/// about and still suspended.
+fn warn_suspended(warned: &mut HashSet<RolloutId>, id: &RolloutId, suspended: bool) -> bool {
+    if suspended {
+        warned.insert(id.clone())
+    } else {
+        warned.remove(id);
+        false
     }
 }
 
@@ -164,6 +180,7 @@ impl Reporter {
                 rendering: AtomicUsize::new(0),
                 stopped: AtomicBool::new(false),
                 replica: std::sync::OnceLock::new(),
+                suspended: Mutex::new(HashSet::new()),
             }),
         };
         let task = tokio::spawn(reporter.clone().run());
@@ -320,6 +337,7 @@ impl Reporter {
             tracing::warn!(rollout = %id, repo = %record.repo, "no installation known for the repository; nothing reported");
             return;
         };
+        self.note_suspension(id, installation).await;
         let rollout: Option<Rollout> = match record.document.as_deref().map(serde_json::from_str) {
             None => None,
             Some(Ok(r)) => Some(r),
@@ -359,6 +377,30 @@ impl Reporter {
             Desired::CheckRun(Box::new(report.check_run)),
             importance,
         );
+    }
+
+    /// Says once, in the log, that a rollout's installation is suspended:
+    /// the rollout goes on (deploying is convoy's own work), but GitHub
+    /// refuses its reports; the transport logs each refused update, and
+    /// the rollout's next change after the installation is unsuspended
+    /// brings its reports up to date.
+    async fn note_suspension(&self, id: &RolloutId, installation: InstallationId) {
+        let Ok(suspended) = self.inner.store.suspended_installations().await else {
+            return;
+        };
+        let account = suspended
+            .into_iter()
+            .find_map(|(i, account)| (i == installation).then_some(account));
+        let warn = warn_suspended(&mut lock(&self.inner.suspended), id, account.is_some());
+        if let (true, Some(account)) = (warn, account) {
+            tracing::warn!(
+                rollout = %id,
+                installation = installation.0,
+                %account,
+                "the App's installation on {account} is suspended: the rollout goes on, \
+                 but GitHub refuses its reports until the installation is unsuspended"
+            );
+        }
     }
 
     async fn installation(&self, record: &RolloutRecord) -> Option<InstallationId> {
@@ -491,6 +533,21 @@ mod tests {
             number,
             action_required: ar,
         })
+    }
+
+    #[test]
+    fn a_suspended_installation_is_warned_about_once_per_suspension() {
+        let mut warned = HashSet::new();
+        let (a, b) = (RolloutId::new("a"), RolloutId::new("b"));
+        assert!(warn_suspended(&mut warned, &a, true));
+        assert!(
+            !warn_suspended(&mut warned, &a, true),
+            "not on every render"
+        );
+        assert!(warn_suspended(&mut warned, &b, true), "each rollout once");
+        assert!(!warn_suspended(&mut warned, &a, false));
+        assert!(warn_suspended(&mut warned, &a, true), "suspended anew");
+        assert!(!warn_suspended(&mut warned, &b, true));
     }
 
     #[test]

@@ -339,6 +339,12 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the installation and its repositories.
     async fn delete_installation(&self, id: InstallationId) -> Result<()>;
 
+    /// The installations GitHub says are suspended (`installation.suspend`,
+    /// until `unsuspend`), with their accounts, by id: GitHub refuses
+    /// their API calls, so nothing convoy reports reaches their
+    /// repositories meanwhile.
+    async fn suspended_installations(&self) -> Result<Vec<(InstallationId, String)>>;
+
     /// Records that the installation can act on these repositories (a
     /// repository moves when another installation claims it).
     async fn add_installation_repos(&self, id: InstallationId, repos: &[RepoName]) -> Result<()>;

@@ -949,6 +949,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn suspended_installations(&self) -> Result<Vec<(InstallationId, String)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, account FROM installations WHERE suspended <> 0 ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, account)| (InstallationId(id), account))
+            .collect())
+    }
+
     async fn installation_for_repo(&self, repo: &RepoName) -> Result<Option<InstallationId>> {
         let id: Option<i64> = sqlx::query_scalar(
             "SELECT installation_id FROM installation_repositories WHERE repo = ?",

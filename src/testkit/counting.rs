@@ -100,6 +100,9 @@ impl Store for Counting {
             .set_installation_suspended(id, suspended, now)
             .await
     }
+    async fn suspended_installations(&self) -> StoreResult<Vec<(InstallationId, String)>> {
+        self.inner.suspended_installations().await
+    }
     async fn delete_installation(&self, id: InstallationId) -> StoreResult<()> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner.delete_installation(id).await

@@ -65,6 +65,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.inbox_pending.set(counts.pending as i64);
         state.metrics.inbox_failed.set(counts.failed as i64);
     }
+    if let Ok(suspended) = state.store.suspended_installations().await {
+        state
+            .metrics
+            .installations_suspended
+            .set(suspended.len() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
