@@ -743,6 +743,77 @@ async fn three_repositories_of_one_installation_share_one_pace() {
     gh.assert_no_violations();
 }
 
+/// An installation suspended while its rollout runs: GitHub refuses every
+/// update, the rollout goes on to its end, and when the installation is
+/// unsuspended the final state reaches GitHub without any other change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_refused_while_suspended_catch_up_when_unsuspended() {
+    use convoy::testkit::github_standin::{Fault, FaultKind};
+    let dir = tempfile::tempdir().unwrap();
+    let git = GitFixture::new(dir.path());
+    let gh = standin().await;
+    let (_fleet, envs) = fleet_of(3).await;
+    let sha = git.commit(&[("convoy.yml", &flat_spec(&envs, 10))], "first");
+    gh.add_pull_request(REPO, 5, "dev", sha.as_str(), "feature", "main", true);
+    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+    let installation = |action: &str| {
+        let mut e = example("installation", Some("created"));
+        e["action"] = action.into();
+        e["installation"]["id"] = INSTALLATION.into();
+        e
+    };
+    deliver(
+        &running,
+        "installation",
+        "i-suspend",
+        &installation("suspend"),
+    )
+    .await;
+    // What GitHub answers a suspended installation: no (404 is one of
+    // the refusals convoy does not retry).
+    for method in [Method::POST, Method::PATCH] {
+        gh.inject(Fault::new(FaultKind::NotFound, 100_000).on(method, "/repos/acme/app/"));
+    }
+    deliver(&running, "pull_request", "pr-5", &merged_pr(5, &sha)).await;
+    let rollout = rollout_of(&running, &sha).await;
+    let done = wait_state(&running, &rollout.id, &["succeeded", "failed"], 60).await;
+    assert_eq!(
+        done.state, "succeeded",
+        "the rollout goes on while suspended"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        runs_named(&gh.state(), sha.as_str(), "convoy/rollout")
+            .iter()
+            .all(|r| r.last().is_none_or(|r| status_of(r) != "completed/success")),
+        "nothing reached GitHub while suspended"
+    );
+
+    gh.clear_faults();
+    deliver(
+        &running,
+        "installation",
+        "i-unsuspend",
+        &installation("unsuspend"),
+    )
+    .await;
+    eventually(
+        30,
+        "the final state reaches GitHub once unsuspended",
+        || {
+            let s = gh.state();
+            let runs = runs_named(&s, sha.as_str(), "convoy/rollout");
+            let ok = runs.len() == 1
+                && status_of(runs[0].last()?) == "completed/success"
+                && s.comments_on(REPO, 5).len() == 1;
+            ok.then_some(())
+        },
+    )
+    .await;
+    running.stop().await;
+    gh.assert_no_violations();
+}
+
 /// SPEC 7.5 and 6.9: GitHub down for a whole rollout delays reporting but
 /// never stops the rollout; after a restart the reporter re-derives what
 /// GitHub should show from stored state, and a second restart sends nothing.

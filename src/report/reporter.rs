@@ -382,8 +382,7 @@ impl Reporter {
     /// Says once, in the log, that a rollout's installation is suspended:
     /// the rollout goes on (deploying is convoy's own work), but GitHub
     /// refuses its reports; the transport logs each refused update, and
-    /// the rollout's next change after the installation is unsuspended
-    /// brings its reports up to date.
+    /// `unsuspend` brings them up to date (`ReportHandler`).
     async fn note_suspension(&self, id: &RolloutId, installation: InstallationId) {
         let Ok(suspended) = self.inner.store.suspended_installations().await else {
             return;

@@ -157,7 +157,7 @@ fn examples() -> Vec<Value> {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn example(name: &str, action: Option<&str>) -> Value {
+pub fn example(name: &str, action: Option<&str>) -> Value {
     for group in examples() {
         if group["name"] != name {
             continue;
