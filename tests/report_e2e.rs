@@ -769,8 +769,8 @@ async fn reports_refused_while_suspended_catch_up_when_unsuspended() {
         &installation("suspend"),
     )
     .await;
-    // What GitHub answers a suspended installation: no (404 is one of
-    // the refusals convoy does not retry).
+    // GitHub refuses a suspended installation's calls (a 403 on its
+    // token); any refusal convoy does not retry stands in for it here.
     for method in [Method::POST, Method::PATCH] {
         gh.inject(Fault::new(FaultKind::NotFound, 100_000).on(method, "/repos/acme/app/"));
     }
@@ -781,7 +781,22 @@ async fn reports_refused_while_suspended_catch_up_when_unsuspended() {
         done.state, "succeeded",
         "the rollout goes on while suspended"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The final state was sent, and refused: nothing is left to send.
+    eventually(30, "the final state refused", || {
+        gh.state()
+            .requests
+            .iter()
+            .any(|r| {
+                r.status == 404
+                    && r.path.contains("check-runs")
+                    && r.body
+                        .as_ref()
+                        .is_some_and(|b| b["conclusion"] == "success")
+            })
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         runs_named(&gh.state(), sha.as_str(), "convoy/rollout")
             .iter()

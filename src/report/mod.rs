@@ -7,6 +7,7 @@ pub mod preflight;
 pub mod render;
 pub mod reporter;
 pub mod setup;
+pub mod suspension;
 pub mod text;
 pub mod transport;
 

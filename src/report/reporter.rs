@@ -20,16 +20,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::domain::{InstallationId, RolloutId};
+use crate::domain::{InstallationId, RepoName, RolloutId};
 use crate::engine::{Importance, Rollout};
 use crate::github::GitHubApi;
 use crate::runtime::rollouts::ReportSink;
 use crate::store::{RolloutRecord, Store};
 
 use super::render::{RenderOptions, check_run_name, render_rollout};
+use super::suspension::{self, Suspensions};
 use super::transport::{
     Desired, LedgerError, PacingConfig, REPOSITORY_SCOPE, ReportKey, ReportLedger, ReportObject,
     Transport,
@@ -111,9 +113,11 @@ struct Inner {
     /// This replica's id, when several may run: a rollout another replica
     /// drives is reported by that replica, not from here.
     replica: std::sync::OnceLock<String>,
-    /// Rollouts whose installation was last seen suspended, each warned
-    /// about once until it is not.
-    suspended: Mutex<HashSet<RolloutId>>,
+    /// Installations GitHub has suspended, read every
+    /// [`suspension::POLL`].
+    suspensions: Mutex<Suspensions>,
+    /// Wakes the suspension watch when the reporter stops.
+    halt: Notify,
 }
 
 /// The reporter. Cheap to clone; implements [`ReportSink`].
@@ -125,19 +129,6 @@ pub struct Reporter {
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reporter").finish_non_exhaustive()
-    }
-}
-
-/// Whether to warn that rollout `id`'s installation is suspended, given
-/// whether it is now: once per rollout, and again after it was
-/// unsuspended and suspended anew. `warned` holds the rollouts warned
-/// about and still suspended.
-fn warn_suspended(warned: &mut HashSet<RolloutId>, id: &RolloutId, suspended: bool) -> bool {
-    if suspended {
-        warned.insert(id.clone())
-    } else {
-        warned.remove(id);
-        false
     }
 }
 
@@ -180,11 +171,13 @@ impl Reporter {
                 rendering: AtomicUsize::new(0),
                 stopped: AtomicBool::new(false),
                 replica: std::sync::OnceLock::new(),
-                suspended: Mutex::new(HashSet::new()),
+                suspensions: Mutex::new(Suspensions::default()),
+                halt: Notify::new(),
             }),
         };
         let task = tokio::spawn(reporter.clone().run());
-        Ok((reporter, vec![transport_task, task]))
+        let watch = tokio::spawn(reporter.clone().watch_suspensions());
+        Ok((reporter, vec![transport_task, task, watch]))
     }
 
     /// Reports only rollouts that no other replica drives (several
@@ -273,6 +266,7 @@ impl Reporter {
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
+        self.inner.halt.notify_one();
         self.inner.transport.stop();
     }
 
@@ -337,7 +331,16 @@ impl Reporter {
             tracing::warn!(rollout = %id, repo = %record.repo, "no installation known for the repository; nothing reported");
             return;
         };
-        self.note_suspension(id, installation).await;
+        let suspended = lock(&self.inner.suspensions).warn(id, installation);
+        if let Some(account) = suspended {
+            tracing::warn!(
+                rollout = %id,
+                installation = installation.0,
+                %account,
+                "the App's installation on {account} is suspended: the rollout goes on, \
+                 but GitHub refuses its reports until the installation is unsuspended"
+            );
+        }
         let rollout: Option<Rollout> = match record.document.as_deref().map(serde_json::from_str) {
             None => None,
             Some(Ok(r)) => Some(r),
@@ -379,27 +382,76 @@ impl Reporter {
         );
     }
 
-    /// Says once, in the log, that a rollout's installation is suspended:
-    /// the rollout goes on (deploying is convoy's own work), but GitHub
-    /// refuses its reports; the transport logs each refused update, and
-    /// `unsuspend` brings them up to date (`ReportHandler`).
-    async fn note_suspension(&self, id: &RolloutId, installation: InstallationId) {
-        let Ok(suspended) = self.inner.store.suspended_installations().await else {
-            return;
-        };
-        let account = suspended
-            .into_iter()
-            .find_map(|(i, account)| (i == installation).then_some(account));
-        let warn = warn_suspended(&mut lock(&self.inner.suspended), id, account.is_some());
-        if let (true, Some(account)) = (warn, account) {
-            tracing::warn!(
-                rollout = %id,
-                installation = installation.0,
-                %account,
-                "the App's installation on {account} is suspended: the rollout goes on, \
-                 but GitHub refuses its reports until the installation is unsuspended"
-            );
+    /// Reads which installations are suspended every
+    /// [`suspension::POLL`] until the reporter stops; when one is lifted,
+    /// renders again what GitHub refused meanwhile.
+    async fn watch_suspensions(self) {
+        while !self.inner.stopped.load(Ordering::SeqCst) {
+            match self.inner.store.suspended_installations().await {
+                Ok(list) => {
+                    let lifted = lock(&self.inner.suspensions).update(list, chrono::Utc::now());
+                    for (installation, since) in lifted {
+                        let rollouts = self.catch_up(installation, since).await;
+                        tracing::info!(
+                            installation = installation.0,
+                            rollouts,
+                            "installation unsuspended; bringing its reports up to date"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reporter cannot read suspended installations")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(suspension::POLL) => {}
+                _ = self.inner.halt.notified() => {}
+            }
         }
+    }
+
+    /// Marks the rollouts of `installation` GitHub may have refused while
+    /// it was suspended (seen so since `since`): its unfinished ones, and
+    /// those of the newest that changed since then (or within
+    /// [`RECENT_WINDOW`] before, for a suspension older than this
+    /// process). What GitHub already shows is not sent again.
+    async fn catch_up(&self, installation: InstallationId, since: DateTime<Utc>) -> usize {
+        let store = &self.inner.store;
+        let repos: HashSet<RepoName> = match store.installation_repos(installation).await {
+            Ok(repos) => repos.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reporter cannot list the installation's repositories");
+                HashSet::new()
+            }
+        };
+        let mut ids: Vec<RolloutId> = Vec::new();
+        match store.unfinished_rollouts().await {
+            Ok(list) => ids.extend(
+                list.into_iter()
+                    .filter(|r| {
+                        r.installation
+                            .map_or(repos.contains(&r.repo), |i| i == installation)
+                    })
+                    .map(|r| r.id),
+            ),
+            Err(e) => tracing::warn!(error = %e, "reporter cannot list unfinished rollouts"),
+        }
+        let from = since - RECENT_WINDOW;
+        match store.list_rollouts(None, RECENT_AT_START).await {
+            Ok(list) => ids.extend(
+                list.into_iter()
+                    .filter(|r| r.updated_at >= from && repos.contains(&r.repo))
+                    .map(|r| r.id),
+            ),
+            Err(e) => tracing::warn!(error = %e, "reporter cannot list recent rollouts"),
+        }
+        ids.sort();
+        ids.dedup();
+        let n = ids.len();
+        for id in ids {
+            self.mark(id, Importance::Matters);
+        }
+        n
     }
 
     async fn installation(&self, record: &RolloutRecord) -> Option<InstallationId> {
@@ -532,21 +584,6 @@ mod tests {
             number,
             action_required: ar,
         })
-    }
-
-    #[test]
-    fn a_suspended_installation_is_warned_about_once_per_suspension() {
-        let mut warned = HashSet::new();
-        let (a, b) = (RolloutId::new("a"), RolloutId::new("b"));
-        assert!(warn_suspended(&mut warned, &a, true));
-        assert!(
-            !warn_suspended(&mut warned, &a, true),
-            "not on every render"
-        );
-        assert!(warn_suspended(&mut warned, &b, true), "each rollout once");
-        assert!(!warn_suspended(&mut warned, &a, false));
-        assert!(warn_suspended(&mut warned, &a, true), "suspended anew");
-        assert!(!warn_suspended(&mut warned, &b, true));
     }
 
     #[test]

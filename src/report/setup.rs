@@ -136,19 +136,6 @@ impl EventHandler for ReportHandler {
             return Ok(());
         };
         let pr = match &envelope.event {
-            Event::Installation(e) if e.action == "unsuspend" => {
-                // While suspended, GitHub refused every update, and a
-                // rollout that ended meanwhile has nothing left to change:
-                // show every unfinished and recent rollout again (what
-                // GitHub already shows is not sent twice).
-                let marked = self.reporter.resume().await;
-                tracing::info!(
-                    installation = installation.0,
-                    rollouts = marked,
-                    "installation unsuspended; bringing its reports up to date"
-                );
-                return Ok(());
-            }
             Event::PullRequest(pr) => pr,
             Event::Push(push) => {
                 // A rollout that failed before it was planned (an invalid
