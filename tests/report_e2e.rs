@@ -439,42 +439,78 @@ async fn preflight_of_a_branch_behind_its_base_shows_only_its_own_change() {
     gh.assert_no_violations();
 }
 
+/// A repository whose first commit (services `api` and `web`, and their
+/// `convoy.yml`) was merged into main and rolled out, convoy running
+/// against the GitHub stand-in: where the preflight tests of the base
+/// branch start.
+struct BaseRolledOut {
+    _dir: tempfile::TempDir,
+    _fleet: Fleet,
+    git: GitFixture,
+    gh: GitHubStandIn,
+    running: convoy::app::Running,
+    first: convoy::domain::CommitSha,
+    spec: String,
+}
+
+impl BaseRolledOut {
+    async fn start() -> BaseRolledOut {
+        let dir = tempfile::tempdir().unwrap();
+        let git = GitFixture::new(dir.path());
+        let gh = standin().await;
+        let (fleet, envs) = fleet_of(2).await;
+        let spec = fleet_spec(&envs, "", "");
+        let first = git.commit(
+            &[
+                ("convoy.yml", &spec),
+                ("services/api/main.rs", "fn main() {}"),
+                ("services/web/index.html", "<h1>one</h1>"),
+            ],
+            "first",
+        );
+        let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
+        deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
+        let rollout = rollout_of(&running, &first).await;
+        let done = wait_state(
+            &running,
+            &rollout.id,
+            &["succeeded", "failed", "halted"],
+            60,
+        )
+        .await;
+        assert_eq!(done.state, "succeeded");
+        BaseRolledOut {
+            _dir: dir,
+            _fleet: fleet,
+            git,
+            gh,
+            running,
+            first,
+            spec,
+        }
+    }
+
+    async fn stop(self) {
+        self.running.stop().await;
+        self.gh.assert_no_violations();
+    }
+}
+
 /// The base branch moved on since its last successful rollout, with a
 /// change the pull request's branch does not have. A merge now is planned
 /// from that rollout's commit, so it rolls the base's change out too: the
 /// preview plans it and says where it comes from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
-    let dir = tempfile::tempdir().unwrap();
-    let git = GitFixture::new(dir.path());
-    let gh = standin().await;
-    let (_fleet, envs) = fleet_of(2).await;
-    let first = git.commit(
-        &[
-            ("convoy.yml", &fleet_spec(&envs, "", "")),
-            ("services/api/main.rs", "fn main() {}"),
-            ("services/web/index.html", "<h1>one</h1>"),
-        ],
-        "first",
-    );
-    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
-    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
-    let rollout = rollout_of(&running, &first).await;
-    let done = wait_state(
-        &running,
-        &rollout.id,
-        &["succeeded", "failed", "halted"],
-        60,
-    )
-    .await;
-    assert_eq!(done.state, "succeeded");
+    let base = BaseRolledOut::start().await;
+    let (git, gh, running, first) = (&base.git, &base.gh, &base.running, &base.first);
     git.git(&["branch", "feature"]);
     // main moves on with a web change that is not rolled out (its rollout
     // never ran, as when one failed).
     let web = git.commit(&[("services/web/index.html", "<h1>two</h1>")], "web");
     git.git(&["checkout", "-q", "feature"]);
     let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
-    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let run = open_and_preflight(running, gh, 3, &head).await;
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
     let expected = format!(
@@ -494,7 +530,7 @@ async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
         "web again",
     );
     let reopened = pr_event("reopened", 3, &head);
-    deliver(&running, "pull_request", "pr-3-reopen", &reopened).await;
+    deliver(running, "pull_request", "pr-3-reopen", &reopened).await;
     let up_to = format!("and up to `{}` it also changes `web`", &web2.as_str()[..7]);
     eventually(30, "a preflight against the base's new head", || {
         let runs = runs_named(&gh.state(), head.as_str(), "convoy/preflight");
@@ -509,12 +545,11 @@ async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
     git.git(&["checkout", "-q", "feature"]);
     git.git(&["merge", "-q", "--no-edit", "main"]);
     let merged = convoy::domain::CommitSha::new(git.git(&["rev-parse", "HEAD"]));
-    let run = open_and_preflight(&running, &gh, 4, &merged).await;
+    let run = open_and_preflight(running, gh, 4, &merged).await;
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
     assert!(summary.contains(&up_to), "{summary}");
-    running.stop().await;
-    gh.assert_no_violations();
+    base.stop().await;
 }
 
 /// The base branch cannot be read (gone from the repository, as after a
@@ -522,33 +557,12 @@ async fn preflight_names_what_the_base_changed_since_its_last_rollout() {
 /// change, and says that a merge may roll out more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_says_so_when_it_cannot_read_the_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let git = GitFixture::new(dir.path());
-    let gh = standin().await;
-    let (_fleet, envs) = fleet_of(2).await;
-    let first = git.commit(
-        &[
-            ("convoy.yml", &fleet_spec(&envs, "", "")),
-            ("services/api/main.rs", "fn main() {}"),
-            ("services/web/index.html", "<h1>one</h1>"),
-        ],
-        "first",
-    );
-    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
-    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
-    let rollout = rollout_of(&running, &first).await;
-    let done = wait_state(
-        &running,
-        &rollout.id,
-        &["succeeded", "failed", "halted"],
-        60,
-    )
-    .await;
-    assert_eq!(done.state, "succeeded");
+    let base = BaseRolledOut::start().await;
+    let (git, gh, running, first) = (&base.git, &base.gh, &base.running, &base.first);
     git.git(&["branch", "-m", "main", "trunk"]);
     git.git(&["checkout", "-q", "-b", "feature"]);
     let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
-    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let run = open_and_preflight(running, gh, 3, &head).await;
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("rolls out `api` to"), "{summary}");
     let expected = format!(
@@ -556,8 +570,7 @@ async fn preflight_says_so_when_it_cannot_read_the_base() {
         &first.as_str()[..7]
     );
     assert!(summary.contains(&expected), "{summary}");
-    running.stop().await;
-    gh.assert_no_violations();
+    base.stop().await;
 }
 
 /// The base changed only `convoy.yml` since its last rollout, moving
@@ -565,42 +578,19 @@ async fn preflight_says_so_when_it_cannot_read_the_base() {
 /// merge rolls it out; the head's older file would not say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_judges_the_base_s_changes_by_the_base_s_convoy_yml() {
-    let dir = tempfile::tempdir().unwrap();
-    let git = GitFixture::new(dir.path());
-    let gh = standin().await;
-    let (_fleet, envs) = fleet_of(2).await;
-    let spec = fleet_spec(&envs, "", "");
-    let first = git.commit(
-        &[
-            ("convoy.yml", &spec),
-            ("services/api/main.rs", "fn main() {}"),
-            ("services/web/index.html", "<h1>one</h1>"),
-        ],
-        "first",
-    );
-    let running = start(config_with_github(dir.path(), &git, "", &gh.url(), &[])).await;
-    deliver(&running, "pull_request", "pr-1", &merged_pr(1, &first)).await;
-    let rollout = rollout_of(&running, &first).await;
-    let done = wait_state(
-        &running,
-        &rollout.id,
-        &["succeeded", "failed", "halted"],
-        60,
-    )
-    .await;
-    assert_eq!(done.state, "succeeded");
+    let base = BaseRolledOut::start().await;
+    let (git, gh, running, spec) = (&base.git, &base.gh, &base.running, &base.spec);
     git.git(&["branch", "feature"]);
     let moved = spec.replace("services/web/**", "web/**");
-    assert_ne!(moved, spec, "the spec names web's paths");
+    assert_ne!(&moved, spec, "the spec names web's paths");
     git.commit(&[("convoy.yml", &moved)], "web moves");
     git.git(&["checkout", "-q", "feature"]);
     let head = git.commit(&[("services/api/main.rs", "fn main() { two() }")], "api");
-    let run = open_and_preflight(&running, &gh, 3, &head).await;
+    let run = open_and_preflight(running, gh, 3, &head).await;
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("rolls out `api`, `web` to"), "{summary}");
     assert!(summary.contains("it also changes `web`"), "{summary}");
-    running.stop().await;
-    gh.assert_no_violations();
+    base.stop().await;
 }
 
 /// SPEC 7.5: a 1,000-environment rollout that runs for about a minute or

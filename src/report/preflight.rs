@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::domain::{BranchName, CommitSha, EnvName, InstallationId, RepoName, ServiceName};
 use crate::drivers::{Drivers, Endpoint};
 use crate::engine::freeze::{ActiveFreeze, active_freeze};
-use crate::git::{RepoCache, SpecLoadError};
+use crate::git::{ChangeSet, RepoCache, SpecLoadError};
 use crate::github::GitHubApi;
 use crate::github::types::{
     Annotation, CheckRunConclusion, CheckRunOutput, CheckRunStatus, NewCheckRun,
@@ -523,6 +523,46 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
     run
 }
 
+/// What the base's change (`base`: from its last commit rolled out to its
+/// head) carries into a merge beside the pull request's own (`own`: from
+/// where the branch meets the base's head), judged by the base's
+/// `convoy.yml`: the services the head's `spec` defines, and those it does
+/// not. `None` when a commit was gone and there is no diff to judge; an
+/// error when the base's `convoy.yml` cannot be read.
+#[allow(clippy::type_complexity)]
+fn base_carries(
+    spec: &ConvoySpec,
+    base: &ChangeSet,
+    own: &ChangeSet,
+) -> Result<Option<(Vec<ServiceName>, Vec<ServiceName>)>, String> {
+    let (Some(base_paths), Some(own_paths)) = (&base.changed_paths, &own.changed_paths) else {
+        return Ok(None);
+    };
+    let base_spec = base
+        .spec
+        .as_ref()
+        .map_err(|e| format!("convoy.yml at the base's head: {e}"))?;
+    let own = affected_services(
+        spec,
+        Change::Diff {
+            paths: own_paths,
+            previous: own.previous_spec.as_ref(),
+        },
+    );
+    Ok(Some(
+        affected_services(
+            base_spec,
+            Change::Diff {
+                paths: base_paths,
+                previous: base.previous_spec.as_ref(),
+            },
+        )
+        .into_iter()
+        .filter(|s| !own.contains(s))
+        .partition(|s| spec.services.iter().any(|d| &d.name == s)),
+    ))
+}
+
 /// Runs the preflight for pull requests (I/O).
 pub struct Preflight {
     config: Arc<Config>,
@@ -720,32 +760,11 @@ impl Preflight {
             Ok(None) => return None,
             Err(e) => return unread(e.to_string()),
         };
-        let (Some(base_paths), Some(own_paths)) = (&base.changed_paths, &own.changed_paths) else {
-            // A commit is gone from the repository: the head's own read
-            // planned what it could.
-            return None;
+        let (services, not_in_plan) = match base_carries(spec, &base, &own) {
+            Ok(Some(carried)) => carried,
+            Ok(None) => return None,
+            Err(why) => return unread(why),
         };
-        let base_spec = match &base.spec {
-            Ok(spec) => spec,
-            Err(e) => return unread(format!("convoy.yml at the base's head: {e}")),
-        };
-        let own = affected_services(
-            spec,
-            Change::Diff {
-                paths: own_paths,
-                previous: own.previous_spec.as_ref(),
-            },
-        );
-        let (services, not_in_plan): (Vec<ServiceName>, Vec<ServiceName>) = affected_services(
-            base_spec,
-            Change::Diff {
-                paths: base_paths,
-                previous: base.previous_spec.as_ref(),
-            },
-        )
-        .into_iter()
-        .filter(|s| !own.contains(s))
-        .partition(|s| spec.services.iter().any(|d| &d.name == s));
         (!services.is_empty() || !not_in_plan.is_empty()).then(|| {
             Box::new(FromBase::Carried {
                 since,
