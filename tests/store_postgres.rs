@@ -676,13 +676,24 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
         .upsert_installation(InstallationId(3), "globex", t(1))
         .await
         .unwrap();
-    for (id, suspended) in [(9, true), (3, true), (3, false), (3, true), (9, false)] {
-        store
-            .set_installation_suspended(InstallationId(id), suspended, t(2))
+    // (installation, suspended, when GitHub changed it, applied): the
+    // fourth is older than the third, processed after it, and ignored; a
+    // change as old as the last one recorded still applies.
+    for (id, suspended, at, applies) in [
+        (9, true, 2, true),
+        (3, true, 3, true),
+        (3, false, 5, true),
+        (3, true, 4, false),
+        (3, true, 5, true),
+        (9, false, 6, true),
+    ] {
+        let applied = store
+            .set_installation_suspended(InstallationId(id), suspended, t(at), t(7))
             .await
             .unwrap();
+        assert_eq!(applied, applies, "installation {id} at {at}");
         out.push(format!(
-            "{:?}",
+            "{applied} {:?}",
             store.suspended_installations().await.unwrap()
         ));
     }
@@ -728,13 +739,14 @@ async fn both_stores_answer_alike() {
     );
     let n = a.len();
     assert_eq!(
-        a[n - 5..],
+        a[n - 6..],
         [
-            r#"[(InstallationId(9), "acme")]"#,
-            r#"[(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
-            r#"[(InstallationId(9), "acme")]"#,
-            r#"[(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
-            r#"[(InstallationId(3), "globex")]"#,
+            r#"true [(InstallationId(9), "acme")]"#,
+            r#"true [(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
+            r#"true [(InstallationId(9), "acme")]"#,
+            r#"false [(InstallationId(9), "acme")]"#,
+            r#"true [(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
+            r#"true [(InstallationId(3), "globex")]"#,
         ],
         "suspended installations, by id, as suspend and unsuspend come"
     );

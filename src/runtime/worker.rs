@@ -106,10 +106,21 @@ impl EventHandler for Dispatcher {
                         .upsert_installation(id, &e.account, now)
                         .await
                         .map_err(transient)?;
-                    store
-                        .set_installation_suspended(id, e.action == "suspend", now)
+                    // Dated by GitHub, so that a change processed late (a
+                    // retry, or another replica's) cannot undo a newer one.
+                    let changed_at = e.changed_at.unwrap_or(now);
+                    let applied = store
+                        .set_installation_suspended(id, e.action == "suspend", changed_at, now)
                         .await
                         .map_err(transient)?;
+                    if !applied {
+                        tracing::info!(
+                            installation = id.0,
+                            action = %e.action,
+                            %changed_at,
+                            "a newer suspension change is recorded already; this older one is ignored"
+                        );
+                    }
                 }
                 _ => {
                     store

@@ -329,12 +329,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<()>;
 
+    /// Marks the installation suspended or not, as GitHub said at
+    /// `changed_at`, unless a change GitHub made later is recorded already
+    /// (deliveries are not always processed in the order GitHub made
+    /// them); `false` when it was older and left alone.
     async fn set_installation_suspended(
         &self,
         id: InstallationId,
         suspended: bool,
+        changed_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Forgets the installation and its repositories.
     async fn delete_installation(&self, id: InstallationId) -> Result<()>;

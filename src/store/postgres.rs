@@ -504,15 +504,20 @@ impl Store for PostgresStore {
         &self,
         id: InstallationId,
         suspended: bool,
+        changed_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query("UPDATE installations SET suspended = $1, updated_at = $2 WHERE id = $3")
-            .bind(suspended)
-            .bind(to_millis(now))
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE installations SET suspended = $1, suspension_changed_at = $2, updated_at = $3 \
+             WHERE id = $4 AND (suspension_changed_at IS NULL OR suspension_changed_at <= $2)",
+        )
+        .bind(suspended)
+        .bind(to_millis(changed_at))
+        .bind(to_millis(now))
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn delete_installation(&self, id: InstallationId) -> Result<()> {

@@ -889,15 +889,21 @@ impl Store for SqliteStore {
         &self,
         id: InstallationId,
         suspended: bool,
+        changed_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query("UPDATE installations SET suspended = ?, updated_at = ? WHERE id = ?")
-            .bind(suspended)
-            .bind(to_millis(now))
-            .bind(id.0)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE installations SET suspended = ?, suspension_changed_at = ?, updated_at = ? \
+             WHERE id = ? AND (suspension_changed_at IS NULL OR suspension_changed_at <= ?)",
+        )
+        .bind(suspended)
+        .bind(to_millis(changed_at))
+        .bind(to_millis(now))
+        .bind(id.0)
+        .bind(to_millis(changed_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn delete_installation(&self, id: InstallationId) -> Result<()> {

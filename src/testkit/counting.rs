@@ -93,11 +93,12 @@ impl Store for Counting {
         &self,
         id: InstallationId,
         suspended: bool,
+        changed_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner
-            .set_installation_suspended(id, suspended, now)
+            .set_installation_suspended(id, suspended, changed_at, now)
             .await
     }
     async fn suspended_installations(&self) -> StoreResult<Vec<(InstallationId, String)>> {

@@ -61,6 +61,11 @@ pub struct InstallationEvent {
     pub action: String,
     pub account: String,
     pub repositories: Vec<RepoName>,
+    /// When GitHub made this change, as far as the payload says:
+    /// `installation.suspended_at` for a suspension, else
+    /// `installation.updated_at` (an RFC 3339 text or, in older payloads,
+    /// seconds since 1970). `None` when it says neither legibly.
+    pub changed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -241,9 +246,45 @@ struct RawPing {
 #[derive(Deserialize)]
 struct RawInstallation {
     action: String,
-    installation: RawInstallationRef,
+    installation: RawInstallationObject,
     #[serde(default)]
     repositories: Option<Vec<RawRepoRef>>,
+}
+
+/// The installation as an `installation` event carries it: with its
+/// times, which other events leave out.
+#[derive(Deserialize)]
+struct RawInstallationObject {
+    id: i64,
+    #[serde(default)]
+    account: Option<RawAccount>,
+    #[serde(default)]
+    suspended_at: Option<RawTime>,
+    #[serde(default)]
+    updated_at: Option<RawTime>,
+}
+
+/// A time as GitHub writes it in an installation: RFC 3339 text, or
+/// seconds since 1970 in older payloads. Anything else is read as no
+/// time rather than refusing the whole event.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTime {
+    Seconds(i64),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl RawTime {
+    fn to_utc(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            RawTime::Seconds(s) => chrono::DateTime::from_timestamp(*s, 0),
+            RawTime::Text(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+            RawTime::Other(_) => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -409,12 +450,24 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Envelope>, ParseError> {
         }
         "installation" => {
             let raw: RawInstallation = shape(event, body)?;
+            let object = raw.installation;
+            let legible = |t: &Option<RawTime>| t.as_ref().and_then(RawTime::to_utc);
+            let updated = legible(&object.updated_at);
+            let changed_at = match raw.action.as_str() {
+                "suspend" => legible(&object.suspended_at).or(updated),
+                _ => updated,
+            };
+            let reference = RawInstallationRef {
+                id: object.id,
+                account: object.account,
+            };
             let installation = Event::Installation(InstallationEvent {
-                account: account(&raw.installation),
+                account: account(&reference),
                 action: raw.action,
                 repositories: repos(raw.repositories.unwrap_or_default()),
+                changed_at,
             });
-            (Some(raw.installation), installation)
+            (Some(reference), installation)
         }
         "installation_repositories" => {
             let raw: RawInstallationRepositories = shape(event, body)?;
@@ -522,6 +575,52 @@ mod tests {
         ] {
             assert_eq!(parse_received(event, body), Err(NotJson), "{event}");
         }
+    }
+
+    /// GitHub's own examples write the installation's times both ways.
+    #[test]
+    fn an_installation_change_is_dated_as_github_dates_it() {
+        let at = |body: &str| {
+            let env = parse("installation", body.as_bytes()).unwrap().unwrap();
+            let Event::Installation(e) = env.event else {
+                panic!("not an installation event")
+            };
+            assert_eq!(env.installation, Some(InstallationId(7)));
+            assert_eq!(e.account, "acme");
+            e.changed_at.map(|t| t.to_rfc3339())
+        };
+        let body = |action: &str, times: &str| {
+            format!(
+                r#"{{"action":"{action}","installation":{{"id":7,"account":{{"login":"acme"}}{times}}}}}"#
+            )
+        };
+        // A suspension is dated by `suspended_at`; `updated_at` in
+        // another zone is the same instant.
+        assert_eq!(
+            at(&body(
+                "suspend",
+                r#","suspended_at":"2021-04-29T02:32:50Z","updated_at":"2021-04-28T22:32:51.000-04:00""#
+            ))
+            .as_deref(),
+            Some("2021-04-29T02:32:50+00:00")
+        );
+        assert_eq!(
+            at(&body(
+                "unsuspend",
+                r#","suspended_at":null,"updated_at":"2021-04-28T22:32:51.000-04:00""#
+            ))
+            .as_deref(),
+            Some("2021-04-29T02:32:51+00:00")
+        );
+        // Seconds since 1970, as the older examples have it.
+        assert_eq!(
+            at(&body("created", r#","updated_at":1557933591"#)).as_deref(),
+            Some("2019-05-15T15:19:51+00:00")
+        );
+        // Illegible or absent: no time, and the event still parses.
+        assert_eq!(at(&body("suspend", r#","suspended_at":"soon""#)), None);
+        assert_eq!(at(&body("unsuspend", r#","updated_at":1.5"#)), None);
+        assert_eq!(at(&body("unsuspend", "")), None);
     }
 
     #[test]
