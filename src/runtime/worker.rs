@@ -522,18 +522,63 @@ impl Worker {
                 tracing::info!("delivery without installation; dropped");
                 return DeliveryOutcome::Dropped("the delivery names no installation".into());
             }
-            match self.handler.handle(&item.id, &envelope).await {
-                Ok(()) => DeliveryOutcome::Done,
-                Err(e) => {
+            match CatchPanic(self.handler.handle(&item.id, &envelope)).await {
+                Ok(Ok(())) => DeliveryOutcome::Done,
+                Ok(Err(e)) => {
                     let outcome = after_failure(&e, item.attempts, Utc::now());
                     tracing::warn!(error = %e, kept_as_failed = matches!(outcome, DeliveryOutcome::Failed(_)), "processing the delivery failed");
                     outcome
+                }
+                Err(panic) => {
+                    // A bug, not the delivery's fault or a passing one:
+                    // retrying would panic again. Kept as failed, and the
+                    // worker goes on with the next delivery instead of
+                    // ending and leaving every later one unprocessed.
+                    tracing::error!(%panic, "processing the delivery panicked; kept as failed");
+                    DeliveryOutcome::Failed(format!(
+                        "convoy failed internally while processing it (a bug; see its log): {panic}"
+                    ))
                 }
             }
         }
         .instrument(span)
         .await
     }
+}
+
+/// A handler's future, with a panic while it runs turned into an error
+/// carrying the panic's message. The future is not polled again after it
+/// panicked.
+struct CatchPanic<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        // The handler's state may be left half-changed by the panic; the
+        // shared state it reaches is in the database (transactions) or
+        // behind mutexes whose poisoning is ignored on purpose.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// What a panic said, when it said it with text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Whether a batch whose claims began `age` ago must renew them before it
@@ -647,16 +692,53 @@ mod tests {
         ));
     }
 
-    /// Records the deliveries it is given, in order.
+    /// Records the deliveries it is given, in order; panics on `d13`.
     #[derive(Default)]
     struct Recording(Mutex<Vec<String>>);
 
     #[async_trait]
     impl EventHandler for Recording {
         async fn handle(&self, delivery: &DeliveryId, _: &Envelope) -> Result<(), HandlerError> {
+            // Await once first, so the panic comes from a later poll.
+            tokio::task::yield_now().await;
+            if delivery.as_str() == "d13" {
+                panic!("d13 is cursed");
+            }
             self.0.lock().unwrap().push(delivery.as_str().to_owned());
             Ok(())
         }
+    }
+
+    /// A handler that panics fails its delivery for good, and the worker
+    /// goes on with the next ones.
+    #[tokio::test]
+    async fn a_panicking_handler_fails_its_delivery_and_the_worker_goes_on() {
+        let WithIntake {
+            store,
+            writer,
+            worker,
+            seen,
+            _dir,
+        } = with_intake(8).await;
+        for n in [12, 13, 14] {
+            let (new, parsed) = test_delivery(n);
+            assert!(writer.write(new, parsed).await.unwrap());
+        }
+        while worker.round().await.unwrap() {}
+        assert_eq!(*seen.0.lock().unwrap(), ["d12", "d14"]);
+        let cursed = store
+            .delivery(&DeliveryId::new("d13"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cursed.state, crate::store::DeliveryState::Failed);
+        let error = cursed.last_error.unwrap_or_default();
+        assert!(error.contains("d13 is cursed"), "{error}");
+        // And it still takes new deliveries.
+        let (new, parsed) = test_delivery(15);
+        assert!(writer.write(new, parsed).await.unwrap());
+        while worker.round().await.unwrap() {}
+        assert_eq!(*seen.0.lock().unwrap(), ["d12", "d14", "d15"]);
     }
 
     /// A worker taking deliveries from an intake whose handoff holds
