@@ -8,9 +8,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use convoy::domain::{BranchName, CommitSha, DeliveryId, InstallationId, RepoName, RolloutId};
 use convoy::store::{
-    Claim, ClaimDue, Created, DeliveryOutcome, DeliveryState, Fence, InboxWrite, LEASE_ROLLOUT,
-    NewDelivery, Payload, PostgresStore, RolloutKind, RolloutRecord, RolloutWrite, SqliteStore,
-    Store, StoreError,
+    Claim, ClaimDue, Created, DeliveryOutcome, DeliveryState, Fence, Finished, InboxWrite,
+    LEASE_ROLLOUT, NewDelivery, Payload, PostgresStore, RolloutKind, RolloutRecord, RolloutWrite,
+    SqliteStore, Store, StoreError,
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -59,6 +59,7 @@ on_both!(
     deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expired,
     a_delivery_stored_claimed_is_nobody_elses_until_its_claim_runs_out,
     one_inbox_write_stores_finishes_and_claims_together,
+    an_outcome_from_a_replica_whose_claim_was_taken_over_is_not_recorded,
     inputs_for_a_rollout_reach_its_lease_holder_and_are_answered_once,
     github_writes_of_an_installation_share_one_bucket_across_replicas,
     a_branch_left_with_only_queued_rollouts_is_found,
@@ -225,6 +226,7 @@ async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expir
     // A finishes two, keeps working on one (renewed), and dies with the
     // last one: only that one is B's after the claim ran out.
     a.finish_deliveries(
+        "A",
         &[
             (by_a[0].id.clone(), DeliveryOutcome::Done),
             (by_a[1].id.clone(), DeliveryOutcome::Done),
@@ -237,6 +239,7 @@ async fn deliveries_are_claimed_by_one_replica_and_retaken_after_the_claim_expir
         .await
         .unwrap();
     b.finish_deliveries(
+        "B",
         &by_b
             .iter()
             .map(|d| (d.id.clone(), DeliveryOutcome::Done))
@@ -288,6 +291,55 @@ async fn a_delivery_stored_claimed_is_nobody_elses_until_its_claim_runs_out(post
     assert_eq!(after[0].payload, "{}", "the body is read back whole");
 }
 
+/// A replica cut off past its claim (renewals failing, paused) finishes
+/// late, after another replica took the delivery over and finished it:
+/// the late outcome neither overwrites the newer one nor sends the
+/// delivery back to pending for a third run. Nor may a replica finish a
+/// delivery it never claimed.
+async fn an_outcome_from_a_replica_whose_claim_was_taken_over_is_not_recorded(postgres: bool) {
+    let (_dir, a, b) = two(postgres).await;
+    a.insert_deliveries(&[delivery(1), delivery(2)])
+        .await
+        .unwrap();
+    let by_a = a.claim_deliveries("A", t(1), t(16), 1).await.unwrap();
+    assert_eq!(by_a.len(), 1);
+    let d = by_a[0].id.clone();
+    // A's claim runs out; B takes the delivery and finishes it.
+    let by_b = b.claim_deliveries("B", t(16), t(31), 10).await.unwrap();
+    assert!(by_b.iter().any(|x| x.id == d), "B took it over");
+    b.finish_deliveries("B", &[(d.clone(), DeliveryOutcome::Done)], t(17))
+        .await
+        .unwrap();
+    // A's handler returns at last, failing transiently.
+    let retry = DeliveryOutcome::Retry {
+        error: "late".into(),
+        at: t(19),
+    };
+    a.finish_deliveries("A", &[(d.clone(), retry)], t(18))
+        .await
+        .unwrap();
+    let item = a.delivery(&d).await.unwrap().unwrap();
+    assert_eq!(item.state, DeliveryState::Done, "B's outcome stands");
+    assert_eq!(item.attempts, 1);
+    assert_eq!(item.last_error, None);
+    assert!(
+        b.claim_deliveries("B", t(40), t(55), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|x| x.id != d),
+        "not due again"
+    );
+    // The other delivery is B's: A cannot finish it either.
+    let other = by_b.iter().find(|x| x.id != d).unwrap().id.clone();
+    a.finish_deliveries("A", &[(other.clone(), DeliveryOutcome::Done)], t(20))
+        .await
+        .unwrap();
+    let item = a.delivery(&other).await.unwrap().unwrap();
+    assert_eq!(item.state, DeliveryState::Pending, "still B's to finish");
+    assert_eq!(item.attempts, 0);
+}
+
 /// The intake's group commit: new deliveries, outcomes and claims in one
 /// transaction, in that order.
 async fn one_inbox_write_stores_finishes_and_claims_together(postgres: bool) {
@@ -298,7 +350,11 @@ async fn one_inbox_write_stores_finishes_and_claims_together(postgres: bool) {
     let first = a.claim_deliveries("A", t(1), t(16), 1).await.unwrap();
     assert_eq!(first.len(), 1);
     let new = [delivery(3), delivery(1), delivery(3)];
-    let finished = [(first[0].id.clone(), DeliveryOutcome::Done)];
+    let finished = [Finished {
+        id: first[0].id.clone(),
+        owner: "A".into(),
+        outcome: DeliveryOutcome::Done,
+    }];
     let claims = [
         ClaimDue {
             owner: "A".into(),

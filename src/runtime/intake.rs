@@ -34,8 +34,8 @@ use tokio::sync::{Notify, oneshot};
 use crate::domain::DeliveryId;
 use crate::runtime::leases::Replica;
 use crate::store::{
-    Claim, ClaimDue, DeliveryOutcome, DeliveryState, Durable, InboxItem, InboxWrite, InboxWritten,
-    NewDelivery, Store,
+    Claim, ClaimDue, DeliveryOutcome, DeliveryState, Durable, Finished, InboxItem, InboxWrite,
+    InboxWritten, NewDelivery, Store,
 };
 use crate::webhook::events::Parsed;
 
@@ -238,7 +238,7 @@ enum Op {
         reply: Reply<bool>,
     },
     Finish {
-        results: Vec<(DeliveryId, DeliveryOutcome)>,
+        results: Vec<Finished>,
         reply: Reply<()>,
     },
     Claim {
@@ -327,12 +327,21 @@ impl InboxWriter {
         .await
     }
 
-    /// Records processing outcomes (`Store::finish_deliveries`) in the next
-    /// group's commit. Returns once they are committed.
+    /// Records processing outcomes by `owner` (`Store::finish_deliveries`)
+    /// in the next group's commit. Returns once they are committed.
     pub async fn finish(
         &self,
+        owner: &str,
         results: Vec<(DeliveryId, DeliveryOutcome)>,
     ) -> Result<(), IntakeError> {
+        let results = results
+            .into_iter()
+            .map(|(id, outcome)| Finished {
+                id,
+                owner: owner.to_owned(),
+                outcome,
+            })
+            .collect();
         self.ask(|reply| Op::Finish { results, reply }).await
     }
 
@@ -754,10 +763,13 @@ mod tests {
         assert_eq!(ids, vec![DeliveryId::new("d2")], "d1 was handed over");
         let first = handed.take(1).await.remove(0).item.id;
         writer
-            .finish(vec![
-                (first.clone(), DeliveryOutcome::Done),
-                (ids[0].clone(), DeliveryOutcome::Done),
-            ])
+            .finish(
+                "me",
+                vec![
+                    (first.clone(), DeliveryOutcome::Done),
+                    (ids[0].clone(), DeliveryOutcome::Done),
+                ],
+            )
             .await
             .unwrap();
         for id in [first, ids[0].clone()] {

@@ -361,8 +361,12 @@ impl Worker {
             results.push((item.id.clone(), outcome));
         }
         match self.grouped_writer() {
-            Some(writer) => writer.finish(results).await?,
-            None => self.store.finish_deliveries(&results, Utc::now()).await?,
+            Some(writer) => writer.finish(&self.replica.id, results).await?,
+            None => {
+                self.store
+                    .finish_deliveries(&self.replica.id, &results, Utc::now())
+                    .await?
+            }
         }
         Ok(true)
     }

@@ -77,8 +77,20 @@ pub struct NewDelivery {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InboxWrite<'a> {
     pub new: &'a [NewDelivery],
-    pub finished: &'a [(DeliveryId, DeliveryOutcome)],
+    pub finished: &'a [Finished],
     pub claims: &'a [ClaimDue],
+}
+
+/// The outcome of processing a delivery, from the replica that claimed
+/// it. Recorded only while `owner` still holds the claim and the delivery
+/// is pending: a replica whose claim ran out (paused, cut off from the
+/// database) and was taken over must not overwrite the outcome of the
+/// replica that took it, nor send a finished delivery back to pending.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub id: DeliveryId,
+    pub owner: String,
+    pub outcome: DeliveryOutcome,
 }
 
 /// A claim on up to `limit` deliveries due now, oldest first, for `owner`
@@ -299,15 +311,26 @@ pub trait Store: Send + Sync + 'static {
     /// Pending deliveries due at `now`, oldest first.
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<InboxItem>>;
 
-    /// Records the outcome of processing attempts, in one transaction, and
-    /// releases their claims. An id appears at most once.
+    /// Records the outcome of processing attempts by `owner`, in one
+    /// transaction, and releases their claims; an outcome for a delivery
+    /// whose claim `owner` no longer holds is not recorded ([`Finished`]).
+    /// An id appears at most once.
     async fn finish_deliveries(
         &self,
+        owner: &str,
         results: &[(DeliveryId, DeliveryOutcome)],
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let finished: Vec<Finished> = results
+            .iter()
+            .map(|(id, outcome)| Finished {
+                id: id.clone(),
+                owner: owner.to_owned(),
+                outcome: outcome.clone(),
+            })
+            .collect();
         let write = InboxWrite {
-            finished: results,
+            finished: &finished,
             ..InboxWrite::default()
         };
         self.write_inbox(write, now).await.map(|_| ())

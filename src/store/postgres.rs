@@ -378,25 +378,31 @@ impl Store for PostgresStore {
             let mut errors = Vec::with_capacity(finished.len());
             let mut nexts = Vec::with_capacity(finished.len());
             let mut processed = Vec::with_capacity(finished.len());
-            for (id, outcome) in finished {
-                let (state, error, next, done_at) = rows::outcome_columns(outcome, now);
-                ids.push(id.as_str());
+            let mut owners = Vec::with_capacity(finished.len());
+            for f in finished {
+                let (state, error, next, done_at) = rows::outcome_columns(&f.outcome, now);
+                ids.push(f.id.as_str());
                 states.push(state.as_str());
                 errors.push(error);
                 nexts.push(next);
                 processed.push(done_at);
+                owners.push(f.owner.as_str());
             }
+            // Only while the claim is still the finisher's (`Finished`).
             sqlx::query(
                 "UPDATE inbox SET state = f.s, attempts = inbox.attempts + 1, last_error = f.e, \
                  next_attempt_at = f.x, processed_at = f.p, claimed_by = NULL \
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[]) \
-                 AS f (d, s, e, x, p) WHERE inbox.delivery_id = f.d",
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+                 $6::TEXT[]) AS f (d, s, e, x, p, o) \
+                 WHERE inbox.delivery_id = f.d AND inbox.claimed_by = f.o \
+                 AND inbox.state = 'pending'",
             )
             .bind(ids)
             .bind(states)
             .bind(errors)
             .bind(nexts)
             .bind(processed)
+            .bind(owners)
             .execute(&mut **tx)
             .await?;
         }

@@ -482,12 +482,14 @@ fn inbox_transaction<'q>(
         ));
     }
     for (_, size) in inbox_chunks(write.finished) {
+        // Only while the claim is still the finisher's (`Finished`).
         sql.push_str(&format!(
-            "WITH f (id, ord, state, error, next, processed) AS (VALUES {}) \
+            "WITH f (id, ord, state, error, next, processed, owner) AS (VALUES {}) \
              UPDATE inbox SET state = f.state, attempts = attempts + 1, last_error = f.error, \
              next_attempt_at = f.next, processed_at = f.processed, claimed_by = NULL \
-             FROM f WHERE inbox.delivery_order = f.ord AND inbox.delivery_id = f.id;\n",
-            placeholders(size, 6)
+             FROM f WHERE inbox.delivery_order = f.ord AND inbox.delivery_id = f.id \
+             AND inbox.claimed_by = f.owner AND inbox.state = 'pending';\n",
+            placeholders(size, 7)
         ));
     }
     for n in 1..=write.claims.len() {
@@ -535,15 +537,16 @@ fn inbox_transaction<'q>(
         }
     }
     for (chunk, size) in inbox_chunks(write.finished) {
-        for (id, outcome) in padded(chunk, size) {
-            let (state, error, next, processed) = rows::outcome_columns(outcome, now);
+        for f in padded(chunk, size) {
+            let (state, error, next, processed) = rows::outcome_columns(&f.outcome, now);
             query = query
-                .bind(id.as_str())
-                .bind(delivery_order(id.as_str()))
+                .bind(f.id.as_str())
+                .bind(delivery_order(f.id.as_str()))
                 .bind(state.as_str())
                 .bind(error)
                 .bind(next)
-                .bind(processed);
+                .bind(processed)
+                .bind(f.owner.as_str());
         }
     }
     for claim in write.claims {
@@ -1895,7 +1898,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::log_sync::still_waiting;
-    use crate::store::{DeliveryOutcome, DeliveryState, NewDelivery, Payload};
+    use crate::store::{DeliveryOutcome, DeliveryState, Finished, NewDelivery, Payload};
 
     fn delivery(n: usize, body: &str) -> NewDelivery {
         NewDelivery {
@@ -2028,13 +2031,19 @@ mod tests {
             ];
             let written = store.insert_deliveries(&new).await.unwrap();
             assert_eq!(written, vec![true, true, false], "round {round}");
-            let finished: Vec<(DeliveryId, DeliveryOutcome)> = [base + 1, base + 2]
+            let now = Utc::now();
+            let claimed = store
+                .claim_deliveries("me", now, now + chrono::Duration::seconds(15), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2, "round {round}");
+            let finished: Vec<Finished> = [base + 1, base + 2, base + 1]
                 .iter()
-                .map(|n| (DeliveryId::new(format!("d{n}")), DeliveryOutcome::Done))
-                .chain([(
-                    DeliveryId::new(format!("d{}", base + 1)),
-                    DeliveryOutcome::Done,
-                )])
+                .map(|n| Finished {
+                    id: DeliveryId::new(format!("d{n}")),
+                    owner: "me".into(),
+                    outcome: DeliveryOutcome::Done,
+                })
                 .collect();
             store
                 .write_inbox(
