@@ -524,6 +524,7 @@ fn hand_over(
                     state: DeliveryState::Pending,
                     attempts: 0,
                     last_error: None,
+                    damaged: None,
                 },
                 claimed_at: handed.claimed_at,
                 parsed: handed.parsed,

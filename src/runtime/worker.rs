@@ -499,6 +499,11 @@ impl Worker {
             installation = tracing::field::Empty,
         );
         async {
+            if let Some(damage) = &item.damaged {
+                // Retrying reads the same bytes.
+                tracing::error!(%damage, "the stored delivery cannot be read back; kept as failed");
+                return DeliveryOutcome::Failed(damage.clone());
+            }
             let parsed =
                 parsed.unwrap_or_else(|| events::parse(&item.event, item.payload.as_bytes()));
             let envelope = match parsed {
@@ -710,6 +715,45 @@ mod tests {
             }
             self.0.lock().unwrap().push(delivery.as_str().to_owned());
             Ok(())
+        }
+    }
+
+    /// A delivery whose stored body cannot be read back (its packed row
+    /// gone, or its bytes damaged) is kept as failed on its own; the
+    /// deliveries claimed with it are processed as usual, instead of the
+    /// whole claim failing again each time it runs out.
+    #[tokio::test]
+    async fn a_delivery_whose_body_cannot_be_read_fails_alone() {
+        let WithIntake {
+            store,
+            worker,
+            seen,
+            _dir,
+            ..
+        } = with_intake(8).await;
+        // Stored unclaimed, so the worker reads them back from the database.
+        let batch: Vec<_> = [21, 22, 23].map(|n| test_delivery(n).0).into();
+        store.insert_deliveries(&batch).await.unwrap();
+        let raw = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            _dir.path().join("convoy.db").display()
+        ))
+        .await
+        .unwrap();
+        for sql in [
+            "UPDATE inbox SET body = body + 1000 WHERE delivery_id = 'd22'",
+            "UPDATE inbox SET body_len = 3 WHERE delivery_id = 'd23'",
+        ] {
+            sqlx::query(sql).execute(&raw).await.unwrap();
+        }
+        raw.close().await;
+        while worker.round().await.unwrap() {}
+        assert_eq!(*seen.0.lock().unwrap(), ["d21"]);
+        for (id, why) in [("d22", "missing"), ("d23", "damaged")] {
+            let item = store.delivery(&DeliveryId::new(id)).await.unwrap().unwrap();
+            assert_eq!(item.state, crate::store::DeliveryState::Failed, "{id}");
+            let error = item.last_error.unwrap_or_default();
+            assert!(error.contains(why), "{id}: {error}");
         }
     }
 

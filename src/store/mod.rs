@@ -212,6 +212,11 @@ pub struct InboxItem {
     pub state: DeliveryState,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// Why its stored body could not be read back (damaged on disk), with
+    /// `payload` left empty: the worker keeps such a delivery as failed,
+    /// where an error for the whole read would fail every delivery
+    /// claimed with it, again after each claim ran out.
+    pub damaged: Option<String>,
 }
 
 /// What became of one processing attempt.

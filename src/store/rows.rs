@@ -22,7 +22,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>>;
     fn int(&self, column: &str) -> sqlx::Result<i64>;
     fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>>;
-    fn bytes(&self, column: &str) -> sqlx::Result<Vec<u8>>;
+    fn opt_bytes(&self, column: &str) -> sqlx::Result<Option<Vec<u8>>>;
     fn flag(&self, column: &str) -> sqlx::Result<bool>;
 
     fn time(&self, column: &str) -> sqlx::Result<DateTime<Utc>> {
@@ -54,7 +54,7 @@ macro_rules! columns_for {
             fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
                 self.try_get(column)
             }
-            fn bytes(&self, column: &str) -> sqlx::Result<Vec<u8>> {
+            fn opt_bytes(&self, column: &str) -> sqlx::Result<Option<Vec<u8>>> {
                 self.try_get(column)
             }
             fn flag(&self, column: &str) -> sqlx::Result<bool> {
@@ -170,10 +170,23 @@ pub(crate) fn summary(row: &impl Columns) -> Result<RolloutSummary> {
 }
 
 pub(crate) fn inbox_item(row: &impl Columns) -> Result<InboxItem> {
+    let stored = row.opt_bytes("payload")?;
+    let read = stored
+        .ok_or_else(|| "the stored payload is missing".to_owned())
+        .and_then(|b| {
+            Payload::from_stored(b)
+                .decompress()
+                .map_err(|e| e.to_string())
+        });
+    let (payload, damaged) = match read {
+        Ok(payload) => (payload, None),
+        Err(e) => (String::new(), Some(e)),
+    };
     Ok(InboxItem {
         id: DeliveryId::new(row.text("delivery_id")?),
         event: row.text("event")?,
-        payload: Payload::from_stored(row.bytes("payload")?).decompress()?,
+        payload,
+        damaged,
         received_at: row.time("received_at")?,
         state: DeliveryState::parse(&row.text("state")?),
         attempts: row.int("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,

@@ -567,7 +567,7 @@ macro_rules! inbox_items {
                 CASE WHEN inbox.body_len IS NULL THEN payload \
                      ELSE substr(payload, inbox.body_at + 1, inbox.body_len) END AS payload, \
                 received_at, state, attempts, last_error \
-         FROM inbox JOIN inbox_bodies ON inbox_bodies.seq = inbox.body "
+         FROM inbox LEFT JOIN inbox_bodies ON inbox_bodies.seq = inbox.body "
     };
 }
 
