@@ -482,28 +482,27 @@ async fn installations_and_their_repositories_are_recorded() {
             .map(str::to_owned)
     };
     assert_eq!(suspended().await.as_deref(), Some("0"));
-    // The last is a suspension made before the unsuspension but processed
-    // after it (a retry, or another replica): it must not stand.
-    for (n, action, at, count) in [
-        (4, "suspend", "2021-04-29T02:32:50Z", "1"),
-        (5, "unsuspend", "2021-04-29T02:40:00Z", "0"),
-        (6, "suspend", "2021-04-29T02:35:00Z", "0"),
-    ] {
-        let mut event = created.clone();
-        event["action"] = serde_json::json!(action);
-        event["installation"]["updated_at"] = serde_json::json!(at);
-        if action == "suspend" {
-            event["installation"]["suspended_at"] = serde_json::json!(at);
-        }
+    // GitHub's own payloads, verbatim. The last is the suspension again,
+    // processed after the unsuspension that lifted it (a retry, or
+    // another replica): it must not stand, though GitHub dates the
+    // unsuspension with the very same instant.
+    let suspend = example("installation", Some("suspend"));
+    let unsuspend = example("installation", Some("unsuspend"));
+    for (n, event, count) in [(4, &suspend, "1"), (5, &unsuspend, "0"), (6, &suspend, "0")] {
+        let action = event["action"].as_str().unwrap();
         Post::signed(
             "installation",
             &format!("i-{n}"),
-            serde_json::to_vec(&event).unwrap(),
+            serde_json::to_vec(event).unwrap(),
         )
         .send(&running)
         .await;
         drained(&running).await;
-        assert_eq!(suspended().await.as_deref(), Some(count), "after {action}");
+        assert_eq!(
+            suspended().await.as_deref(),
+            Some(count),
+            "after {action} (i-{n})"
+        );
     }
 
     let mut deleted = example("installation", Some("deleted"));

@@ -676,22 +676,26 @@ async fn side_tables(store: &dyn Store) -> Vec<String> {
         .upsert_installation(InstallationId(3), "globex", t(1))
         .await
         .unwrap();
-    // (installation, suspended, when GitHub changed it, applied): the
-    // fourth is older than the third, processed after it, and ignored; a
-    // change as old as the last one recorded still applies.
+    // (installation, suspended, when GitHub changed it, applied): a
+    // suspension older than the unsuspension recorded is ignored, and so
+    // is one as old (GitHub dates an unsuspension as the suspension it
+    // lifts); a newer one applies, its unsuspension at the same time too;
+    // an undated change applies.
     for (id, suspended, at, applies) in [
-        (9, true, 2, true),
-        (3, true, 3, true),
-        (3, false, 5, true),
-        (3, true, 4, false),
-        (3, true, 5, true),
-        (9, false, 6, true),
+        (9, true, Some(2), true),
+        (3, true, Some(3), true),
+        (3, false, Some(5), true),
+        (3, true, Some(4), false),
+        (3, true, Some(5), false),
+        (3, true, Some(6), true),
+        (3, false, Some(6), true),
+        (9, false, None, true),
     ] {
         let applied = store
-            .set_installation_suspended(InstallationId(id), suspended, t(at), t(7))
+            .set_installation_suspended(InstallationId(id), suspended, at.map(t), t(7))
             .await
             .unwrap();
-        assert_eq!(applied, applies, "installation {id} at {at}");
+        assert_eq!(applied, applies, "installation {id} at {at:?}");
         out.push(format!(
             "{applied} {:?}",
             store.suspended_installations().await.unwrap()
@@ -739,14 +743,16 @@ async fn both_stores_answer_alike() {
     );
     let n = a.len();
     assert_eq!(
-        a[n - 6..],
+        a[n - 8..],
         [
             r#"true [(InstallationId(9), "acme")]"#,
             r#"true [(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
             r#"true [(InstallationId(9), "acme")]"#,
             r#"false [(InstallationId(9), "acme")]"#,
+            r#"false [(InstallationId(9), "acme")]"#,
             r#"true [(InstallationId(3), "globex"), (InstallationId(9), "acme")]"#,
-            r#"true [(InstallationId(3), "globex")]"#,
+            r#"true [(InstallationId(9), "acme")]"#,
+            r#"true []"#,
         ],
         "suspended installations, by id, as suspend and unsuspend come"
     );

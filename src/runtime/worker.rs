@@ -108,16 +108,15 @@ impl EventHandler for Dispatcher {
                         .map_err(transient)?;
                     // Dated by GitHub, so that a change processed late (a
                     // retry, or another replica's) cannot undo a newer one.
-                    let changed_at = e.changed_at.unwrap_or(now);
                     let applied = store
-                        .set_installation_suspended(id, e.action == "suspend", changed_at, now)
+                        .set_installation_suspended(id, e.action == "suspend", e.changed_at, now)
                         .await
                         .map_err(transient)?;
                     if !applied {
                         tracing::info!(
                             installation = id.0,
                             action = %e.action,
-                            %changed_at,
+                            changed_at = ?e.changed_at,
                             "a newer suspension change is recorded already; this older one is ignored"
                         );
                     }

@@ -360,12 +360,16 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the installation suspended or not, as GitHub said at
     /// `changed_at`, unless a change GitHub made later is recorded already
     /// (deliveries are not always processed in the order GitHub made
-    /// them); `false` when it was older and left alone.
+    /// them); `false` when it was older and left alone. At the same time
+    /// an unsuspension wins: GitHub dates an unsuspension by the
+    /// installation's `updated_at`, which its own example leaves at the
+    /// time of the suspension it lifts. An undated change (`None`) applies
+    /// and leaves the recorded time as it was.
     async fn set_installation_suspended(
         &self,
         id: InstallationId,
         suspended: bool,
-        changed_at: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool>;
 

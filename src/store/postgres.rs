@@ -510,15 +510,26 @@ impl Store for PostgresStore {
         &self,
         id: InstallationId,
         suspended: bool,
-        changed_at: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        let Some(at) = changed_at.map(to_millis) else {
+            sqlx::query("UPDATE installations SET suspended = $1, updated_at = $2 WHERE id = $3")
+                .bind(suspended)
+                .bind(to_millis(now))
+                .bind(id.0)
+                .execute(&self.pool)
+                .await?;
+            return Ok(true);
+        };
+        // Newer wins; at the same time an unsuspension wins (`Store`).
         let done = sqlx::query(
             "UPDATE installations SET suspended = $1, suspension_changed_at = $2, updated_at = $3 \
-             WHERE id = $4 AND (suspension_changed_at IS NULL OR suspension_changed_at <= $2)",
+             WHERE id = $4 AND (suspension_changed_at IS NULL OR suspension_changed_at < $2 \
+             OR (suspension_changed_at = $2 AND (NOT $1 OR suspended = $1)))",
         )
         .bind(suspended)
-        .bind(to_millis(changed_at))
+        .bind(at)
         .bind(to_millis(now))
         .bind(id.0)
         .execute(&self.pool)

@@ -892,18 +892,28 @@ impl Store for SqliteStore {
         &self,
         id: InstallationId,
         suspended: bool,
-        changed_at: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        let Some(at) = changed_at.map(to_millis) else {
+            sqlx::query("UPDATE installations SET suspended = ?, updated_at = ? WHERE id = ?")
+                .bind(suspended)
+                .bind(to_millis(now))
+                .bind(id.0)
+                .execute(&self.writer)
+                .await?;
+            return Ok(true);
+        };
+        // Newer wins; at the same time an unsuspension wins (`Store`).
         let done = sqlx::query(
-            "UPDATE installations SET suspended = ?, suspension_changed_at = ?, updated_at = ? \
-             WHERE id = ? AND (suspension_changed_at IS NULL OR suspension_changed_at <= ?)",
+            "UPDATE installations SET suspended = ?1, suspension_changed_at = ?2, updated_at = ?3 \
+             WHERE id = ?4 AND (suspension_changed_at IS NULL OR suspension_changed_at < ?2 \
+             OR (suspension_changed_at = ?2 AND (NOT ?1 OR suspended = ?1)))",
         )
         .bind(suspended)
-        .bind(to_millis(changed_at))
+        .bind(at)
         .bind(to_millis(now))
         .bind(id.0)
-        .bind(to_millis(changed_at))
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)

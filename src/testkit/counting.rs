@@ -93,7 +93,7 @@ impl Store for Counting {
         &self,
         id: InstallationId,
         suspended: bool,
-        changed_at: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         self.writes.fetch_add(1, Ordering::Relaxed);

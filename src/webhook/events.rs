@@ -577,7 +577,8 @@ mod tests {
         }
     }
 
-    /// GitHub's own examples write the installation's times both ways.
+    /// GitHub writes the installation's times both ways (RFC 3339 in its
+    /// suspend and unsuspend examples, seconds in the older ones).
     #[test]
     fn an_installation_change_is_dated_as_github_dates_it() {
         let at = |body: &str| {
