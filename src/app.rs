@@ -154,6 +154,21 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
     let config = Arc::new(config);
     let replica = Replica::for_data_dir(&config.server.data_dir, config.server.lease);
     tracing::info!(replica = %replica.id, lease = ?replica.lease, "replica");
+    // Before anything is taken in this run: claims in this replica's name
+    // are left from before a restart (a crash; a graceful stop gives them
+    // back), and would otherwise hold their deliveries for up to a lease.
+    match store
+        .release_delivery_claims(&replica.id, chrono::Utc::now())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deliveries = n,
+            "took back the delivery claims left from before a restart"
+        ),
+        // They run out by themselves.
+        Err(e) => tracing::warn!(error = %e, "giving back old delivery claims failed"),
+    }
     // New deliveries reach this replica's worker in memory, claimed for it.
     let (handoff_tx, handoff_rx) = handoff(replica.clone(), HANDOFF);
     let writer = InboxWriter::spawn(store.clone(), wake.clone(), Some(handoff_tx));

@@ -390,6 +390,55 @@ async fn duplicate_delivery_is_processed_once_also_after_restart() {
     running.stop().await;
 }
 
+/// A replica that died with deliveries claimed (acknowledged, stored
+/// claimed for its worker, not yet processed) keeps its id across the
+/// restart: it takes them back at start and processes them at once, not
+/// when their claims would have run out (here two minutes on).
+#[tokio::test]
+async fn deliveries_claimed_before_a_crash_are_processed_at_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("convoy.db");
+    let mut config = config(&db);
+    config.server.lease = Duration::from_secs(120);
+    std::fs::create_dir_all(&config.server.data_dir).unwrap();
+    let me = convoy::runtime::leases::Replica::for_data_dir(
+        &config.server.data_dir,
+        config.server.lease,
+    );
+    let left = DeliveryId::new("claimed-before-the-crash");
+    {
+        let store = common::open_store(&db).await;
+        let now = chrono::Utc::now();
+        let stored = store
+            .insert_deliveries(&[convoy::store::NewDelivery {
+                id: left.clone(),
+                event: "push".into(),
+                payload: convoy::store::Payload::compress(push_with_installation()),
+                received_at: now,
+                claim: Some(convoy::store::Claim {
+                    owner: me.id.clone(),
+                    until: now + chrono::Duration::seconds(120),
+                }),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![true]);
+    }
+    let counter = Arc::new(Counting(AtomicUsize::new(0)));
+    let running = app::start(config, app::Services::with_handler(counter.clone()))
+        .await
+        .expect("convoy starts");
+    common::eventually(
+        10,
+        "the delivery claimed before the crash is processed",
+        || (counter.0.load(Ordering::SeqCst) == 1).then_some(()),
+    )
+    .await;
+    let item = running.store.delivery(&left).await.unwrap().unwrap();
+    assert_eq!(item.state, DeliveryState::Done);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_duplicates_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();

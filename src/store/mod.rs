@@ -605,6 +605,12 @@ pub trait Store: Send + Sync + 'static {
     /// other replicas take the work at once instead of after the lease.
     async fn release_all_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<()>;
 
+    /// Gives up `owner`'s claims on pending deliveries, due at `now`; how
+    /// many. At start: a replica keeps its id across a restart, and the
+    /// deliveries it had claimed when it died are due at once instead of
+    /// when their claims would have run out.
+    async fn release_delivery_claims(&self, owner: &str, now: DateTime<Utc>) -> Result<u64>;
+
     /// Rollouts nobody drives that need driving, without a lease that is
     /// held at `now`: unfinished ones that started (not queued), and ended
     /// ones still draining (an abort's deploys in flight, whose replica

@@ -1237,6 +1237,18 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn release_delivery_claims(&self, owner: &str, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
+             WHERE claimed_by = $2 AND state = 'pending'",
+        )
+        .bind(to_millis(now))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> Result<Vec<RolloutId>> {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT r.id FROM rollouts r LEFT JOIN leases l \

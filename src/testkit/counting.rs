@@ -354,6 +354,10 @@ impl Store for Counting {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner.release_all_leases(owner, now).await
     }
+    async fn release_delivery_claims(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.release_delivery_claims(owner, now).await
+    }
     async fn orphaned_rollouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RolloutId>> {
         self.inner.orphaned_rollouts(now).await
     }
