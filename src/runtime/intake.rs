@@ -334,14 +334,7 @@ impl InboxWriter {
         owner: &str,
         results: Vec<(DeliveryId, DeliveryOutcome)>,
     ) -> Result<(), IntakeError> {
-        let results = results
-            .into_iter()
-            .map(|(id, outcome)| Finished {
-                id,
-                owner: owner.to_owned(),
-                outcome,
-            })
-            .collect();
+        let results = Finished::by(owner, results);
         self.ask(|reply| Op::Finish { results, reply }).await
     }
 

@@ -93,6 +93,23 @@ pub struct Finished {
     pub outcome: DeliveryOutcome,
 }
 
+impl Finished {
+    /// Each of `results`, as `owner`'s.
+    pub fn by(
+        owner: &str,
+        results: impl IntoIterator<Item = (DeliveryId, DeliveryOutcome)>,
+    ) -> Vec<Finished> {
+        results
+            .into_iter()
+            .map(|(id, outcome)| Finished {
+                id,
+                owner: owner.to_owned(),
+                outcome,
+            })
+            .collect()
+    }
+}
+
 /// A claim on up to `limit` deliveries due now, oldest first, for `owner`
 /// until `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -326,14 +343,7 @@ pub trait Store: Send + Sync + 'static {
         results: &[(DeliveryId, DeliveryOutcome)],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let finished: Vec<Finished> = results
-            .iter()
-            .map(|(id, outcome)| Finished {
-                id: id.clone(),
-                owner: owner.to_owned(),
-                outcome: outcome.clone(),
-            })
-            .collect();
+        let finished = Finished::by(owner, results.iter().cloned());
         let write = InboxWrite {
             finished: &finished,
             ..InboxWrite::default()

@@ -308,6 +308,11 @@ impl PostgresStore {
     }
 }
 
+/// Gives an owner's claims on pending deliveries back, due at once
+/// (`release_all_leases`, `release_delivery_claims`): (now, owner).
+const RELEASE_DELIVERY_CLAIMS: &str = "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
+     WHERE claimed_by = $2 AND state = 'pending'";
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
@@ -1225,27 +1230,21 @@ impl Store for PostgresStore {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
-             WHERE claimed_by = $2 AND state = 'pending'",
-        )
-        .bind(to_millis(now))
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(RELEASE_DELIVERY_CLAIMS)
+            .bind(to_millis(now))
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn release_delivery_claims(&self, owner: &str, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = $1 \
-             WHERE claimed_by = $2 AND state = 'pending'",
-        )
-        .bind(to_millis(now))
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(RELEASE_DELIVERY_CLAIMS)
+            .bind(to_millis(now))
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 

@@ -705,6 +705,11 @@ impl SqliteStore {
     }
 }
 
+/// Gives an owner's claims on pending deliveries back, due at once
+/// (`release_all_leases`, `release_delivery_claims`): (now, owner).
+const RELEASE_DELIVERY_CLAIMS: &str = "UPDATE inbox SET claimed_by = NULL, next_attempt_at = ? \
+     WHERE claimed_by = ? AND state = 'pending'";
+
 #[async_trait]
 impl Store for SqliteStore {
     fn one_writer(&self) -> bool {
@@ -1565,27 +1570,21 @@ impl Store for SqliteStore {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = ? \
-             WHERE claimed_by = ? AND state = 'pending'",
-        )
-        .bind(to_millis(now))
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(RELEASE_DELIVERY_CLAIMS)
+            .bind(to_millis(now))
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn release_delivery_claims(&self, owner: &str, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE inbox SET claimed_by = NULL, next_attempt_at = ? \
-             WHERE claimed_by = ? AND state = 'pending'",
-        )
-        .bind(to_millis(now))
-        .bind(owner)
-        .execute(&self.writer)
-        .await?;
+        let done = sqlx::query(RELEASE_DELIVERY_CLAIMS)
+            .bind(to_millis(now))
+            .bind(owner)
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected())
     }
 
