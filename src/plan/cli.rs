@@ -64,17 +64,8 @@ pub fn plan_change_with(
     history: &History,
     also: &[crate::domain::ServiceName],
 ) -> Result<Plan, SpecLoadError> {
-    let spec = change.spec?;
-    let touched = impact::affected_services(
-        &spec,
-        match &change.changed_paths {
-            None => Change::FirstRollout,
-            Some(paths) => Change::Diff {
-                paths,
-                previous: change.previous_spec.as_ref(),
-            },
-        },
-    );
+    let spec = change.spec.as_ref().map_err(Clone::clone)?;
+    let touched = impact::affected_services(spec, Change::of(&change));
     let affected: Vec<_> = spec
         .services
         .iter()
@@ -83,9 +74,9 @@ pub fn plan_change_with(
         .cloned()
         .collect();
     Ok(build_plan(
-        &spec,
-        change.commit,
-        change.previous_commit,
+        spec,
+        change.commit.clone(),
+        change.previous_commit.clone(),
         &affected,
         history,
     ))

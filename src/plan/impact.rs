@@ -25,6 +25,20 @@ pub enum Change<'a> {
     },
 }
 
+impl<'a> Change<'a> {
+    /// The change a [`ChangeSet`](crate::git::ChangeSet) read from the
+    /// repository describes.
+    pub fn of(set: &'a crate::git::ChangeSet) -> Change<'a> {
+        match &set.changed_paths {
+            None => Change::FirstRollout,
+            Some(paths) => Change::Diff {
+                paths,
+                previous: set.previous_spec.as_ref(),
+            },
+        }
+    }
+}
+
 /// Compiles a service's globs. `*` does not cross `/`; `**` does. Globs were
 /// validated with the same builder, so an error here only drops that glob.
 pub fn compile_globs(paths: &[String]) -> GlobSet {

@@ -535,31 +535,19 @@ fn base_carries(
     base: &ChangeSet,
     own: &ChangeSet,
 ) -> Result<Option<(Vec<ServiceName>, Vec<ServiceName>)>, String> {
-    let (Some(base_paths), Some(own_paths)) = (&base.changed_paths, &own.changed_paths) else {
+    if base.changed_paths.is_none() || own.changed_paths.is_none() {
         return Ok(None);
-    };
+    }
     let base_spec = base
         .spec
         .as_ref()
         .map_err(|e| format!("convoy.yml at the base's head: {e}"))?;
-    let own = affected_services(
-        spec,
-        Change::Diff {
-            paths: own_paths,
-            previous: own.previous_spec.as_ref(),
-        },
-    );
+    let own = affected_services(spec, Change::of(own));
     Ok(Some(
-        affected_services(
-            base_spec,
-            Change::Diff {
-                paths: base_paths,
-                previous: base.previous_spec.as_ref(),
-            },
-        )
-        .into_iter()
-        .filter(|s| !own.contains(s))
-        .partition(|s| spec.services.iter().any(|d| &d.name == s)),
+        affected_services(base_spec, Change::of(base))
+            .into_iter()
+            .filter(|s| !own.contains(s))
+            .partition(|s| spec.services.iter().any(|d| &d.name == s)),
     ))
 }
 
@@ -947,5 +935,55 @@ impl crate::runtime::commands::PreflightRunner for Preflight {
         self.run_for_pull_request(request.installation, &request.repo, number)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{CheckContext, parse_spec};
+
+    fn spec(services: &str) -> ConvoySpec {
+        let text = format!(
+            "version: 1\nservices:\n{services}environments:\n  - {{ name: a, driver: agent }}\n"
+        );
+        parse_spec(&text, &CheckContext::default()).unwrap()
+    }
+
+    fn change(spec: ConvoySpec, paths: &[&str]) -> ChangeSet {
+        ChangeSet {
+            commit: CommitSha::new("b".repeat(40)),
+            previous_commit: Some(CommitSha::new("a".repeat(40))),
+            previous_spec: Some(spec.clone()),
+            spec: Ok(spec),
+            changed_paths: Some(paths.iter().map(|p| p.to_string()).collect()),
+        }
+    }
+
+    fn names(v: &[ServiceName]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
+
+    /// What the base changed beyond the branch's own change: services the
+    /// branch's `convoy.yml` defines go into the plan, those only the
+    /// base's defines are named apart (a plan made from the branch's file
+    /// cannot hold them); what the branch changes itself is neither.
+    #[test]
+    fn the_base_s_services_are_split_by_what_the_branch_s_spec_defines() {
+        let head = spec("  api:\n    paths: [\"api/**\"]\n  web:\n    paths: [\"web/**\"]\n");
+        let base = change(
+            spec(
+                "  api:\n    paths: [\"api/**\"]\n  web:\n    paths: [\"web/**\"]\n  worker:\n    paths: [\"worker/**\"]\n",
+            ),
+            &["api/x", "web/y", "worker/z"],
+        );
+        let own = change(head.clone(), &["web/y"]);
+        let (services, not_in_plan) = base_carries(&head, &base, &own).unwrap().unwrap();
+        assert_eq!(names(&services), ["api"]);
+        assert_eq!(names(&not_in_plan), ["worker"]);
+        // No diff to judge: nothing said.
+        let mut first = change(head.clone(), &[]);
+        first.changed_paths = None;
+        assert_eq!(base_carries(&head, &base, &first), Ok(None));
     }
 }
