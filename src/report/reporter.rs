@@ -228,29 +228,33 @@ impl Reporter {
     /// terminal state that had not reached GitHub at a crash). The ledger
     /// keeps anything GitHub already shows from being sent again.
     pub async fn resume(&self) -> usize {
+        // Of the newest, only those convoy already reported on, or that
+        // changed lately: turning reporting on must not post about old
+        // rollouts, but a rollout that ran while GitHub was down must
+        // still be shown.
+        let since = chrono::Utc::now() - RECENT_WINDOW;
+        self.mark_listed(
+            |_| true,
+            |r| lock(&self.inner.generations).contains_key(&r.id) || r.updated_at > since,
+        )
+        .await
+    }
+
+    /// Marks the unfinished rollouts `unfinished` keeps and those of the
+    /// newest [`RECENT_AT_START`] that `recent` keeps, each once; how many.
+    async fn mark_listed(
+        &self,
+        unfinished: impl Fn(&RolloutRecord) -> bool,
+        recent: impl Fn(&crate::store::RolloutSummary) -> bool,
+    ) -> usize {
         let store = &self.inner.store;
-        let mut ids: Vec<RolloutId> = match store.unfinished_rollouts().await {
-            Ok(r) => r.into_iter().map(|r| r.id).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "reporter cannot list unfinished rollouts");
-                Vec::new()
-            }
-        };
+        let mut ids: Vec<RolloutId> = Vec::new();
+        match store.unfinished_rollouts().await {
+            Ok(list) => ids.extend(list.into_iter().filter(|r| unfinished(r)).map(|r| r.id)),
+            Err(e) => tracing::error!(error = %e, "reporter cannot list unfinished rollouts"),
+        }
         match store.list_rollouts(None, RECENT_AT_START).await {
-            // Only those convoy already reported on, or that changed
-            // lately: turning reporting on must not post about old
-            // rollouts, but a rollout that ran while GitHub was down must
-            // still be shown.
-            Ok(recent) => {
-                let since = chrono::Utc::now() - RECENT_WINDOW;
-                let known = lock(&self.inner.generations);
-                ids.extend(
-                    recent
-                        .into_iter()
-                        .filter(|r| known.contains_key(&r.id) || r.updated_at > since)
-                        .map(|r| r.id),
-                );
-            }
+            Ok(list) => ids.extend(list.into_iter().filter(|r| recent(r)).map(|r| r.id)),
             Err(e) => tracing::error!(error = %e, "reporter cannot list recent rollouts"),
         }
         ids.sort();
@@ -424,34 +428,15 @@ impl Reporter {
                 HashSet::new()
             }
         };
-        let mut ids: Vec<RolloutId> = Vec::new();
-        match store.unfinished_rollouts().await {
-            Ok(list) => ids.extend(
-                list.into_iter()
-                    .filter(|r| {
-                        r.installation
-                            .map_or(repos.contains(&r.repo), |i| i == installation)
-                    })
-                    .map(|r| r.id),
-            ),
-            Err(e) => tracing::warn!(error = %e, "reporter cannot list unfinished rollouts"),
-        }
         let from = since - RECENT_WINDOW;
-        match store.list_rollouts(None, RECENT_AT_START).await {
-            Ok(list) => ids.extend(
-                list.into_iter()
-                    .filter(|r| r.updated_at >= from && repos.contains(&r.repo))
-                    .map(|r| r.id),
-            ),
-            Err(e) => tracing::warn!(error = %e, "reporter cannot list recent rollouts"),
-        }
-        ids.sort();
-        ids.dedup();
-        let n = ids.len();
-        for id in ids {
-            self.mark(id, Importance::Matters);
-        }
-        n
+        self.mark_listed(
+            |r| {
+                r.installation
+                    .map_or(repos.contains(&r.repo), |i| i == installation)
+            },
+            |r| r.updated_at >= from && repos.contains(&r.repo),
+        )
+        .await
     }
 
     async fn installation(&self, record: &RolloutRecord) -> Option<InstallationId> {
