@@ -527,14 +527,16 @@ pub fn render_preflight(facts: &PreflightFacts, opts: &RenderOptions) -> NewChec
 /// head) carries into a merge beside the pull request's own (`own`: from
 /// where the branch meets the base's head), judged by the base's
 /// `convoy.yml`: the services the head's `spec` defines, and those it does
-/// not. `None` when a commit was gone and there is no diff to judge; an
-/// error when the base's `convoy.yml` cannot be read.
-#[allow(clippy::type_complexity)]
+/// not. `None` when it carries nothing, or when a commit was gone and there
+/// is no diff to judge; an error when the base's `convoy.yml` cannot be
+/// read.
 fn base_carries(
     spec: &ConvoySpec,
+    since: CommitSha,
+    base_head: CommitSha,
     base: &ChangeSet,
     own: &ChangeSet,
-) -> Result<Option<(Vec<ServiceName>, Vec<ServiceName>)>, String> {
+) -> Result<Option<FromBase>, String> {
     if base.changed_paths.is_none() || own.changed_paths.is_none() {
         return Ok(None);
     }
@@ -543,12 +545,19 @@ fn base_carries(
         .as_ref()
         .map_err(|e| format!("convoy.yml at the base's head: {e}"))?;
     let own = affected_services(spec, Change::of(own));
-    Ok(Some(
+    let (services, not_in_plan): (Vec<ServiceName>, Vec<ServiceName>) =
         affected_services(base_spec, Change::of(base))
             .into_iter()
             .filter(|s| !own.contains(s))
-            .partition(|s| spec.services.iter().any(|d| &d.name == s)),
-    ))
+            .partition(|s| spec.services.iter().any(|d| &d.name == s));
+    Ok(
+        (!services.is_empty() || !not_in_plan.is_empty()).then_some(FromBase::Carried {
+            since,
+            base_head,
+            services,
+            not_in_plan,
+        }),
+    )
 }
 
 /// Runs the preflight for pull requests (I/O).
@@ -748,19 +757,10 @@ impl Preflight {
             Ok(None) => return None,
             Err(e) => return unread(e.to_string()),
         };
-        let (services, not_in_plan) = match base_carries(spec, &base, &own) {
-            Ok(Some(carried)) => carried,
-            Ok(None) => return None,
-            Err(why) => return unread(why),
-        };
-        (!services.is_empty() || !not_in_plan.is_empty()).then(|| {
-            Box::new(FromBase::Carried {
-                since,
-                base_head,
-                services,
-                not_in_plan,
-            })
-        })
+        match base_carries(spec, since.clone(), base_head, &base, &own) {
+            Ok(carried) => carried.map(Box::new),
+            Err(why) => unread(why),
+        }
     }
 
     /// Every step's environment asked for its status, at most
@@ -952,12 +952,16 @@ mod tests {
 
     fn change(spec: ConvoySpec, paths: &[&str]) -> ChangeSet {
         ChangeSet {
-            commit: CommitSha::new("b".repeat(40)),
-            previous_commit: Some(CommitSha::new("a".repeat(40))),
+            commit: sha('b'),
+            previous_commit: Some(sha('a')),
             previous_spec: Some(spec.clone()),
             spec: Ok(spec),
             changed_paths: Some(paths.iter().map(|p| p.to_string()).collect()),
         }
+    }
+
+    fn sha(c: char) -> CommitSha {
+        CommitSha::new(c.to_string().repeat(40))
     }
 
     fn names(v: &[ServiceName]) -> Vec<&str> {
@@ -978,12 +982,27 @@ mod tests {
             &["api/x", "web/y", "worker/z"],
         );
         let own = change(head.clone(), &["web/y"]);
-        let (services, not_in_plan) = base_carries(&head, &base, &own).unwrap().unwrap();
+        let carries = |own: &ChangeSet| base_carries(&head, sha('a'), sha('b'), &base, own);
+        let Ok(Some(FromBase::Carried {
+            services,
+            not_in_plan,
+            ..
+        })) = carries(&own)
+        else {
+            panic!("the base carries api and worker")
+        };
         assert_eq!(names(&services), ["api"]);
         assert_eq!(names(&not_in_plan), ["worker"]);
-        // No diff to judge: nothing said.
+        // Nothing beyond what the branch changes itself, or no diff to
+        // judge: nothing said.
+        let all = change(head.clone(), &["api/x", "web/y"]);
+        let quiet = change(head.clone(), &["api/x"]);
+        assert_eq!(
+            base_carries(&head, sha('a'), sha('b'), &quiet, &all),
+            Ok(None)
+        );
         let mut first = change(head.clone(), &[]);
         first.changed_paths = None;
-        assert_eq!(base_carries(&head, &base, &first), Ok(None));
+        assert_eq!(carries(&first), Ok(None));
     }
 }
