@@ -7,6 +7,7 @@
 pub mod checkpoint;
 mod delivery_order;
 mod document;
+mod inbox_commit;
 pub mod log_sync;
 mod migrations;
 pub mod postgres;
@@ -54,6 +55,9 @@ pub enum StoreError {
     /// The database's log could not be made durable (`log_sync`).
     #[error("{0}")]
     Sync(String),
+    /// The inbox's own SQLite connection failed (`inbox_commit`).
+    #[error("database error: {0}")]
+    Inbox(#[from] inbox_commit::CommitError),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use super::checkpoint::{Checkpointer, WRITER_PAGES};
 use super::delivery_order::delivery_order;
+use super::inbox_commit::{CommitError, InboxCommitter};
 use super::log_sync::LogSyncer;
 use super::rows::{
     self, DEPLOY, DRIFT_COLUMNS, IN_FLIGHT_STEP, Parts, ROLLOUT_COLUMNS, SUMMARY_COLUMNS, TERMINAL,
@@ -21,9 +22,8 @@ use super::rows::{
 use super::{
     AttemptRecord, AuditEntry, Baseline, Created, DriftKind, DriftObservation, DriftRecord,
     Durable, FirstAttempts, Freeze, InboxCounts, InboxItem, InboxWrite, InboxWritten,
-    LEASE_ROLLOUT, Lease, NewDelivery, Result, RolloutKind, RolloutRecord, RolloutSummary,
-    RolloutWrite, Store, StoreError, StoredBaseline, StoredStep, StoredTimer, document,
-    from_millis, to_millis,
+    LEASE_ROLLOUT, Lease, Result, RolloutKind, RolloutRecord, RolloutSummary, RolloutWrite, Store,
+    StoreError, StoredBaseline, StoredStep, StoredTimer, document, from_millis, to_millis,
 };
 use crate::domain::{
     BranchName, CommitSha, DeliveryId, EnvName, InstallationId, RepoName, RolloutId, ServiceName,
@@ -269,7 +269,7 @@ const STEPS_PER_INSERT: usize = 250;
 
 /// `rows` groups of `columns` `?` placeholders — `(?, ?), (?, ?)` — for a
 /// statement that writes many rows at once.
-fn placeholders(rows: usize, columns: usize) -> String {
+pub(super) fn placeholders(rows: usize, columns: usize) -> String {
     let group = format!("({})", vec!["?"; columns].join(", "));
     vec![group; rows].join(", ")
 }
@@ -298,266 +298,13 @@ async fn write_steps(
     Ok(())
 }
 
-/// A write connection that must not go back to the pool while a
-/// transaction begun by hand may still be open on it: closed instead,
-/// unless [`UnfinishedGuard::finished`] was called.
-struct UnfinishedGuard {
-    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    finished: bool,
-}
+/// How long a write waits for another process's write lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl UnfinishedGuard {
-    fn new(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> UnfinishedGuard {
-        UnfinishedGuard {
-            conn,
-            finished: false,
-        }
-    }
-
-    fn get(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Sqlite> {
-        &mut self.conn
-    }
-
-    fn finished(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for UnfinishedGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-/// Rows per statement of [`inbox_transaction`] at most, far below SQLite's
-/// limit of 32,766 parameters.
-const INBOX_ROWS_PER_STATEMENT: usize = 128;
-
-/// Prepared statements the writer connection keeps. The inbox's group
-/// transactions come in a few dozen shapes in practice (`inbox_chunks`);
-/// the rest of the store's writes are fixed statements. A bound, as a
-/// prepared statement of 128-row chunks is large; the least recently used
-/// go first.
-const WRITER_STATEMENT_CACHE: usize = 256;
-
-/// How [`inbox_transaction`] cuts `rows` into statements: full chunks of
-/// [`INBOX_ROWS_PER_STATEMENT`], then one of the next power of two, filled
-/// by repeating its last row. Parsing and planning the group's statements
-/// anew took about a fifth of the writer thread's CPU under intake load
-/// (every commit waits for that thread); with a few sizes the whole
-/// transaction's text repeats and SQLite's prepared statements are reused. A repeated row changes nothing: an insert that
-/// conflicts does nothing, and an `UPDATE … FROM` updates a row once
-/// however many rows of `FROM` match it. Pure.
-fn inbox_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)> {
-    rows.chunks(INBOX_ROWS_PER_STATEMENT)
-        .map(|chunk| (chunk, chunk.len().next_power_of_two()))
-}
-
-/// `rows` followed by its last row until there are `size`.
-fn padded<T>(rows: &[T], size: usize) -> impl Iterator<Item = &T> {
-    let last = rows.last();
-    rows.iter()
-        .chain(std::iter::repeat_n(last, size - rows.len()).flatten())
-}
-
-/// The most bytes of bodies packed into one row of `inbox_bodies`. A
-/// compressed 25 KB webhook takes about 3 KB, and a row of its own took a
-/// 4 KB page (two do not fit in one): packed, a group's bodies fill their
-/// pages, and the intake wrote a quarter fewer bytes to the disk
-/// (docs/BENCHMARKS.md). Reading one body reads its whole row, so rows
-/// stay small: a delivery is read back only when it is retried, or taken
-/// from the database because the worker fell behind.
-const PACK_BYTES: usize = 32 * 1024;
-
-/// Where one delivery's body is: the `blob`th (from 1) of its chunk's
-/// packed rows, `len` bytes from byte `at`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Place {
-    blob: i64,
-    at: i64,
-    len: i64,
-}
-
-/// A chunk's bodies packed into rows, and each delivery's place in them.
-#[derive(Debug)]
-struct Packed {
-    blobs: Vec<Vec<u8>>,
-    places: Vec<Place>,
-}
-
-/// Packs `chunk`'s bodies, in order, into rows of up to [`PACK_BYTES`]; a
-/// body larger than that has a row of its own. A delivery that comes twice
-/// is packed once, where it first came: only its first copy is stored
-/// (the second is a redelivery), so every row that names a packed body
-/// names the right one. Pure.
-fn pack(chunk: &[NewDelivery]) -> Packed {
-    let mut blobs: Vec<Vec<u8>> = Vec::new();
-    let mut first: std::collections::HashMap<&str, Place> = std::collections::HashMap::new();
-    let mut places = Vec::with_capacity(chunk.len());
-    for d in chunk {
-        if let Some(place) = first.get(d.id.as_str()) {
-            places.push(*place);
-            continue;
-        }
-        let bytes = d.payload.as_bytes();
-        let fits = blobs
-            .last()
-            .is_some_and(|blob| blob.len() + bytes.len() <= PACK_BYTES);
-        if !fits {
-            blobs.push(Vec::with_capacity(bytes.len().max(PACK_BYTES)));
-        }
-        // At least one: pushed just above when there was none.
-        let number = blobs.len();
-        let blob = &mut blobs[number - 1];
-        let place = Place {
-            blob: number as i64,
-            at: blob.len() as i64,
-            len: bytes.len() as i64,
-        };
-        blob.extend_from_slice(bytes);
-        first.insert(d.id.as_str(), place);
-        places.push(place);
-    }
-    Packed { blobs, places }
-}
-
-/// The whole of [`Store::write_inbox_unsynced`] as one string of
-/// statements, from setting `synchronous` to `NORMAL` through `COMMIT` to
-/// setting it back, with its parameters bound in order: one round trip
-/// to SQLite's thread. Under load every round trip waits for that thread
-/// and then for the task to be scheduled again; a group made of six of
-/// them spent most of its time waiting. Rows come back as (part, id):
-/// part 0 for an inserted delivery, part n for one taken by claim n.
-fn inbox_transaction<'q>(
-    write: &InboxWrite<'q>,
-    now: DateTime<Utc>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    // Committed without waiting for the disk; `log_sync` syncs the log
-    // beside the writer, and nothing is acknowledged before that sync.
-    // Every other transaction on the connection keeps `FULL`.
-    let mut sql = String::from("PRAGMA synchronous = NORMAL;\nBEGIN IMMEDIATE;\n");
-    let packed: Vec<Packed> = inbox_chunks(write.new)
-        .map(|(chunk, _)| pack(chunk))
-        .collect();
-    for (_, size) in inbox_chunks(write.new) {
-        // A row names body MAX(seq) + j, j its body's packed row (`pack`):
-        // those are inserted next, each after the last. Numbered inside
-        // the write transaction, so two processes on the file cannot take
-        // the same. This statement does not write `inbox_bodies`, so
-        // every row counts from the same MAX; the next one reads the
-        // table it writes, so SQLite works out all its rows (and its
-        // uncorrelated MAX, once) before inserting any, from that MAX too.
-        let rows = vec![
-            "(?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + ?, ?, ?)";
-            size
-        ];
-        sql.push_str(&format!(
-            "INSERT INTO inbox (delivery_id, delivery_order, event, received_at, next_attempt_at, \
-             claimed_by, body, body_at, body_len) VALUES {} \
-             ON CONFLICT (delivery_order, delivery_id) DO NOTHING RETURNING 0, delivery_id;\n",
-            rows.join(", ")
-        ));
-        // The packed rows under those numbers: (j, bytes), one slot per
-        // delivery so that the text depends on the chunk's size only;
-        // the slots left over are (0, NULL) and skipped.
-        sql.push_str(&format!(
-            "INSERT INTO inbox_bodies (seq, payload) \
-             SELECT (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) + b.column1, b.column2 \
-             FROM (VALUES {}) AS b WHERE b.column2 IS NOT NULL ON CONFLICT (seq) DO NOTHING;\n",
-            placeholders(size, 2)
-        ));
-        // A packed row that only redeliveries named (their rows were there
-        // already, naming bodies of their own) is taken out again: of the
-        // rows just added, the top `?`, those no delivery of the chunk
-        // names. Looked up by the ids, as no index is on `inbox.body`.
-        sql.push_str(&format!(
-            "DELETE FROM inbox_bodies \
-             WHERE seq > (SELECT IFNULL(MAX(seq), 0) FROM inbox_bodies) - ? \
-             AND seq NOT IN (SELECT inbox.body FROM (VALUES {}) AS v \
-               JOIN inbox ON inbox.delivery_order = v.column2 AND inbox.delivery_id = v.column1 \
-               WHERE inbox.body IS NOT NULL);\n",
-            placeholders(size, 2)
-        ));
-    }
-    for (_, size) in inbox_chunks(write.finished) {
-        // Only while the claim is still the finisher's (`Finished`).
-        sql.push_str(&format!(
-            "WITH f (id, ord, state, error, next, processed, owner) AS (VALUES {}) \
-             UPDATE inbox SET state = f.state, attempts = attempts + 1, last_error = f.error, \
-             next_attempt_at = f.next, processed_at = f.processed, claimed_by = NULL \
-             FROM f WHERE inbox.delivery_order = f.ord AND inbox.delivery_id = f.id \
-             AND inbox.claimed_by = f.owner AND inbox.state = 'pending';\n",
-            placeholders(size, 7)
-        ));
-    }
-    for n in 1..=write.claims.len() {
-        // Inside the write transaction: SQLite runs one writer at a time,
-        // so two replicas cannot both see an item as due and claim it.
-        sql.push_str(&format!(
-            "UPDATE inbox SET claimed_by = ?, next_attempt_at = ? WHERE rowid IN \
-               (SELECT rowid FROM inbox WHERE state = 'pending' AND next_attempt_at <= ? \
-                ORDER BY next_attempt_at, received_at LIMIT ?) \
-             RETURNING {n}, delivery_id;\n"
-        ));
-    }
-    sql.push_str("COMMIT;\nPRAGMA synchronous = FULL;");
-
-    // The parameters, in the order of the placeholders above.
-    let now = to_millis(now);
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for ((chunk, size), packed) in inbox_chunks(write.new).zip(packed) {
-        let places: Vec<(&NewDelivery, Place)> = chunk.iter().zip(packed.places).collect();
-        for (d, place) in padded(&places, size) {
-            let at = to_millis(d.received_at);
-            query = query
-                .bind(d.id.as_str())
-                .bind(delivery_order(d.id.as_str()))
-                .bind(d.event.as_str())
-                .bind(at)
-                .bind(d.claim.as_ref().map_or(at, |c| to_millis(c.until)))
-                .bind(d.claim.as_ref().map(|c| c.owner.as_str()))
-                .bind(place.blob)
-                .bind(place.at)
-                .bind(place.len);
-        }
-        let blobs = packed.blobs.len();
-        for (j, blob) in (1..).zip(packed.blobs) {
-            query = query.bind(j).bind(blob);
-        }
-        for _ in blobs..size {
-            query = query.bind(0).bind(None::<Vec<u8>>);
-        }
-        query = query.bind(blobs as i64);
-        for d in padded(chunk, size) {
-            query = query
-                .bind(d.id.as_str())
-                .bind(delivery_order(d.id.as_str()));
-        }
-    }
-    for (chunk, size) in inbox_chunks(write.finished) {
-        for f in padded(chunk, size) {
-            let (state, error, next, processed) = rows::outcome_columns(&f.outcome, now);
-            query = query
-                .bind(f.id.as_str())
-                .bind(delivery_order(f.id.as_str()))
-                .bind(state.as_str())
-                .bind(error)
-                .bind(next)
-                .bind(processed)
-                .bind(f.owner.as_str());
-        }
-    }
-    for claim in write.claims {
-        query = query
-            .bind(claim.owner.as_str())
-            .bind(to_millis(claim.until))
-            .bind(now)
-            .bind(i64::from(claim.limit));
-    }
-    query
-}
+/// The compressed bodies of an inbox group beyond which its commit runs
+/// in `block_in_place` (`SqliteStore::commit_inbox`): a group under load
+/// holds about 24 bodies of 3 KB and commits in well under a millisecond.
+const LARGE_GROUP_BYTES: usize = 1024 * 1024;
 
 /// The start of a query for whole inbox items (rows with their bodies);
 /// the caller adds `WHERE …`.
@@ -584,6 +331,8 @@ pub struct SqliteStore {
     _checkpoints: Arc<Checkpointer>,
     /// Syncs the log for the inbox's commits; stops with the last clone.
     log: Arc<LogSyncer>,
+    /// Commits the inbox's groups on the caller's thread (`inbox_commit`).
+    inbox: Arc<InboxCommitter>,
 }
 
 impl SqliteStore {
@@ -621,20 +370,13 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", WRITER_PAGES.to_string())
             // A log that grew in a burst is cut back when it starts over.
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A connection in this process: there is nothing to test, and
             // the test is one more round trip for every write.
             .test_before_acquire(false)
-            // A group's returned ids all fit in the channel from SQLite's
-            // thread, so it never waits for this side to make room.
-            .connect_with(
-                options
-                    .clone()
-                    .row_buffer_size(1024)
-                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
-            )
+            .connect_with(options.clone())
             .await?;
         super::migrations::sqlite().run(&writer).await?;
         let checkpoints = Arc::new(Checkpointer::start(options.clone()).await?);
@@ -644,6 +386,7 @@ impl SqliteStore {
             sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                 .fetch_one(&writer)
                 .await?;
+        let inbox = Arc::new(InboxCommitter::open(&file)?);
         let log = format!("{file}-wal");
         let log = LogSyncer::start(log.clone().into()).map_err(|e| {
             StoreError::Sync(format!(
@@ -659,6 +402,7 @@ impl SqliteStore {
             writer,
             _checkpoints: checkpoints,
             log: Arc::new(log),
+            inbox,
         })
     }
 
@@ -674,6 +418,49 @@ impl SqliteStore {
     /// began: with two replicas on one file that is common.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl SqliteStore {
+    /// Commits an inbox group on the inbox's own connection, on this
+    /// thread. A group large enough to hold the thread for long runs in
+    /// `block_in_place`, so that the runtime's other tasks move to another
+    /// thread meanwhile. While another process holds SQLite's write lock
+    /// this waits without blocking the thread and tries again, for as long
+    /// as the store's other connections would wait.
+    async fn commit_inbox(
+        &self,
+        write: &InboxWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, String)>> {
+        let bytes: usize = write.new.iter().map(|d| d.payload.as_bytes().len()).sum();
+        let aside = bytes > LARGE_GROUP_BYTES
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let commit = || self.inbox.commit(write, now);
+            let result = if aside {
+                tokio::task::block_in_place(commit)
+            } else {
+                commit()
+            };
+            match result {
+                Err(CommitError::Busy) if std::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(CommitError::Busy) => {
+                    return Err(StoreError::Sync(format!(
+                        "the inbox could not be written: another process held the database's \
+                         write lock for {} s",
+                        BUSY_TIMEOUT.as_secs()
+                    )));
+                }
+                result => return Ok(result?),
+            }
+        }
     }
 }
 
@@ -738,37 +525,14 @@ impl Store for SqliteStore {
         if write.new.is_empty() && write.finished.is_empty() && write.claims.is_empty() {
             return Ok((InboxWritten::default(), Durable::Now));
         }
-        let mut conn = UnfinishedGuard::new(self.writer.acquire().await?);
-        let result = inbox_transaction(&write, now)
-            .fetch_all(&mut **conn.get())
-            .await;
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(e) => {
-                // A statement failed inside the transaction: undo it. If
-                // that fails too (SQLite may have rolled back by itself, or
-                // BEGIN failed), the guard closes the connection; the
-                // error to report is the first one either way.
-                // The connection goes back to the pool only with its
-                // commits synced again.
-                let undone = sqlx::raw_sql("ROLLBACK; PRAGMA synchronous = FULL;")
-                    .execute(&mut **conn.get())
-                    .await;
-                if let Err(rollback) = undone {
-                    tracing::debug!(error = %rollback, "rollback after a failed inbox write");
-                } else {
-                    conn.finished();
-                }
-                return Err(e.into());
-            }
-        };
-        conn.finished();
+        // Held while the inbox's own connection writes: no other write of
+        // this process is then inside SQLite (`inbox_commit`).
+        let _writer = self.writer.acquire().await?;
+        let rows = self.commit_inbox(&write, now).await?;
         let durable = self.log.after_commit();
         let mut inserted = std::collections::HashSet::new();
         let mut claimed = vec![Vec::new(); write.claims.len()];
-        for row in rows {
-            let part: i64 = row.try_get(0)?;
-            let id: String = row.try_get(1)?;
+        for (part, id) in rows {
             match usize::try_from(part).ok().and_then(|p| p.checked_sub(1)) {
                 None => {
                     inserted.insert(id);
@@ -1918,6 +1682,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::inbox_commit::inbox_chunks;
     use crate::store::log_sync::still_waiting;
     use crate::store::{DeliveryOutcome, DeliveryState, Finished, NewDelivery, Payload};
 
@@ -1999,6 +1764,81 @@ mod tests {
             .unwrap()
     }
 
+    /// Another process's write lock on the file: the inbox's commit waits
+    /// for it without holding the thread (this test's runtime has one),
+    /// and commits once it is released.
+    #[tokio::test]
+    async fn an_inbox_write_waits_for_another_process_without_blocking_the_thread() {
+        use sqlx::Connection as _;
+        let (dir, store) = new_store().await;
+        let options = SqliteConnectOptions::new().filename(dir.path().join("convoy.db"));
+        let mut other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let writer = store.clone();
+        let write =
+            tokio::spawn(async move { writer.insert_deliveries(&[delivery(1, "{}")]).await });
+        // This task runs while the write waits: the thread is free.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!write.is_finished(), "the write waits for the lock");
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        let fresh = tokio::time::timeout(Duration::from_secs(5), write)
+            .await
+            .expect("written once the lock is released")
+            .unwrap()
+            .unwrap();
+        assert_eq!(fresh, vec![true]);
+    }
+
+    /// A group that fails inside its transaction stores none of its
+    /// deliveries, and the next group commits.
+    #[tokio::test]
+    async fn a_failed_inbox_group_stores_nothing_and_the_next_commits() {
+        let (_dir, store) = new_store().await;
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON inbox WHEN NEW.delivery_id = 'd2' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let error = store
+            .insert_deliveries(&[delivery(1, "{}"), delivery(2, "{}")])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("refused"), "{error}");
+        assert_eq!(
+            store.insert_deliveries(&[delivery(3, "{}")]).await.unwrap(),
+            vec![true]
+        );
+        // The failed group's first delivery was not kept: new when it comes again.
+        assert_eq!(
+            store.insert_deliveries(&[delivery(1, "{}")]).await.unwrap(),
+            vec![true]
+        );
+    }
+
+    /// A group too large to commit on the runtime's thread (over
+    /// `LARGE_GROUP_BYTES`) commits beside it, whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_inbox_group_commits_whole() {
+        let (_dir, store) = new_store().await;
+        let body = letters(20_000);
+        let batch: Vec<NewDelivery> = (0..100).map(|n| delivery(n, &body)).collect();
+        let fresh = store.insert_deliveries(&batch).await.unwrap();
+        assert_eq!(fresh, vec![true; 100]);
+        let item = store
+            .delivery(&DeliveryId::new("d99"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.payload, body);
+    }
+
     /// Without the background checkpointer the log holds everything below
     /// the writer's threshold (16 MB) and the database file does not grow.
     #[tokio::test]
@@ -2023,18 +1863,6 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    #[test]
-    fn inbox_statements_come_in_powers_of_two_filled_with_the_last_row() {
-        let rows: Vec<usize> = (1..=131).collect();
-        let shapes: Vec<(usize, usize)> = inbox_chunks(&rows)
-            .map(|(chunk, size)| (chunk.len(), size))
-            .collect();
-        assert_eq!(shapes, vec![(128, 128), (3, 4)]);
-        let filled: Vec<&usize> = padded(&rows[128..], 4).collect();
-        assert_eq!(filled, vec![&129, &130, &131, &131]);
-        assert_eq!(padded(&rows[..0], 0).count(), 0);
     }
 
     /// Groups whose sizes need filling (3 new, one of them twice; 3
@@ -2088,54 +1916,6 @@ mod tests {
         }
         // One packed row per round.
         assert_eq!(body_rows(&store).await, 2);
-    }
-
-    fn sized(id: &str, bytes: usize) -> NewDelivery {
-        NewDelivery {
-            id: DeliveryId::new(id),
-            event: "ping".into(),
-            payload: Payload::from_stored(vec![7; bytes]),
-            received_at: Utc::now(),
-            claim: None,
-        }
-    }
-
-    #[test]
-    fn bodies_are_packed_in_order_into_rows_of_at_most_the_limit() {
-        let third = PACK_BYTES / 3;
-        let chunk = [
-            sized("a", third),
-            sized("b", third),
-            sized("c", third),
-            // Does not fit beside the three: a new row.
-            sized("d", third),
-            // Larger than a row: one of its own.
-            sized("e", PACK_BYTES + 1),
-            sized("f", 10),
-            // A redelivery of b: b's place, nothing packed.
-            sized("b", 99),
-        ];
-        let packed = pack(&chunk);
-        let place = |blob, at, len| Place {
-            blob,
-            at: at as i64,
-            len: len as i64,
-        };
-        assert_eq!(
-            packed.places,
-            vec![
-                place(1, 0, third),
-                place(1, third, third),
-                place(1, 2 * third, third),
-                place(2, 0, third),
-                place(3, 0, PACK_BYTES + 1),
-                place(4, 0, 10),
-                place(1, third, third),
-            ]
-        );
-        let sizes: Vec<usize> = packed.blobs.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![3 * third, third, PACK_BYTES + 1, 10]);
-        assert!(pack(&[]).blobs.is_empty());
     }
 
     /// A group of three chunks: in the first, redeliveries of earlier
