@@ -1041,7 +1041,7 @@ async fn permissions_are_cached_for_at_most_sixty_seconds() {
             i.remove("pull_request");
         }
         payload["issue"]["labels"] = serde_json::json!([{ "name": "convoy-drift" }]);
-        let body = serde_json::to_vec(&payload).unwrap();
+        let body = serde_json::to_string(&payload).unwrap();
         let envelope = convoy::webhook::events::parse("issue_comment", &body)
             .unwrap()
             .unwrap();

@@ -168,7 +168,7 @@ async fn every_github_example_is_accepted_and_parsed() {
             assert!(error.contains("fetch"), "{error}");
         }
         if handled {
-            let parsed = events::parse(name, item.payload.as_bytes())
+            let parsed = events::parse(name, &item.payload)
                 .unwrap_or_else(|e| panic!("{name} example {i}: {e}"))
                 .expect("a handled event parses to Some");
             assert_eq!(parsed.event.name(), name.as_str());
@@ -197,7 +197,7 @@ fn derived_merged_pull_request_and_pr_comment_parse() {
     merged["pull_request"]["merge_commit_sha"] =
         Value::String("c4295bd74fb0f4fda3a2c1b3e08a15c1f6d3b6a1".into());
     merged["installation"] = serde_json::json!({"id": 77});
-    let env = events::parse("pull_request", &serde_json::to_vec(&merged).unwrap())
+    let env = events::parse("pull_request", &serde_json::to_string(&merged).unwrap())
         .unwrap()
         .unwrap();
     assert_eq!(env.installation, Some(InstallationId(77)));
@@ -213,7 +213,7 @@ fn derived_merged_pull_request_and_pr_comment_parse() {
     // merge_commit_sha. It must not be taken for a merge.
     let closed = example("pull_request", Some("closed"));
     let Event::PullRequest(pr) =
-        events::parse("pull_request", &serde_json::to_vec(&closed).unwrap())
+        events::parse("pull_request", &serde_json::to_string(&closed).unwrap())
             .unwrap()
             .unwrap()
             .event
@@ -226,7 +226,7 @@ fn derived_merged_pull_request_and_pr_comment_parse() {
     comment["issue"]["pull_request"] =
         serde_json::json!({"url": "https://api.github.com/repos/x/y/pulls/1"});
     let Event::IssueComment(c) =
-        events::parse("issue_comment", &serde_json::to_vec(&comment).unwrap())
+        events::parse("issue_comment", &serde_json::to_string(&comment).unwrap())
             .unwrap()
             .unwrap()
             .event
@@ -236,7 +236,7 @@ fn derived_merged_pull_request_and_pr_comment_parse() {
     assert!(c.on_pull_request);
     let plain = example("issue_comment", Some("created"));
     let Event::IssueComment(c) =
-        events::parse("issue_comment", &serde_json::to_vec(&plain).unwrap())
+        events::parse("issue_comment", &serde_json::to_string(&plain).unwrap())
             .unwrap()
             .unwrap()
             .event

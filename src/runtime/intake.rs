@@ -539,7 +539,7 @@ pub(crate) fn test_delivery(n: u32) -> (NewDelivery, Parsed) {
         received_at: Utc::now(),
         claim: None,
     };
-    (new, crate::webhook::events::parse("ping", body.as_bytes()))
+    (new, crate::webhook::events::parse("ping", &body))
 }
 
 #[cfg(test)]

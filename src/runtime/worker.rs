@@ -504,7 +504,7 @@ impl Worker {
                 return DeliveryOutcome::Failed(damage.clone());
             }
             let parsed =
-                parsed.unwrap_or_else(|| events::parse(&item.event, item.payload.as_bytes()));
+                parsed.unwrap_or_else(|| events::parse(&item.event, &item.payload));
             let envelope = match parsed {
                 Ok(Some(envelope)) => envelope,
                 Ok(None) => {

@@ -111,15 +111,16 @@ impl FromRequest<AppState> for VerifiedDelivery {
         if id.len() > 200 || event.len() > 100 {
             return Err(Rejection(StatusCode::BAD_REQUEST, "header value too long"));
         }
+        // The whole body at once, with SIMD: a quarter of the standard
+        // library's time on a 25 KB body, and the JSON parser then checks
+        // no string again.
+        let text = simdutf8::basic::from_utf8(&bytes)
+            .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid UTF-8"))?;
         // Checked and parsed into the typed event in one pass; the event
         // goes to this process's worker instead of the body, so the worker
         // does not read 25 KB of JSON a second time.
-        let parsed = events::parse_received(event, &bytes)
+        let parsed = events::parse_received(event, text)
             .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid JSON"))?;
-        // The typed parse checks only the strings it reads. SIMD: a
-        // quarter of the standard library's time on a 25 KB body.
-        simdutf8::basic::from_utf8(&bytes)
-            .map_err(|_| Rejection(StatusCode::BAD_REQUEST, "body is not valid UTF-8"))?;
         Ok(VerifiedDelivery {
             id: DeliveryId::new(id),
             event: event.to_owned(),
