@@ -16,7 +16,7 @@ use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::runtime::merges::TokenSource;
 use crate::runtime::rollouts::ReportSink;
 use crate::runtime::worker::{EventHandler, HandlerError};
-use crate::store::{PostgresStore, SqliteStore, Store};
+use crate::store::{PostgresStore, SharedDatabase, SqliteStore, Store};
 use crate::webhook::{Envelope, Event};
 
 use super::preflight::Preflight;
@@ -34,10 +34,21 @@ pub struct Reporting {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// How the report ledger is kept: in the store's database, through a pool
-/// of its own (on SQLite a second pool on the same file), so what was
+/// How the report ledger is kept: in the store's database, so what was
 /// reported survives restarts and, on PostgreSQL, is shared by replicas.
-pub async fn ledger_for(config: &Config) -> Result<Arc<dyn ReportLedger>, String> {
+/// Through the store's own connections when it lends them (on SQLite its
+/// one writer, so the ledger's writes queue behind the store's instead of
+/// meeting them inside SQLite); otherwise through a store of its own on
+/// the configured database.
+pub async fn ledger_for(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<Arc<dyn ReportLedger>, String> {
+    match store.shared_database() {
+        Some(SharedDatabase::Sqlite(pool)) => return Ok(Arc::new(SqliteLedger::new(pool))),
+        Some(SharedDatabase::Postgres(pool)) => return Ok(Arc::new(PostgresLedger::new(pool))),
+        None => {}
+    }
     match &config.database.url {
         DatabaseUrl::Sqlite(path) => {
             let store = SqliteStore::open(path)
@@ -78,7 +89,7 @@ pub async fn from_config(
         config.github.writes_per_minute,
     ));
     let tokens: Arc<dyn TokenSource> = client;
-    let ledger = ledger_for(config).await?;
+    let ledger = ledger_for(config, store.as_ref()).await?;
     let (reporter, tasks) = Reporter::start(
         store,
         api.clone(),
@@ -170,5 +181,32 @@ impl EventHandler for ReportHandler {
             self.preflight.run(installation, pr).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ledger writes through the store it is given, not through a
+    /// second store opened on the configured database.
+    #[tokio::test]
+    async fn the_ledger_keeps_its_tables_in_the_stores_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"))
+            .await
+            .unwrap();
+        let configured = dir.path().join("configured.db");
+        let config = Config::from_toml(
+            &format!(
+                "[github]\nwebhook_secret = \"s\"\n[database]\nurl = \"sqlite://{}\"\n",
+                configured.display()
+            ),
+            "test.toml",
+            &[],
+        )
+        .unwrap();
+        ledger_for(&config, &store).await.unwrap();
+        assert!(!configured.exists(), "no second database was opened");
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! The log only starts over from its beginning when a commit finds all of
 //! it copied, which under steady writes a checkpoint running beside them
-//! never leaves. So the writer keeps SQLite's own checkpoint, every
-//! [`WRITER_PAGES`] pages: by then the background has copied nearly all of
+//! never leaves. So the writers keep SQLite's own checkpoint (under load,
+//! the inbox's connection, `inbox_commit`), every [`WRITER_PAGES`] pages: by then the background has copied nearly all of
 //! the log, the writer's checkpoint copies the last few milliseconds of it
 //! and the log starts over.
 

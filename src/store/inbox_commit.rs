@@ -15,12 +15,12 @@
 //! The store's other writes still go through sqlx's one writer connection,
 //! and the caller holds that connection while this one writes
 //! ([`SqliteStore::write_inbox_unsynced`](super::sqlite::SqliteStore)):
-//! the two never wait for each other inside SQLite. Another process on
-//! the same file (`convoy freeze --all`, a second replica) can hold
-//! SQLite's write lock; this connection does not then wait in SQLite's
-//! busy handler, which would sleep on the runtime's thread, but answers
-//! [`CommitError::Busy`] at once, and the caller waits without blocking
-//! and tries again.
+//! the two never wait for each other inside SQLite. Another connection on
+//! the same file (another process's, such as `convoy freeze --all`, or
+//! another store's in this process) can hold SQLite's write lock; this
+//! connection does not then wait in SQLite's busy handler, which would
+//! sleep on the runtime's thread, but answers [`CommitError::Busy`] at
+//! once, and the caller waits without blocking and tries again.
 
 use std::sync::Mutex;
 
@@ -124,9 +124,9 @@ const STATEMENT_CACHE: usize = 256;
 /// Why a group was not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// Another process holds SQLite's write lock: nothing was written; try
-    /// again.
-    #[error("the database is locked by another process")]
+    /// Another connection holds SQLite's write lock: nothing was written.
+    /// The store tries again for a while before it reports this.
+    #[error("another connection held the database's write lock for too long")]
     Busy,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -153,7 +153,7 @@ impl InboxCommitter {
     pub fn open(file: &str) -> Result<InboxCommitter, CommitError> {
         Ok(InboxCommitter {
             file: file.to_owned(),
-            conn: Mutex::new(Some(connect(file)?)),
+            conn: Mutex::new(Some(connect(file).map_err(busy_or_error)?)),
         })
     }
 
@@ -171,7 +171,7 @@ impl InboxCommitter {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let conn = match slot.take() {
             Some(conn) => conn,
-            None => connect(&self.file)?,
+            None => connect(&self.file).map_err(busy_or_error)?,
         };
         let result = transaction(&conn, write, now);
         // A connection left inside a failed write's transaction would hold
@@ -184,8 +184,16 @@ impl InboxCommitter {
     }
 }
 
+/// `Busy` when another connection holds the lock `e` waited for.
+fn busy_or_error(e: rusqlite::Error) -> CommitError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => CommitError::Busy,
+        _ => e.into(),
+    }
+}
+
 /// A connection for the inbox's commits.
-fn connect(file: &str) -> Result<Connection, CommitError> {
+fn connect(file: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
     // No busy handler: it would sleep on the runtime's thread (see the
     // module's comment).
@@ -209,12 +217,8 @@ fn transaction(
     write: &InboxWrite<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<(i64, String)>, CommitError> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        return Err(match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => CommitError::Busy,
-            _ => e.into(),
-        });
-    }
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(busy_or_error)?;
     let rows = statements(conn, write, to_millis(now))?;
     conn.execute_batch("COMMIT")?;
     Ok(rows)

@@ -56,7 +56,7 @@ pub enum StoreError {
     #[error("{0}")]
     Sync(String),
     /// The inbox's own SQLite connection failed (`inbox_commit`).
-    #[error("database error: {0}")]
+    #[error("{0}")]
     Inbox(#[from] inbox_commit::CommitError),
 }
 
@@ -294,6 +294,14 @@ pub trait Store: Send + Sync + 'static {
     /// transactions at once (PostgreSQL) does better with them apart.
     fn one_writer(&self) -> bool {
         false
+    }
+
+    /// The database under this store, for components that keep tables of
+    /// their own in it (the report ledger), so that they write through the
+    /// store's connections instead of opening more. `None` for a store that
+    /// is not a database of its own.
+    fn shared_database(&self) -> Option<SharedDatabase> {
+        None
     }
 
     // --- inbox -----------------------------------------------------------
@@ -796,6 +804,15 @@ pub struct Fence {
 pub const LEASE_ROLLOUT: &str = "rollout";
 /// The lease kind of an admission decision on a branch (key: repo#branch).
 pub const LEASE_BRANCH: &str = "branch";
+
+/// A store's database, as [`Store::shared_database`] lends it.
+#[derive(Clone, Debug)]
+pub enum SharedDatabase {
+    /// The SQLite store's writer connection: writes queue behind the
+    /// store's own, never beside them inside SQLite.
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
 
 /// Opens (creating when needed) the database named by the configuration and
 /// applies the migrations.

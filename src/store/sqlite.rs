@@ -322,9 +322,11 @@ macro_rules! inbox_items {
 pub struct SqliteStore {
     /// Readers: several connections, WAL lets them run beside the writer.
     pool: SqlitePool,
-    /// The one writer. SQLite allows one write transaction at a time; a
-    /// second connection that tries waits in SQLite's busy handler, which
-    /// sleeps in coarse steps. One connection queues writers in order instead.
+    /// The writer of everything but the inbox's group commits, which the
+    /// inbox's own connection (`inbox`) makes while holding this one.
+    /// SQLite allows one write transaction at a time; a second connection
+    /// that tries waits in SQLite's busy handler, which sleeps in coarse
+    /// steps. One connection queues writers in order instead.
     writer: SqlitePool,
     /// Copies the log into the file beside the writer; stops with the
     /// last clone.
@@ -451,13 +453,6 @@ impl SqliteStore {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
-                Err(CommitError::Busy) => {
-                    return Err(StoreError::Sync(format!(
-                        "the inbox could not be written: another process held the database's \
-                         write lock for {} s",
-                        BUSY_TIMEOUT.as_secs()
-                    )));
-                }
                 result => return Ok(result?),
             }
         }
@@ -503,6 +498,10 @@ impl Store for SqliteStore {
         true
     }
 
+    fn shared_database(&self) -> Option<super::SharedDatabase> {
+        Some(super::SharedDatabase::Sqlite(self.writer.clone()))
+    }
+
     async fn ping(&self) -> Result<()> {
         if let Some(why) = self.log.poisoned() {
             return Err(StoreError::Sync(why));
@@ -526,7 +525,7 @@ impl Store for SqliteStore {
             return Ok((InboxWritten::default(), Durable::Now));
         }
         // Held while the inbox's own connection writes: no other write of
-        // this process is then inside SQLite (`inbox_commit`).
+        // this store is then inside SQLite (`inbox_commit`).
         let _writer = self.writer.acquire().await?;
         let rows = self.commit_inbox(&write, now).await?;
         let durable = self.log.after_commit();

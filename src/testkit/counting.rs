@@ -54,6 +54,12 @@ impl Counting {
 
 #[async_trait]
 impl Store for Counting {
+    fn one_writer(&self) -> bool {
+        self.inner.one_writer()
+    }
+    fn shared_database(&self) -> Option<crate::store::SharedDatabase> {
+        self.inner.shared_database()
+    }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
