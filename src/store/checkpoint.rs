@@ -10,11 +10,17 @@
 //!
 //! The log only starts over from its beginning when a commit finds all of
 //! it copied, which under steady writes a checkpoint running beside them
-//! never leaves. So the writers keep SQLite's own checkpoint (under load,
-//! the inbox's connection, `inbox_commit`), every [`WRITER_PAGES`] pages: by then the background has copied nearly all of
+//! never leaves. So the store's writer keeps SQLite's own checkpoint, every
+//! [`WRITER_PAGES`] pages: by then the background has copied nearly all of
 //! the log, the writer's checkpoint copies the last few milliseconds of it
-//! and the log starts over.
+//! and the log starts over. The inbox's connection (`inbox_commit`), which
+//! writes most under load and does so on the runtime's thread, has
+//! SQLite's off: once a checkpoint here finds the log that long
+//! ([`Checkpointer::take_long_log`]), the inbox's next commit finishes the
+//! checkpoint itself, beside the runtime and before any other write.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -39,6 +45,8 @@ pub const WRITER_PAGES: u32 = 4096;
 #[derive(Debug)]
 pub struct Checkpointer {
     task: tokio::task::JoinHandle<()>,
+    /// The last checkpoint found [`WRITER_PAGES`] or more in the log.
+    long_log: Arc<AtomicBool>,
 }
 
 impl Drop for Checkpointer {
@@ -67,6 +75,8 @@ impl Checkpointer {
             .min_connections(1)
             .connect_with(options)
             .await?;
+        let long_log = Arc::new(AtomicBool::new(false));
+        let long = long_log.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +84,12 @@ impl Checkpointer {
             loop {
                 tick.tick().await;
                 match checkpoint(&pool).await {
-                    Ok(_) => failing = false,
+                    Ok(done) => {
+                        failing = false;
+                        if done.log >= i64::from(WRITER_PAGES) {
+                            long.store(true, Ordering::Release);
+                        }
+                    }
                     // Logged once per run of failures: a checkpoint that
                     // fails is retried next tick, and the fallback holds.
                     Err(e) if !failing => {
@@ -85,7 +100,26 @@ impl Checkpointer {
                 }
             }
         });
-        Ok(Checkpointer { task })
+        Ok(Checkpointer { task, long_log })
+    }
+
+    /// Whether a checkpoint found the log at [`WRITER_PAGES`] or more since
+    /// the last call: the inbox's connection, which has SQLite's own
+    /// checkpoint off, then finishes one.
+    pub fn take_long_log(&self) -> bool {
+        self.long_log.swap(false, Ordering::AcqRel)
+    }
+
+    /// Stops checkpointing in the background (a test's).
+    #[cfg(test)]
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// As if a checkpoint had found the log long (a test's).
+    #[cfg(test)]
+    pub(crate) fn mark_long_log(&self) {
+        self.long_log.store(true, Ordering::Release);
     }
 }
 

@@ -21,13 +21,18 @@
 //! connection does not then wait in SQLite's busy handler, which would
 //! sleep on the runtime's thread, but answers [`CommitError::Busy`] at
 //! once, and the caller waits without blocking and tries again.
+//!
+//! Nor does it run SQLite's own checkpoint, which would copy the log into
+//! the database file and sync both inside a commit, on the runtime's
+//! thread: the store calls [`InboxCommitter::checkpoint`] beside the
+//! runtime when the background checkpointer finds the log long
+//! (`checkpoint`'s module comment).
 
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode};
 
-use super::checkpoint::WRITER_PAGES;
 use super::delivery_order::delivery_order;
 use super::sqlite::placeholders;
 use super::{InboxWrite, NewDelivery, rows, to_millis};
@@ -192,6 +197,21 @@ fn busy_or_error(e: rusqlite::Error) -> CommitError {
     }
 }
 
+impl InboxCommitter {
+    /// Copies the log into the database file as far as readers allow
+    /// (a passive checkpoint). Run between commits while no other write of
+    /// the store runs, it copies all of it, and the next commit starts the
+    /// log over (`checkpoint`'s module comment).
+    pub fn checkpoint(&self) -> Result<(), CommitError> {
+        let slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conn) = slot.as_ref() {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(busy_or_error)?;
+        }
+        Ok(())
+    }
+}
+
 /// A connection for the inbox's commits.
 fn connect(file: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
@@ -199,10 +219,12 @@ fn connect(file: &str) -> rusqlite::Result<Connection> {
     // module's comment).
     conn.busy_timeout(std::time::Duration::ZERO)?;
     // Commits are not synced here: `log_sync` syncs the log beside the
-    // writer. The rest as the store's connections (`SqliteStore::open`).
+    // writer. SQLite's own checkpoint would run inside a commit, on the
+    // runtime's thread: off, `InboxCommitter::checkpoint` instead. The rest
+    // as the store's connections (`SqliteStore::open`).
     conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = {WRITER_PAGES}; PRAGMA journal_size_limit = {};",
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
         64 * 1024 * 1024
     ))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

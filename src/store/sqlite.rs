@@ -330,7 +330,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Copies the log into the file beside the writer; stops with the
     /// last clone.
-    _checkpoints: Arc<Checkpointer>,
+    checkpoints: Arc<Checkpointer>,
     /// Syncs the log for the inbox's commits; stops with the last clone.
     log: Arc<LogSyncer>,
     /// Commits the inbox's groups on the caller's thread (`inbox_commit`).
@@ -402,7 +402,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             writer,
-            _checkpoints: checkpoints,
+            checkpoints,
             log: Arc::new(log),
             inbox,
         })
@@ -436,19 +436,11 @@ impl SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<(i64, String)>> {
         let bytes: usize = write.new.iter().map(|d| d.payload.as_bytes().len()).sum();
-        let aside = bytes > LARGE_GROUP_BYTES
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let large = bytes > LARGE_GROUP_BYTES;
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         loop {
-            let commit = || self.inbox.commit(write, now);
-            let result = if aside {
-                tokio::task::block_in_place(commit)
-            } else {
-                commit()
-            };
-            match result {
+            match beside_runtime(large, || self.inbox.commit(write, now)) {
                 Err(CommitError::Busy) if std::time::Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
@@ -456,6 +448,19 @@ impl SqliteStore {
                 result => return Ok(result?),
             }
         }
+    }
+}
+
+/// Runs `f`, which may hold this thread for `long`, on this thread: when
+/// `long`, in `block_in_place`, so that a multi-threaded runtime moves its
+/// other tasks to another thread meanwhile.
+fn beside_runtime<T>(long: bool, f: impl FnOnce() -> T) -> T {
+    let movable = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if long && movable {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
@@ -529,6 +534,12 @@ impl Store for SqliteStore {
         let _writer = self.writer.acquire().await?;
         let rows = self.commit_inbox(&write, now).await?;
         let durable = self.log.after_commit();
+        if self.checkpoints.take_long_log() {
+            // Still before any other write (`checkpoint`'s module comment).
+            if let Err(e) = beside_runtime(true, || self.inbox.checkpoint()) {
+                tracing::warn!(error = %e, "finishing a checkpoint of the inbox's log failed");
+            }
+        }
         let mut inserted = std::collections::HashSet::new();
         let mut claimed = vec![Vec::new(); write.claims.len()];
         for (part, id) in rows {
@@ -1836,6 +1847,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(item.payload, body);
+    }
+
+    /// The inbox's connection has SQLite's own checkpoint off. Once the
+    /// background finds the log long, the inbox's next commit copies all
+    /// of it, and the commit after that starts the log over: the log's
+    /// file does not grow.
+    #[tokio::test]
+    async fn a_long_log_is_finished_by_the_inbox_s_next_commit() {
+        let (dir, store) = new_store().await;
+        store.checkpoints.stop();
+        let log = dir.path().join("convoy.db-wal");
+        let size = || std::fs::metadata(&log).unwrap().len();
+        let body = letters(20_000);
+        let mut n = 0;
+        let mut group = || {
+            n += 10;
+            (n - 10..n).map(|i| delivery(i, &body)).collect::<Vec<_>>()
+        };
+        store.insert_deliveries(&group()).await.unwrap();
+        let first = size();
+        store.insert_deliveries(&group()).await.unwrap();
+        assert!(size() > first, "nothing copies the log yet: it grows");
+        store.checkpoints.mark_long_log();
+        store.insert_deliveries(&group()).await.unwrap();
+        let copied = size();
+        store.insert_deliveries(&group()).await.unwrap();
+        assert_eq!(size(), copied, "the log started over");
     }
 
     /// Without the background checkpointer the log holds everything below
