@@ -15,7 +15,7 @@
 //! the log, the writer's checkpoint copies the last few milliseconds of it
 //! and the log starts over. The inbox's connection (`inbox_commit`), which
 //! writes most under load and does so on the runtime's thread, has
-//! SQLite's off: once a checkpoint here finds the log that long
+//! SQLite's at that length: once a checkpoint here finds the log that long
 //! ([`Checkpointer::take_long_log`]), the inbox's next commit finishes the
 //! checkpoint itself, beside the runtime and before any other write.
 
@@ -91,7 +91,9 @@ impl Checkpointer {
                         }
                     }
                     // Logged once per run of failures: a checkpoint that
-                    // fails is retried next tick, and the fallback holds.
+                    // fails is retried next tick, and SQLite's own
+                    // checkpoints in the writers' commits are the fallback
+                    // (the inbox's at a longer log, `inbox_commit`).
                     Err(e) if !failing => {
                         failing = true;
                         tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
@@ -104,8 +106,8 @@ impl Checkpointer {
     }
 
     /// Whether a checkpoint found the log at [`WRITER_PAGES`] or more since
-    /// the last call: the inbox's connection, which has SQLite's own
-    /// checkpoint off, then finishes one.
+    /// the last call: the inbox's connection, whose SQLite checkpoint waits
+    /// for a longer log, then finishes one.
     pub fn take_long_log(&self) -> bool {
         self.long_log.swap(false, Ordering::AcqRel)
     }

@@ -22,17 +22,19 @@
 //! sleep on the runtime's thread, but answers [`CommitError::Busy`] at
 //! once, and the caller waits without blocking and tries again.
 //!
-//! Nor does it run SQLite's own checkpoint, which would copy the log into
-//! the database file and sync both inside a commit, on the runtime's
-//! thread: the store calls [`InboxCommitter::checkpoint`] beside the
-//! runtime when the background checkpointer finds the log long
-//! (`checkpoint`'s module comment).
+//! Nor does it leave the log to SQLite's own checkpoint, which would copy
+//! the log into the database file and sync both inside a commit, on the
+//! runtime's thread: the store calls [`InboxCommitter::checkpoint`] beside
+//! the runtime when the background checkpointer finds the log long
+//! (`checkpoint`'s module comment), and SQLite's waits for a log four
+//! times as long, as a fallback.
 
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode};
 
+use super::checkpoint::WRITER_PAGES;
 use super::delivery_order::delivery_order;
 use super::sqlite::placeholders;
 use super::{InboxWrite, NewDelivery, rows, to_millis};
@@ -199,16 +201,22 @@ fn busy_or_error(e: rusqlite::Error) -> CommitError {
 
 impl InboxCommitter {
     /// Copies the log into the database file as far as readers allow
-    /// (a passive checkpoint). Run between commits while no other write of
-    /// the store runs, it copies all of it, and the next commit starts the
-    /// log over (`checkpoint`'s module comment).
-    pub fn checkpoint(&self) -> Result<(), CommitError> {
+    /// (a passive checkpoint); whether it copied all of it. Run between
+    /// commits while no other write of the store runs, it usually does, and
+    /// the next commit starts the log over (`checkpoint`'s module comment).
+    /// It does not when a reader still reads an older state of the file or
+    /// the background checkpointer is copying at that moment; the log then
+    /// stays long, and the background's next pass asks again.
+    pub fn checkpoint(&self) -> Result<bool, CommitError> {
         let slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = slot.as_ref() {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .map_err(busy_or_error)?;
-        }
-        Ok(())
+        let Some(conn) = slot.as_ref() else {
+            return Ok(false);
+        };
+        let (busy, log, copied): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+        Ok(busy == 0 && copied == log)
     }
 }
 
@@ -219,12 +227,15 @@ fn connect(file: &str) -> rusqlite::Result<Connection> {
     // module's comment).
     conn.busy_timeout(std::time::Duration::ZERO)?;
     // Commits are not synced here: `log_sync` syncs the log beside the
-    // writer. SQLite's own checkpoint would run inside a commit, on the
-    // runtime's thread: off, `InboxCommitter::checkpoint` instead. The rest
-    // as the store's connections (`SqliteStore::open`).
+    // writer. SQLite's own checkpoint runs inside a commit, on the
+    // runtime's thread: `InboxCommitter::checkpoint` does its work first,
+    // and SQLite's is left only as the fallback for a log four times as
+    // long, should the background checkpointer stop. The rest as the
+    // store's connections (`SqliteStore::open`).
     conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+         PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {};",
+        4 * WRITER_PAGES,
         64 * 1024 * 1024
     ))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

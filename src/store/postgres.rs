@@ -272,8 +272,8 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
-    /// The pool, for stores of later features that share the database
-    /// (the report ledger).
+    /// The pool, for a component that keeps tables of its own in the
+    /// database (`Store::shared_database` lends the same).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
