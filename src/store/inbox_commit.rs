@@ -189,17 +189,7 @@ impl InboxCommitter {
         }
         result
     }
-}
 
-/// `Busy` when another connection holds the lock `e` waited for.
-fn busy_or_error(e: rusqlite::Error) -> CommitError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => CommitError::Busy,
-        _ => e.into(),
-    }
-}
-
-impl InboxCommitter {
     /// Copies the log into the database file as far as readers allow
     /// (a passive checkpoint); whether it copied all of it. Run between
     /// commits while no other write of the store runs, it usually does, and
@@ -217,6 +207,14 @@ impl InboxCommitter {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?;
         Ok(busy == 0 && copied == log)
+    }
+}
+
+/// `Busy` when another connection holds the lock `e` waited for.
+fn busy_or_error(e: rusqlite::Error) -> CommitError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => CommitError::Busy,
+        _ => e.into(),
     }
 }
 

@@ -421,15 +421,13 @@ impl SqliteStore {
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
 
-impl SqliteStore {
     /// Commits an inbox group on the inbox's own connection, on this
     /// thread. A group large enough to hold the thread for long runs in
     /// `block_in_place`, so that the runtime's other tasks move to another
-    /// thread meanwhile. While another process holds SQLite's write lock
-    /// this waits without blocking the thread and tries again, for as long
-    /// as the store's other connections would wait.
+    /// thread meanwhile. While another connection (another process's)
+    /// holds SQLite's write lock this waits without blocking the thread and
+    /// tries again, for as long as the store's other connections would.
     async fn commit_inbox(
         &self,
         write: &InboxWrite<'_>,
