@@ -5,12 +5,11 @@
 //! a thread of its own: every statement is a round trip to that thread.
 //! Under the intake's load that thread, once woken, waited for a core
 //! while the runtime's workers parsed requests, and every request of the
-//! group waited with it; binding each parameter through sqlx and sending
-//! the returned ids back over a channel cost a few microseconds a delivery
-//! more. Committed on the writer task's own thread, with rusqlite on the
-//! same SQLite library, a group costs the machine less and is answered
-//! sooner (docs/BENCHMARKS.md, "The inbox's commit on the writer task's
-//! thread").
+//! group waited with it. Committed on the writer task's own thread, with
+//! rusqlite on the same SQLite library, a group costs about the same CPU
+//! but is answered sooner, and the intake takes more deliveries a second
+//! (docs/BENCHMARKS.md, "The inbox's commit on the writer task's thread";
+//! committing in `block_in_place`, on another thread, lost the gain).
 //!
 //! The store's other writes still go through sqlx's one writer connection,
 //! and the caller holds that connection while this one writes
