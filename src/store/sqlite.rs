@@ -501,8 +501,8 @@ impl Store for SqliteStore {
         true
     }
 
-    fn shared_database(&self) -> Option<super::SharedDatabase> {
-        Some(super::SharedDatabase::Sqlite(self.writer.clone()))
+    fn shared_database(&self) -> super::SharedDatabase {
+        super::SharedDatabase::Sqlite(self.writer.clone())
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1832,6 +1832,21 @@ mod tests {
             store.insert_deliveries(&[delivery(1, "{}")]).await.unwrap(),
             vec![true]
         );
+    }
+
+    /// A long call hands the runtime's other tasks to another thread: on a
+    /// runtime of one worker, a task spawned while the call waits for it
+    /// still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_call_beside_the_runtime_lets_other_tasks_run() {
+        let ran = tokio::spawn(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            beside_runtime(true, move || {
+                tokio::spawn(async move { tx.send(()).unwrap() });
+                rx.recv_timeout(Duration::from_secs(5)).is_ok()
+            })
+        });
+        assert!(ran.await.unwrap(), "the spawned task ran during the call");
     }
 
     /// A group too large to commit on the runtime's thread (over
