@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, DatabaseUrl};
+use crate::config::Config;
 use crate::domain::DeliveryId;
 use crate::drivers::Drivers;
 use crate::engine::Importance;
@@ -16,7 +16,7 @@ use crate::github::{GitHubApi, GitHubClient, GitHubClientConfig};
 use crate::runtime::merges::TokenSource;
 use crate::runtime::rollouts::ReportSink;
 use crate::runtime::worker::{EventHandler, HandlerError};
-use crate::store::{PostgresStore, SharedDatabase, SqliteStore, Store};
+use crate::store::{SharedDatabase, Store};
 use crate::webhook::{Envelope, Event};
 
 use super::preflight::Preflight;
@@ -34,34 +34,15 @@ pub struct Reporting {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// How the report ledger is kept: in the store's database, so what was
-/// reported survives restarts and, on PostgreSQL, is shared by replicas.
-/// Through the store's own connections when it lends them (on SQLite its
-/// one writer, so the ledger's writes queue behind the store's instead of
-/// meeting them inside SQLite); otherwise through a store of its own on
-/// the configured database.
-pub async fn ledger_for(
-    config: &Config,
-    store: &dyn Store,
-) -> Result<Arc<dyn ReportLedger>, String> {
+/// The report ledger, kept in the store's database so that what was
+/// reported survives restarts and, on PostgreSQL, is shared by replicas;
+/// written through the store's own connections (on SQLite its one writer,
+/// so the ledger's writes queue behind the store's instead of meeting them
+/// inside SQLite).
+pub fn ledger_for(store: &dyn Store) -> Arc<dyn ReportLedger> {
     match store.shared_database() {
-        Some(SharedDatabase::Sqlite(pool)) => return Ok(Arc::new(SqliteLedger::new(pool))),
-        Some(SharedDatabase::Postgres(pool)) => return Ok(Arc::new(PostgresLedger::new(pool))),
-        None => {}
-    }
-    match &config.database.url {
-        DatabaseUrl::Sqlite(path) => {
-            let store = SqliteStore::open(path)
-                .await
-                .map_err(|e| format!("report ledger: {e}"))?;
-            Ok(Arc::new(SqliteLedger::new(store.write_pool().clone())))
-        }
-        DatabaseUrl::Postgres(url) => {
-            let store = PostgresStore::open(url)
-                .await
-                .map_err(|e| format!("report ledger: {e}"))?;
-            Ok(Arc::new(PostgresLedger::new(store.pool().clone())))
-        }
+        SharedDatabase::Sqlite(pool) => Arc::new(SqliteLedger::new(pool)),
+        SharedDatabase::Postgres(pool) => Arc::new(PostgresLedger::new(pool)),
     }
 }
 
@@ -89,7 +70,7 @@ pub async fn from_config(
         config.github.writes_per_minute,
     ));
     let tokens: Arc<dyn TokenSource> = client;
-    let ledger = ledger_for(config, store.as_ref()).await?;
+    let ledger = ledger_for(store.as_ref());
     let (reporter, tasks) = Reporter::start(
         store,
         api.clone(),
@@ -187,26 +168,30 @@ impl EventHandler for ReportHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{InstallationId, RepoName, RolloutId};
+    use crate::report::transport::{LedgerEntry, ReportKey, ReportObject};
+    use crate::store::SqliteStore;
 
-    /// The ledger writes through the store it is given, not through a
-    /// second store opened on the configured database.
+    /// What the ledger records is in the store's database file: another
+    /// store opened on that file reads it back.
     #[tokio::test]
-    async fn the_ledger_keeps_its_tables_in_the_stores_database() {
+    async fn the_ledger_keeps_its_records_in_the_stores_database() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db"))
-            .await
-            .unwrap();
-        let configured = dir.path().join("configured.db");
-        let config = Config::from_toml(
-            &format!(
-                "[github]\nwebhook_secret = \"s\"\n[database]\nurl = \"sqlite://{}\"\n",
-                configured.display()
-            ),
-            "test.toml",
-            &[],
-        )
-        .unwrap();
-        ledger_for(&config, &store).await.unwrap();
-        assert!(!configured.exists(), "no second database was opened");
+        let path = dir.path().join("convoy.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let key = ReportKey {
+            installation: InstallationId(7),
+            repo: RepoName::new("acme/app"),
+            rollout: RolloutId::new("r1"),
+            object: ReportObject::Comment { issue: 3 },
+        };
+        let entry = LedgerEntry {
+            object_id: Some(42),
+            digest: "d".into(),
+        };
+        ledger_for(&store).record(&key, &entry).await.unwrap();
+        let again = SqliteStore::open(&path).await.unwrap();
+        let read = ledger_for(&again).get(&key).await.unwrap().unwrap();
+        assert_eq!((read.object_id, read.digest), (Some(42), "d".to_owned()));
     }
 }

@@ -298,11 +298,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The database under this store, for components that keep tables of
     /// their own in it (the report ledger), so that they write through the
-    /// store's connections instead of opening more. `None` for a store that
-    /// is not a database of its own.
-    fn shared_database(&self) -> Option<SharedDatabase> {
-        None
-    }
+    /// store's connections instead of opening more.
+    fn shared_database(&self) -> SharedDatabase;
 
     // --- inbox -----------------------------------------------------------
 

@@ -315,8 +315,8 @@ const RELEASE_DELIVERY_CLAIMS: &str = "UPDATE inbox SET claimed_by = NULL, next_
 
 #[async_trait]
 impl Store for PostgresStore {
-    fn shared_database(&self) -> Option<super::SharedDatabase> {
-        Some(super::SharedDatabase::Postgres(self.pool.clone()))
+    fn shared_database(&self) -> super::SharedDatabase {
+        super::SharedDatabase::Postgres(self.pool.clone())
     }
 
     async fn ping(&self) -> Result<()> {

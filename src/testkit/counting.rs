@@ -57,7 +57,7 @@ impl Store for Counting {
     fn one_writer(&self) -> bool {
         self.inner.one_writer()
     }
-    fn shared_database(&self) -> Option<crate::store::SharedDatabase> {
+    fn shared_database(&self) -> crate::store::SharedDatabase {
         self.inner.shared_database()
     }
     async fn ping(&self) -> StoreResult<()> {
