@@ -26,16 +26,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use convoy::config::Config;
-use convoy::domain::{BranchName, CommitSha, EnvName, RepoName, ServiceName};
+use convoy::domain::{CommitSha, EnvName, ServiceName};
 use convoy::drivers::Drivers;
-use convoy::engine::{Rollout, RolloutState};
+use convoy::engine::Rollout;
 use convoy::plan::{Change, History, affected_services, build_plan};
 use convoy::runtime::rollouts::{RolloutRuntime, new_rollout_id};
 use convoy::spec::{CheckContext, parse_spec};
-use convoy::store::{Created, RolloutKind, RolloutRecord, SqliteStore, Store};
+use convoy::store::{Created, SqliteStore, Store};
 use convoy::testkit::counting::Counting;
+use convoy::testkit::rollouts::{ended_state, queued_deploy};
 
 const ENVIRONMENTS: usize = 10_000;
 const MAX_PARALLEL: u32 = 200;
@@ -183,35 +183,14 @@ async fn roll_out(
     let rollout = Rollout::new(plan);
     let steps = rollout.step_count();
     let document_bytes = serde_json::to_string(&rollout).map_or(0, |d| d.len());
-    let now = Utc::now();
     let id = new_rollout_id();
-    let record = RolloutRecord {
-        id: id.clone(),
-        repo: RepoName::new("acme/bench"),
-        branch: BranchName::new("main"),
-        commit: CommitSha::new(commit.repeat(40)),
-        previous_commit: None,
-        pull_request: None,
-        installation: None,
-        kind: RolloutKind::Deploy,
-        parent: None,
-        state: RolloutState::Queued.as_str().into(),
-        created_at: now,
-        updated_at: now,
-        document: None,
-        error: None,
-    };
+    let record = queued_deploy(id.clone(), "acme/bench", CommitSha::new(commit.repeat(40)));
     let started = Instant::now();
     let created = runtime.submit(record, rollout).await.expect("submitted");
     assert_eq!(created, Created::New);
-    let state = loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let list = store.inner.list_rollouts(None, 1).await.expect("listed");
-        let s = list.first().map(|r| r.state.clone()).unwrap_or_default();
-        if !runtime.is_live(&id) && s != RolloutState::Queued.as_str() {
-            break s;
-        }
-    };
+    let state = ended_state(runtime, &*store.inner, &id, Duration::from_secs(24 * 3600))
+        .await
+        .expect("the rollout ends");
     Outcome {
         elapsed: started.elapsed(),
         state,

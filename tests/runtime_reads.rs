@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
 use convoy::config::Config;
-use convoy::domain::{BranchName, CommitSha, RepoName};
+use convoy::domain::CommitSha;
 use convoy::drivers::Drivers;
-use convoy::engine::{Rollout, RolloutState};
+use convoy::engine::Rollout;
 use convoy::plan::{Change, History, affected_services, build_plan};
 use convoy::runtime::rollouts::{RolloutRuntime, new_rollout_id};
 use convoy::spec::{CheckContext, parse_spec};
-use convoy::store::{Created, RolloutKind, RolloutRecord, SqliteStore, Store};
+use convoy::store::{Created, SqliteStore, Store};
 use convoy::testkit::counting::Counting;
 use convoy::testkit::fleet::Fleet;
+use convoy::testkit::rollouts::{ended_state, queued_deploy};
 
 const ENVIRONMENTS: usize = 30;
 
@@ -68,40 +68,12 @@ async fn the_preflights_a_wave_starts_together_read_their_baselines_in_one_query
     let store = Arc::new(Counting::new(inner));
     let drivers = Drivers::from_config(&config(dir.path()).drivers).unwrap();
     let runtime = RolloutRuntime::new(store.clone(), drivers, None);
-    let now = Utc::now();
     let id = new_rollout_id();
-    let record = RolloutRecord {
-        id: id.clone(),
-        repo: RepoName::new("acme/app"),
-        branch: BranchName::new("main"),
-        commit,
-        previous_commit: None,
-        pull_request: None,
-        installation: None,
-        kind: RolloutKind::Deploy,
-        parent: None,
-        state: RolloutState::Queued.as_str().into(),
-        created_at: now,
-        updated_at: now,
-        document: None,
-        error: None,
-    };
+    let record = queued_deploy(id.clone(), "acme/app", commit);
     assert_eq!(runtime.submit(record, rollout).await.unwrap(), Created::New);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let state = loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let state = store
-            .inner
-            .rollout(&id)
-            .await
-            .unwrap()
-            .map(|r| r.state)
-            .unwrap_or_default();
-        if !runtime.is_live(&id) && state != RolloutState::Queued.as_str() {
-            break state;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still {state}");
-    };
+    let state = ended_state(&runtime, &*store.inner, &id, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(state, "succeeded");
     assert_eq!(fleet.deploys().len(), steps, "every step deployed once");
     let reads = store.step_reads.load(Ordering::Relaxed);

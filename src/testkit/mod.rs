@@ -6,3 +6,4 @@ pub mod fleet;
 pub mod github_standin;
 pub mod openapi;
 pub mod postgres;
+pub mod rollouts;
