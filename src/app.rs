@@ -292,12 +292,12 @@ pub async fn start(config: Config, services: Services) -> Result<Running, StartE
         addr: config.server.listen,
         source,
     })?;
-    let state = AppState {
+    let state = AppState::new(web::Shared {
         config: config.clone(),
         store: store.clone(),
         writer,
         metrics: metrics.clone(),
-    };
+    });
     let app = web::router(state);
     let mut stop = shutdown_rx;
     let server_task = tokio::spawn(async move {

@@ -17,13 +17,32 @@ use crate::metrics::Metrics;
 use crate::runtime::intake::InboxWriter;
 use crate::store::Store;
 
-/// What every handler may use.
+/// What every handler may use. axum clones the state for every request
+/// (more than once): behind one `Arc` that is one count, not one for each
+/// part and a copy of the replica's name.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub writer: InboxWriter,
     pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 pub fn router(state: AppState) -> Router {
