@@ -9,7 +9,15 @@
 //! Markdown table for docs/BENCHMARKS.md and checks that every acknowledged
 //! delivery is in the inbox.
 //!
-//! Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64),
+//! The two are driven in turn, in short slices (ceiling, convoy, ceiling,
+//! convoy …), so that load from outside this machine's control meets both
+//! alike: driven one after the other for the whole run, a busy stretch
+//! that met only one of them moved the ratio by ten points. Before each
+//! slice of the ceiling convoy has finished its work (its inbox processed,
+//! its log checkpointed), and the CPU that takes counts as convoy's.
+//!
+//! Environment: BENCH_SECONDS (default 10: each server's load in total),
+//! BENCH_SLICES (default 5: in how many turns), BENCH_CONNECTIONS (default 64),
 //! BENCH_DB (`sqlite`, the default, or `postgres`: a throwaway PostgreSQL
 //! server started by this process, `convoy::testkit::postgres`),
 //! BENCH_REPLICAS (default 1; with PostgreSQL, that many convoy servers on
@@ -71,12 +79,14 @@ async fn bare(headers: HeaderMap, body: Bytes) -> StatusCode {
 
 struct WrkResult {
     requests_per_sec: f64,
-    p50: String,
-    p99: String,
+    /// Every request's latency: (µs, how many), from the script's `done`.
+    latencies: Vec<(u64, u64)>,
     non_2xx: u64,
     total: u64,
 }
 
+/// Runs `wrk` with `script` (made by [`script`], which writes the latencies
+/// beside itself) against `url`.
 fn run_wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) -> WrkResult {
     let out = Command::new("wrk")
         .args([
@@ -109,10 +119,26 @@ fn run_wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) 
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    let latencies: Vec<(u64, u64)> = std::fs::read_to_string(script.with_extension("latencies"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (value, count) = l.split_once(' ')?;
+            Some((value.parse().ok()?, count.parse().ok()?))
+        })
+        .collect();
+    // wrk adds to a run's latencies those it expects a request sent on
+    // time would have met (its correction for coordinated omission), and
+    // its own percentiles come from them: so they are at least its
+    // requests.
+    let seen: u64 = latencies.iter().map(|(_, n)| n).sum();
+    assert!(
+        seen >= total,
+        "wrk's latencies ({seen}) are fewer than its {total} requests"
+    );
     WrkResult {
         requests_per_sec: find("Requests/sec:").parse().unwrap_or(0.0),
-        p50: find("50%"),
-        p99: find("99%"),
+        latencies,
         non_2xx,
         total,
     }
@@ -222,23 +248,112 @@ request = function()
   wrk.headers["X-GitHub-Delivery"] = next_id()
   return wrk.format(nil, "/webhook")
 end
+-- Every latency and how often it was seen (as wrk's own percentiles see
+-- them, with its correction), so that the latencies of several runs can
+-- be put together (`latency(i)` walks the histogram
+-- from its start, but a run sees a few thousand distinct values).
+function done(summary, latency, requests)
+  local f = io.open("{latencies}", "w")
+  for i = 1, #latency do
+    local value, count = latency(i)
+    f:write(string.format("%d %d\n", value, count))
+  end
+  f:close()
+end
 "#,
-        body = body_path.display()
+        body = body_path.display(),
+        latencies = dir.join(format!("load-{run}.latencies")).display(),
     );
     let path = dir.join(format!("load-{run}.lua"));
     std::fs::write(&path, lua).unwrap();
     path
 }
 
+/// The latency under which `share` of the requests were answered, from
+/// (µs, how many) pairs in any order.
+fn percentile(latencies: &[(u64, u64)], share: f64) -> Option<u64> {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let total: u64 = sorted.iter().map(|(_, n)| n).sum();
+    let wanted = (share * total as f64).ceil() as u64;
+    let mut seen = 0;
+    sorted.into_iter().find_map(|(value, n)| {
+        seen += n;
+        (seen >= wanted.max(1)).then_some(value)
+    })
+}
+
+fn shown(latency: Option<u64>) -> String {
+    latency.map_or("?".into(), |us| format!("{:.2}ms", us as f64 / 1e3))
+}
+
+/// One server's slices together: the mean rate (the slices are equally
+/// long), and the percentiles of all their requests' latencies.
+struct Phase {
+    slices: Vec<WrkResult>,
+    cpu: f64,
+}
+
+impl Phase {
+    fn new() -> Phase {
+        Phase {
+            slices: Vec::new(),
+            cpu: 0.0,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        let n = self.slices.len().max(1) as f64;
+        self.slices.iter().map(|r| r.requests_per_sec).sum::<f64>() / n
+    }
+
+    fn total(&self) -> u64 {
+        self.slices.iter().map(|r| r.total).sum()
+    }
+
+    fn non_2xx(&self) -> u64 {
+        self.slices.iter().map(|r| r.non_2xx).sum()
+    }
+
+    fn percentile(&self, share: f64) -> String {
+        let all: Vec<(u64, u64)> = self
+            .slices
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
+        shown(percentile(&all, share))
+    }
+}
+
+/// Counts rows of convoy's database from outside convoy.
+enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Database {
+    async fn count(&self, sql: &'static str) -> i64 {
+        match self {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("counting the inbox")
+    }
+}
+
+const PENDING: &str = "SELECT COUNT(*) FROM inbox WHERE state = 'pending'";
+
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let connections: u64 = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+    let env_number = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = env_number("BENCH_SECONDS", 10).max(1);
+    let slices = env_number("BENCH_SLICES", 5).clamp(1, seconds);
+    let slice_seconds = seconds / slices;
+    let connections = env_number("BENCH_CONNECTIONS", 64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -251,7 +366,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let body = payload();
     println!(
-        "payload: {} bytes; {connections} connections; {seconds} s per run",
+        "payload: {} bytes; {connections} connections; {slices} slices of {slice_seconds} s per server",
         body.len()
     );
 
@@ -265,15 +380,6 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     });
-    let bare_script = script(dir.path(), &body, "bare", ids);
-    let before = cpu_seconds();
-    let bare_result = run_wrk(
-        &format!("http://{bare_addr}"),
-        &bare_script,
-        seconds,
-        connections,
-    );
-    let bare_cpu = cpu_seconds() - before;
 
     // convoy's real intake with a durable inbox.
     let postgres = match std::env::var("BENCH_DB").as_deref() {
@@ -281,11 +387,7 @@ fn main() {
         Ok("postgres") => true,
         Ok(other) => panic!("BENCH_DB={other}: sqlite or postgres"),
     };
-    let replicas: u64 = std::env::var("BENCH_REPLICAS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let replicas = env_number("BENCH_REPLICAS", 1).max(1);
     assert!(
         postgres || replicas == 1,
         "several replicas need BENCH_DB=postgres"
@@ -314,57 +416,82 @@ fn main() {
                 .unwrap()
         })
         .collect();
-    let before = cpu_seconds();
-    let loads: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, running)| {
-            let url = format!("http://{}", running.addr);
-            let script = script(dir.path(), &body, &format!("convoy{i}"), ids);
-            let share = (connections / replicas).max(1);
-            std::thread::spawn(move || run_wrk(&url, &script, seconds, share))
-        })
-        .collect();
-    let results: Vec<WrkResult> = loads.into_iter().map(|h| h.join().unwrap()).collect();
-    let convoy_cpu = cpu_seconds() - before;
-    let convoy_result = WrkResult {
-        requests_per_sec: results.iter().map(|r| r.requests_per_sec).sum(),
-        p50: results
+    let database = runtime.block_on(async {
+        if postgres {
+            Database::Postgres(sqlx::PgPool::connect(&url).await.unwrap())
+        } else {
+            Database::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
+        }
+    });
+
+    let mut ceiling = Phase::new();
+    let mut convoy = Phase::new();
+    let mut backlogs = Vec::new();
+    for slice in 0..slices {
+        // A new script each time: each one's delivery ids start from the
+        // clock when it is made, so no slice repeats another's ids.
+        let bare_script = script(dir.path(), &body, &format!("bare{slice}"), ids);
+        let before = cpu_seconds();
+        let bare_result = run_wrk(
+            &format!("http://{bare_addr}"),
+            &bare_script,
+            slice_seconds,
+            connections,
+        );
+        ceiling.cpu += cpu_seconds() - before;
+
+        let before = cpu_seconds();
+        let loads: Vec<_> = servers
             .iter()
-            .map(|r| r.p50.as_str())
-            .collect::<Vec<_>>()
-            .join(" / "),
-        p99: results
-            .iter()
-            .map(|r| r.p99.as_str())
-            .collect::<Vec<_>>()
-            .join(" / "),
-        non_2xx: results.iter().map(|r| r.non_2xx).sum(),
-        total: results.iter().map(|r| r.total).sum(),
-    };
-    // Deliveries the worker had finished when the load stopped, then all
-    // of them.
-    let count = |sql: &'static str| {
+            .enumerate()
+            .map(|(i, running)| {
+                let url = format!("http://{}", running.addr);
+                let script = script(dir.path(), &body, &format!("convoy{i}-{slice}"), ids);
+                let share = (connections / replicas).max(1);
+                std::thread::spawn(move || run_wrk(&url, &script, slice_seconds, share))
+            })
+            .collect();
+        let results: Vec<WrkResult> = loads.into_iter().map(|h| h.join().unwrap()).collect();
+        // What the worker had not processed yet when the load stopped.
+        let backlog = runtime.block_on(database.count(PENDING));
+        // convoy finishes its work before the ceiling's next turn: the
+        // worker empties the inbox, and a second more lets the checkpoint
+        // that follows the load end. Its CPU meanwhile is convoy's.
         runtime.block_on(async {
-            if postgres {
-                let pool = sqlx::PgPool::connect(&url).await.unwrap();
-                sqlx::query_scalar::<_, i64>(sql)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-            } else {
-                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-                sqlx::query_scalar::<_, i64>(sql)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while database.count(PENDING).await > 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the worker did not empty the inbox in 2 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        })
-    };
-    let processed = count("SELECT COUNT(*) FROM inbox WHERE state <> 'pending'");
-    // Give in-flight requests a moment to finish their commit.
-    std::thread::sleep(Duration::from_millis(500));
-    let stored = count("SELECT COUNT(*) FROM inbox");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        convoy.cpu += cpu_seconds() - before;
+        let convoy_result = WrkResult {
+            requests_per_sec: results.iter().map(|r| r.requests_per_sec).sum(),
+            latencies: results
+                .iter()
+                .flat_map(|r| r.latencies.iter().copied())
+                .collect(),
+            non_2xx: results.iter().map(|r| r.non_2xx).sum(),
+            total: results.iter().map(|r| r.total).sum(),
+        };
+        println!(
+            "slice {}: ceiling {:.0}/s (p99 {}), convoy {:.0}/s (p99 {}): {:.0}%; backlog at the end {backlog}",
+            slice + 1,
+            bare_result.requests_per_sec,
+            shown(percentile(&bare_result.latencies, 0.99)),
+            convoy_result.requests_per_sec,
+            shown(percentile(&convoy_result.latencies, 0.99)),
+            100.0 * convoy_result.requests_per_sec / bare_result.requests_per_sec.max(1.0),
+        );
+        backlogs.push(backlog);
+        ceiling.slices.push(bare_result);
+        convoy.slices.push(convoy_result);
+    }
+    let stored = runtime.block_on(database.count("SELECT COUNT(*) FROM inbox"));
     for running in servers {
         runtime.block_on(running.stop());
     }
@@ -377,33 +504,36 @@ fn main() {
     println!();
     println!("| server | deliveries/s | p50 | p99 | non-2xx | server CPU per delivery |");
     println!("|---|---|---|---|---|---|");
-    for (name, r, cpu) in [
-        (
-            "bare axum: signature + JSON check (ceiling)",
-            &bare_result,
-            bare_cpu,
-        ),
-        (convoy_name.as_str(), &convoy_result, convoy_cpu),
+    for (name, phase) in [
+        ("bare axum: signature + JSON check (ceiling)", &ceiling),
+        (convoy_name.as_str(), &convoy),
     ] {
-        // The server answered `total` requests in the run.
-        let per = 1e6 * cpu / (r.total.max(1) as f64);
+        // The server answered `total` requests in its slices.
+        let per = 1e6 * phase.cpu / (phase.total().max(1) as f64);
         println!(
             "| {name} | {:.0} | {} | {} | {} | {per:.0} µs |",
-            r.requests_per_sec, r.p50, r.p99, r.non_2xx
+            phase.rate(),
+            phase.percentile(0.50),
+            phase.percentile(0.99),
+            phase.non_2xx()
         );
     }
     println!();
     println!(
         "convoy: {} requests answered, {} deliveries in the inbox, ratio to ceiling {:.0}%",
-        convoy_result.total,
+        convoy.total(),
         stored,
-        100.0 * convoy_result.requests_per_sec / bare_result.requests_per_sec.max(1.0)
+        100.0 * convoy.rate() / ceiling.rate().max(1.0)
     );
     println!(
-        "worker: {processed} deliveries processed while the load ran ({:.0}/s)",
-        processed as f64 / seconds as f64
+        "worker: deliveries not yet processed when a slice's load stopped: {}",
+        backlogs
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    if (stored as u64) < convoy_result.total.saturating_sub(convoy_result.non_2xx) {
+    if (stored as u64) < convoy.total().saturating_sub(convoy.non_2xx()) {
         eprintln!("ERROR: fewer deliveries stored than acknowledged");
         std::process::exit(1);
     }
