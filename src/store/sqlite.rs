@@ -373,15 +373,24 @@ impl SqliteStore {
             // A log that grew in a burst is cut back when it starts over.
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
             .busy_timeout(BUSY_TIMEOUT);
+        // Every write of the store holds this one connection (the inbox's
+        // too, `write_inbox_unsynced`): once it is back, an idle
+        // checkpointer has something to copy.
+        let wrote = Arc::new(tokio::sync::Notify::new());
+        let told = wrote.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A connection in this process: there is nothing to test, and
             // the test is one more round trip for every write.
             .test_before_acquire(false)
+            .after_release(move |_, _| {
+                told.notify_one();
+                Box::pin(std::future::ready(Ok(true)))
+            })
             .connect_with(options.clone())
             .await?;
         super::migrations::sqlite().run(&writer).await?;
-        let checkpoints = Arc::new(Checkpointer::start(options.clone()).await?);
+        let checkpoints = Arc::new(Checkpointer::start(options.clone(), wrote).await?);
         // The file as SQLite names it (it resolves symbolic links), and
         // its log beside it.
         let file: String =
@@ -1893,6 +1902,65 @@ mod tests {
         assert_eq!(salts(), first, "copied, not yet started over");
         store.insert_deliveries(&group()).await.unwrap();
         assert_ne!(salts(), first, "the log started over");
+    }
+
+    /// Checkpoints made from now until they stop for `quiet` (the
+    /// checkpointer is idle), within 5 s.
+    async fn settled(store: &SqliteStore, quiet: Duration) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = store.checkpoints.made();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = store.checkpoints.made();
+            if now == seen || std::time::Instant::now() > deadline {
+                return now;
+            }
+            seen = now;
+        }
+    }
+
+    /// Waits up to 1 s (half the idle pace) for a checkpoint after `since`.
+    async fn checkpointed_after(store: &SqliteStore, since: u64) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            if store.checkpoints.made() > since {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    /// An idle store's log is looked at every 2 s, not every 5 ms; a write
+    /// of the inbox's, or any other through the writer, wakes the
+    /// checkpointer at once.
+    #[tokio::test]
+    async fn an_idle_store_is_checkpointed_only_after_it_writes() {
+        let (_dir, store) = new_store().await;
+        let idle = settled(&store, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let later = store.checkpoints.made();
+        assert!(
+            later - idle <= 1,
+            "{} checkpoints in half a second of doing nothing",
+            later - idle
+        );
+
+        store.insert_deliveries(&[delivery(1, "{}")]).await.unwrap();
+        assert!(
+            checkpointed_after(&store, later).await,
+            "the inbox's write did not wake the checkpointer"
+        );
+
+        let idle = settled(&store, Duration::from_millis(100)).await;
+        store
+            .upsert_installation(InstallationId(7), "acme", Utc::now())
+            .await
+            .unwrap();
+        assert!(
+            checkpointed_after(&store, idle).await,
+            "a write through the writer did not wake the checkpointer"
+        );
     }
 
     /// Without the background checkpointer the log holds everything below
