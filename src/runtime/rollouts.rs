@@ -1629,7 +1629,7 @@ impl RolloutRuntime {
 }
 
 /// SPEC 8's terminal states, as stored.
-fn is_terminal_state(state: &str) -> bool {
+pub fn is_terminal_state(state: &str) -> bool {
     [
         RolloutState::Succeeded,
         RolloutState::Failed,
