@@ -58,9 +58,18 @@ pub struct Checkpointer {
     task: tokio::task::JoinHandle<()>,
     /// The last checkpoint found [`WRITER_PAGES`] or more in the log.
     long_log: Arc<AtomicBool>,
-    /// Checkpoints made (a test's).
     #[cfg(test)]
-    made: Arc<std::sync::atomic::AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// What the checkpointer did (a test's).
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Counts {
+    /// Checkpoints made.
+    made: std::sync::atomic::AtomicU64,
+    /// Waits of an idle checkpointer that a write of the store ended.
+    woken: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Checkpointer {
@@ -95,9 +104,9 @@ impl Checkpointer {
         let long_log = Arc::new(AtomicBool::new(false));
         let long = long_log.clone();
         #[cfg(test)]
-        let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         #[cfg(test)]
-        let counted = made.clone();
+        let counted = counts.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,7 +115,7 @@ impl Checkpointer {
             loop {
                 tick.tick().await;
                 #[cfg(test)]
-                counted.fetch_add(1, Ordering::Relaxed);
+                counted.made.fetch_add(1, Ordering::Relaxed);
                 match checkpoint(&pool).await {
                     Ok(done) => {
                         failing = false;
@@ -117,7 +126,10 @@ impl Checkpointer {
                             // A write made since the last look woke it
                             // already: the permit is kept.
                             tokio::select! {
-                                () = wrote.notified() => {}
+                                () = wrote.notified() => {
+                                    #[cfg(test)]
+                                    counted.woken.fetch_add(1, Ordering::Relaxed);
+                                }
                                 () = tokio::time::sleep(IDLE_EVERY) => {}
                             }
                             tick.reset();
@@ -140,14 +152,20 @@ impl Checkpointer {
             task,
             long_log,
             #[cfg(test)]
-            made,
+            counts,
         })
     }
 
     /// Checkpoints made so far (a test's).
     #[cfg(test)]
     pub(crate) fn made(&self) -> u64 {
-        self.made.load(Ordering::Relaxed)
+        self.counts.made.load(Ordering::Relaxed)
+    }
+
+    /// Idle waits that a write of the store ended, so far (a test's).
+    #[cfg(test)]
+    pub(crate) fn woken(&self) -> u64 {
+        self.counts.woken.load(Ordering::Relaxed)
     }
 
     /// Whether a checkpoint found the log at [`WRITER_PAGES`] or more since
